@@ -1,0 +1,68 @@
+"""The evaluator interface and registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+_TYPES: dict[str, type] = {}
+
+
+def register(name: str):
+    def decorate(cls):
+        _TYPES[name] = cls
+        return cls
+
+    return decorate
+
+
+def evaluator_types() -> list[str]:
+    return sorted(_TYPES)
+
+
+def build_evaluator(name: str, spec: dict[str, Any]):
+    """Builds the evaluator `config.evals[name]`; unknown types or arguments name the valid ones."""
+    spec = dict(spec)
+    kind = spec.pop("type")
+    spec.pop("every")
+    if kind not in _TYPES:
+        raise ValueError(f"config.evals.{name}: unknown evaluator type {kind!r}; known: {', '.join(evaluator_types())}")
+    cls = _TYPES[kind]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = set(spec) - accepted
+    if unknown:
+        raise ValueError(
+            f"config.evals.{name} ({kind}): unknown argument(s) {sorted(unknown)}; valid: {sorted(accepted)}"
+        )
+    return cls(**spec)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    scalars: dict[str, float] = dataclasses.field(default_factory=dict)
+    images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # uint8 [H, W, C]
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What an evaluator may use.
+
+    apply(method, params, batch, rng): runs the recipe's `method` (e.g. "features", "sample") on a
+      global batch under jit and returns its output (global arrays).
+    init_params(seed): freshly initialised params of the same model, for random-init baselines.
+    batches(split, limit): yields `(global_batch, valid)` over a split in order; `valid` is a bool
+      numpy array over the global batch rows (False on padding).
+    to_host(tree): fetches global arrays as numpy on every process.
+    """
+
+    step: int
+    params: Any
+    apply: Callable[..., Any]
+    init_params: Callable[[int], Any]
+    batches: Callable[[str, int | None], Iterator[tuple[dict[str, jax.Array], np.ndarray]]]
+    to_host: Callable[[Any], Any]
+    rng: jax.Array

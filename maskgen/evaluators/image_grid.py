@@ -1,0 +1,44 @@
+"""PNG grids of model outputs: one row per named output of the recipe's `sample` method."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskgen.evaluators.base import EvalContext, EvalResult, register
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats -> uint8 [0, 255]."""
+    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(rows: list[np.ndarray], upscale: int = 1, border: int = 1) -> np.ndarray:
+    """Tiles rows of images ([B, H, W, C] uint8 each) into one uint8 [H', W', C] image."""
+    rows = [np.repeat(np.repeat(r, upscale, axis=1), upscale, axis=2) for r in rows]
+    b, h, w, c = rows[0].shape
+    grid = np.full((len(rows) * (h + border) + border, b * (w + border) + border, c), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            y, x = border + i * (h + border), border + j * (w + border)
+            grid[y:y + h, x:x + w] = image
+    return grid
+
+
+@register("image_grid")
+class ImageGrid:
+    """Runs the recipe's `sample` on the first `num` examples of a split and tiles its outputs.
+
+    For MAE the rows are original, masked input and reconstruction.
+    """
+
+    def __init__(self, split: str = "test", num: int = 16, seed: int = 0, upscale: int = 0):
+        self.split, self.num, self.seed, self.upscale = split, num, seed, upscale
+
+    def run(self, ctx: EvalContext) -> EvalResult:
+        batch, _ = next(iter(ctx.batches(self.split, self.num)))
+        import jax
+
+        outputs = ctx.to_host(ctx.apply("sample", ctx.params, batch, jax.random.key(self.seed)))
+        rows = [to_uint8(np.asarray(v)[: self.num]) for v in outputs.values()]
+        upscale = self.upscale or max(1, 64 // rows[0].shape[1])
+        return EvalResult(images={"grid": make_grid(rows, upscale)})

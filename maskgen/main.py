@@ -1,0 +1,169 @@
+"""The `maskgen` command line: train | eval | sample | prepare.
+
+  maskgen train  --config experiments/mae_digits.py[:arg] --workdir DIR [--config.key=value ...]
+  maskgen eval   --workdir DIR [--step N] [--config FILE[:arg]] [--config.key=value ...]
+  maskgen sample --workdir DIR --out grid.png [--num 16] [--step N]
+  maskgen prepare --source digits --out DIR
+  maskgen prepare --source folder --input DIR --out DIR --resolution 32 [--skip-bad]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger("maskgen")
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.a.b=v` (or `--config.a.b v`) overrides from the other arguments."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"error: {arg} needs a value (--config.key=value)")
+                body, i = f"{body}={argv[i + 1]}", i + 1
+            overrides.append(body)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskgen", description="Masked generative modeling in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train (or resume) a run")
+    train.add_argument("--config", required=True, help="experiments/<name>.py[:arg]")
+    train.add_argument("--workdir", required=True)
+
+    for name, text in (("eval", "run the config's evaluators on a checkpoint"),
+                       ("sample", "write a grid of samples from a checkpoint")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--workdir", required=True)
+        p.add_argument("--config", default=None, help="default: the run's saved workdir/config.json")
+        p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest readable)")
+        if name == "sample":
+            p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples.png)")
+            p.add_argument("--num", type=int, default=16)
+            p.add_argument("--seed", type=int, default=0)
+
+    prep = sub.add_parser("prepare", help="write a dataset as ArrayRecord shards + metadata.json")
+    prep.add_argument("--source", required=True, choices=["digits", "folder"])
+    prep.add_argument("--input", default=None, help="image folder (for --source folder)")
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--resolution", type=int, default=32)
+    prep.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    prep.add_argument("--test-fraction", type=float, default=0.1)
+    prep.add_argument("--num-shards", type=int, default=1)
+    return parser
+
+
+def _load_config(args, overrides):
+    from maskgen import config as config_lib
+    from maskgen.train import load_run_config
+
+    if args.config:
+        config = config_lib.load_config_file(args.config)
+    else:
+        config = load_run_config(args.workdir)
+    config_lib.apply_overrides(config, overrides)
+    return config
+
+
+def main(argv: list[str]) -> int:
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", stream=sys.stderr)
+    from absl import flags, logging as absl_logging
+
+    flags.FLAGS.mark_as_parsed()  # grain reads absl flags; we do not use absl's parser.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+    from maskgen.config import ConfigError
+
+    try:
+        if args.command == "prepare":
+            if overrides:
+                raise ConfigError("prepare takes no --config.* overrides")
+            return _prepare(args)
+        config = _load_config(args, overrides)
+        from maskgen import train as train_lib
+
+        if args.command == "train":
+            result = train_lib.train(config, args.workdir)
+            _print_train_summary(args.workdir, result)
+        elif args.command == "eval":
+            step, results = train_lib.evaluate(config, args.workdir, args.step)
+            _print_eval_table(step, results)
+        elif args.command == "sample":
+            out = args.out or os.path.join(args.workdir, "samples.png")
+            train_lib.sample(config, args.workdir, out, num=args.num, step=args.step, seed=args.seed)
+            print(f"wrote {out}")
+        return 0
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from maskgen.data.prepare import BadImageError
+        from maskgen.train import NonFiniteError
+
+        if isinstance(err, (NonFiniteError, BadImageError, FileNotFoundError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _prepare(args) -> int:
+    from maskgen.data.prepare import prepare_digits, prepare_image_folder
+
+    if args.source == "digits":
+        meta = prepare_digits(args.out, num_shards=args.num_shards)
+    else:
+        if not args.input:
+            raise SystemExit("error: --source folder needs --input DIR")
+        meta = prepare_image_folder(args.input, args.out, args.resolution, skip_bad=args.skip_bad,
+                                    test_fraction=args.test_fraction, num_shards=args.num_shards)
+    splits = ", ".join(f"{k}: {v['num_examples']}" for k, v in meta["splits"].items())
+    print(f"wrote {args.out}: {splits}; image shape {tuple(meta['image_shape'])}, {meta['num_classes']} classes")
+    skipped = meta.get("skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):")
+        for item in skipped:
+            print(f"  {item['path']}: {item['error']}")
+    return 0
+
+
+def _print_eval_table(step, results) -> None:
+    print(f"\nevaluation at step {step}")
+    for name, result in results.items():
+        for key, value in result.scalars.items():
+            print(f"  {name + '/' + key:<40s} {value:.4f}")
+        for key in result.images:
+            print(f"  {name + '/' + key:<40s} (image)")
+
+
+def _print_train_summary(workdir, result) -> None:
+    if "preempted_at" in result:
+        print(f"stopped by SIGTERM at step {result['preempted_at']}; rerun the same command to resume")
+        return
+    if result.get("evals"):
+        _print_eval_table("final", result["evals"])
+    print(f"\nmetrics:     {os.path.join(workdir, 'metrics.jsonl')}")
+    print(f"images:      {os.path.join(workdir, 'images')}")
+    print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}")
+    print(f"tensorboard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
+
+
+def run() -> None:
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

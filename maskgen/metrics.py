@@ -1,0 +1,102 @@
+"""Metric writing: `workdir/metrics.jsonl`, TensorBoard events, PNG images and a progress line.
+
+Only the primary process (index 0) writes files; every process may call the methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+log = logging.getLogger("maskgen")
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, is_primary: bool = True, tensorboard: bool = True):
+        self.workdir = workdir
+        self.is_primary = is_primary
+        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if is_primary:
+            os.makedirs(workdir, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drops logged rows beyond `step`, so a resumed run does not log those steps twice."""
+        if not self.is_primary or not os.path.exists(self.jsonl_path):
+            return
+        with open(self.jsonl_path) as f:
+            rows = [line for line in f if line.strip()]
+        kept = []
+        for line in rows:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError):
+                continue  # A line cut short by a kill; drop it.
+        tmp = self.jsonl_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.jsonl_path)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        if not self.is_primary:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, float(value), int(step))
+            self._tb.flush()
+
+    def write_image(self, step: int, name: str, image: np.ndarray) -> str | None:
+        """Writes a uint8 [H, W, C] image to `workdir/images/{name}_{step}.png` and TensorBoard."""
+        if not self.is_primary:
+            return None
+        from PIL import Image
+
+        path = os.path.join(self.workdir, "images", f"{name.replace('/', '_')}_{int(step):07d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+        if self._tb is not None:
+            self._tb.add_image(name, image, int(step), dataformats="HWC")
+            self._tb.flush()
+        return path
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """Steps/s, examples/s and ETA between progress lines."""
+
+    def __init__(self, first_step: int, total_steps: int, global_batch_size: int):
+        self.total_steps = total_steps
+        self.global_batch_size = global_batch_size
+        self._last_step = first_step
+        self._last_time = time.perf_counter()
+
+    def update(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        return {
+            "steps_per_sec": steps_per_sec,
+            "examples_per_sec": steps_per_sec * self.global_batch_size,
+            "eta_sec": (self.total_steps - step) / max(steps_per_sec, 1e-9),
+        }
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m{seconds % 60:02d}s"

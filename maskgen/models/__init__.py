@@ -1,0 +1,1 @@
+"""Model modules (Flax NNX, used functionally through split/merge)."""

@@ -1,0 +1,110 @@
+"""Vision Transformer encoder and the MAE decoder (He et al., "Masked Autoencoders Are Scalable
+Vision Learners", arXiv 2111.06377; ViT: Dosovitskiy et al., arXiv 2010.11929).
+
+The encoder takes an optional permutation of patch positions and a visible count, and then runs
+on the visible patches only: MAE's source of speed. Shapes stay static because every example
+keeps the same number of patches.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maskgen.models.layers import Dense, Transformer, logical_param
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches in raster order."""
+    b, h, w, c = images.shape
+    p = patch_size
+    x = images.reshape(b, h // p, p, w // p, p, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: jax.Array, patch_size: int, height: int, width: int) -> jax.Array:
+    """Inverse of `patchify`: [B, N, p*p*C] -> [B, H, W, C]."""
+    b, _, d = patches.shape
+    p = patch_size
+    c = d // (p * p)
+    x = patches.reshape(b, height // p, width // p, p, p, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, height, width, c)
+
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
+    """Fixed 2D sine-cosine position embeddings [grid_h*grid_w, dim] (half per spatial axis)."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (np.arange(quarter, dtype=np.float64) / quarter))
+    ys, xs = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
+    out_y = ys.reshape(-1, 1) * omega[None]
+    out_x = xs.reshape(-1, 1) * omega[None]
+    emb = np.concatenate([np.sin(out_y), np.cos(out_y), np.sin(out_x), np.cos(out_x)], axis=1)
+    return emb.astype(np.float32)
+
+
+class ViTEncoder(nnx.Module):
+    """Patch embedding + fixed 2D sin-cos positions + class token + pre-norm transformer."""
+
+    def __init__(self, *, patch_dim: int, grid: tuple[int, int], width: int, depth: int, num_heads: int,
+                 mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.grid = tuple(grid)
+        self.width = width
+        self.dtype = dtype
+        self.patch_embed = Dense((patch_dim,), (width,), ("patch", "embed"), rngs=rngs, dtype=dtype)
+        self.cls_token = logical_param(rngs, jax.nn.initializers.normal(0.02), (width,), ("embed",))
+        self.transformer = Transformer(width, depth, num_heads, mlp_ratio, rngs=rngs, dtype=dtype)
+
+    def __call__(self, patches: jax.Array, visible: jax.Array | None = None) -> jax.Array:
+        """patches [B, N, patch_dim]; visible int [B, K] or None (all). Returns [B, 1+K, width]."""
+        x = self.patch_embed(patches) + jnp.asarray(sincos_2d(*self.grid, self.width), self.dtype)
+        if visible is not None:
+            x = jnp.take_along_axis(x, visible[..., None], axis=1)
+        cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (x.shape[0], 1, self.width))
+        return self.transformer(jnp.concatenate([cls, x], axis=1))
+
+
+class MAE(nnx.Module):
+    """Masked autoencoder: encoder on visible patches, light decoder with mask tokens."""
+
+    def __init__(self, *, patch_dim: int, grid: tuple[int, int], width: int, depth: int, num_heads: int,
+                 decoder_width: int, decoder_depth: int, decoder_heads: int, mlp_ratio: float,
+                 rngs: nnx.Rngs, dtype=jnp.float32):
+        self.grid = tuple(grid)
+        self.decoder_width = decoder_width
+        self.dtype = dtype
+        self.encoder = ViTEncoder(patch_dim=patch_dim, grid=grid, width=width, depth=depth, num_heads=num_heads,
+                                  mlp_ratio=mlp_ratio, rngs=rngs, dtype=dtype)
+        self.decoder_embed = Dense((width,), (decoder_width,), ("embed", None), rngs=rngs, dtype=dtype)
+        self.mask_token = logical_param(rngs, jax.nn.initializers.normal(0.02), (decoder_width,), ("embed",))
+        self.decoder = Transformer(decoder_width, decoder_depth, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype)
+        self.decoder_pred = Dense((decoder_width,), (patch_dim,), ("embed", "patch"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, patches: jax.Array, order: jax.Array, num_visible: int) -> jax.Array:
+        """Predicts every patch from the visible ones.
+
+        Args:
+          patches: [B, N, patch_dim].
+          order: int [B, N], a permutation of positions whose first `num_visible` are visible.
+          num_visible: static count of visible patches.
+        Returns:
+          [B, N, patch_dim] predictions in raster order.
+        """
+        b, n, _ = patches.shape
+        latent = self.encoder(patches, order[:, :num_visible])
+        x = self.decoder_embed(latent)
+        cls, visible_tokens = x[:, :1], x[:, 1:]
+        mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(self.dtype), (b, n - num_visible, self.decoder_width))
+        # Undo the permutation: position i takes the token at index restore[i] of [visible, masked].
+        restore = jnp.argsort(order, axis=-1)
+        tokens = jnp.take_along_axis(jnp.concatenate([visible_tokens, mask_tokens], 1), restore[..., None], axis=1)
+        tokens = tokens + jnp.asarray(sincos_2d(*self.grid, self.decoder_width), self.dtype)
+        y = self.decoder(jnp.concatenate([cls, tokens], axis=1))
+        return self.decoder_pred(y[:, 1:]).astype(jnp.float32)
+
+    def features(self, patches: jax.Array) -> jax.Array:
+        """Mean-pooled encoder features of all patches, [B, width], for linear probing."""
+        return self.encoder(patches)[:, 1:].astype(jnp.float32).mean(axis=1)

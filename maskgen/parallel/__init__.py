@@ -1,0 +1,64 @@
+"""Device mesh, logical-axis sharding rules and global batches (MaxText-style logical axes).
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, ...). `config.sharding_rules` maps
+them to the mesh axes of `config.mesh`, so a model changes parallelism without code changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from maskgen.config import batch_axes, mesh_shape
+
+
+def make_mesh(mesh_spec: Sequence[Sequence[Any]]) -> jax.sharding.Mesh:
+    """Builds a mesh from `(("data", -1), ("fsdp", 1), ("tensor", 1))` over all devices.
+
+    Axes are `Auto` (GSPMD propagates shardings inside jit); the explicit-sharding default of
+    `jax.make_mesh` rejects gathers such as an embedding lookup on batch-sharded ids.
+    """
+    sizes = mesh_shape(mesh_spec, jax.device_count())
+    return jax.make_mesh(
+        tuple(sizes.values()), tuple(sizes.keys()), axis_types=(AxisType.Auto,) * len(sizes)
+    )
+
+
+def logical_rules(sharding_rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """Normalises config rules (lists from JSON) into the tuple form flax expects."""
+    out = []
+    for logical, physical in sharding_rules:
+        if isinstance(physical, (list, tuple)):
+            physical = tuple(physical)
+        out.append((str(logical), physical))
+    return tuple(out)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, sharding_rules, ndim: int = 1) -> NamedSharding:
+    """Sharding of a batch-leading array: dim 0 over the batch axes, the rest replicated."""
+    axes = batch_axes(sharding_rules)
+    return NamedSharding(mesh, P(axes if axes else None, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh, sharding_rules) -> dict[str, jax.Array]:
+    """Turns this process's rows of a batch into global arrays sharded over the batch axes."""
+    return {
+        key: jax.make_array_from_process_local_data(batch_sharding(mesh, sharding_rules, value.ndim), value)
+        for key, value in local_batch.items()
+    }
+
+
+def to_host(tree):
+    """Fetches (possibly multi-process) global arrays to numpy on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)

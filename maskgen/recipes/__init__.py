@@ -1,0 +1,12 @@
+"""Recipe registry: `config.recipe` names the object that knows a paper's model, loss and samples.
+
+A recipe is the only place where a model, a masking rule, a loss and a sampler meet; the training
+loop in `maskgen/train.py` talks to recipes through the methods of `maskgen.recipes.base.Recipe`.
+"""
+
+from maskgen.recipes.base import Recipe, get_recipe, recipe_names, register
+
+# Importing a recipe module registers it.
+from maskgen.recipes import mae  # noqa: F401,E402
+
+__all__ = ["Recipe", "get_recipe", "recipe_names", "register"]

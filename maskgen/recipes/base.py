@@ -1,0 +1,67 @@
+"""The recipe interface that the one training loop uses, and the registry of recipes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import ml_collections
+from flax import nnx
+
+_REGISTRY: dict[str, type["Recipe"]] = {}
+
+
+def register(name: str) -> Callable[[type["Recipe"]], type["Recipe"]]:
+    def decorate(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"recipe {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def recipe_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_recipe(name: str) -> type["Recipe"]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown recipe {name!r}; registered recipes: {', '.join(recipe_names())}")
+    return _REGISTRY[name]
+
+
+class Recipe:
+    """What the loop needs from a paper. Subclasses implement the methods below.
+
+    Methods taking `model` receive the NNX module rebuilt inside a jitted function from the
+    (graphdef, params) pair; they must be pure (randomness only from `rng`).
+    """
+
+    name: str = ""
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, data_info: dict[str, Any]) -> "Recipe":
+        """Reads what the recipe needs from the config and the dataset's shapes (explicit args)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def validate(config: ml_collections.ConfigDict, data_info: dict[str, Any]) -> list[str]:
+        """Returns human-readable problems with recipe-specific settings (empty if none)."""
+        return []
+
+    def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        raise NotImplementedError
+
+    def loss(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Scalar training loss and a dict of scalar metrics."""
+        raise NotImplementedError
+
+    def sample(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+        """Named image rows [B, H, W, C] in [-1, 1] for a grid (e.g. original/masked/reconstruction)."""
+        raise NotImplementedError
+
+    def features(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> jax.Array:
+        """Per-example representation [B, D], for linear probes."""
+        raise NotImplementedError

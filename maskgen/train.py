@@ -1,0 +1,420 @@
+"""The one train/eval loop for every recipe (in the spirit of big_vision's train.py).
+
+Sections, top to bottom: setup (config checks, mesh, data shapes, recipe, sharded model
+template) -> optimizer -> state init/restore -> jitted update step -> loop (log, NaN check,
+checkpoint, evals, preemption). The loop never learns what the recipe is: it calls
+`recipe.loss`, and evaluators call `recipe.sample` / `recipe.features` through `EvalContext`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from maskgen import parallel
+from maskgen.checkpoint import Checkpointer
+from maskgen.config import ConfigError, config_to_json, validate_common
+from maskgen.data import make_source, source_info
+from maskgen.data.pipeline import eval_batches, train_dataset
+from maskgen.evaluators import EvalContext, EvalResult, build_evaluator
+from maskgen.metrics import MetricWriter, Progress, format_eta
+from maskgen.recipes import Recipe, get_recipe
+
+log = logging.getLogger("maskgen")
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN/inf; the run stops without saving that state."""
+
+
+# --------------------------------------------------------------------------------------------
+# Setup: validate, build the mesh, the recipe and a sharded model template.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    data_info: dict
+    recipe: Recipe
+    graphdef: Any
+    param_shardings: Any  # pure dict of NamedSharding, same tree as params
+    init_params: Callable[[jax.Array], Any]  # key -> sharded params (jitted; call inside `context()`)
+
+    def context(self):
+        """Mesh + logical rules, needed while tracing anything that creates parameters."""
+        return _Contexts(jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules))
+
+
+class _Contexts:
+    def __init__(self, *contexts):
+        self.contexts = contexts
+
+    def __enter__(self):
+        for c in self.contexts:
+            c.__enter__()
+
+    def __exit__(self, *exc):
+        for c in reversed(self.contexts):
+            c.__exit__(*exc)
+
+
+def setup(config: ml_collections.ConfigDict) -> Run:
+    """Checks the config against the devices and data, and builds what train/eval/sample share."""
+    recipe_cls = get_recipe(config.recipe)
+    validate_common(config, jax.device_count(), jax.process_count())
+    data_info = source_info(config.data.name, config.data.data_dir)
+    problems = recipe_cls.validate(config, data_info)
+    for name, spec in config.evals.items():
+        try:
+            build_evaluator(name, spec.to_dict())
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    recipe = recipe_cls.from_config(config, data_info)
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.logical_rules(config.sharding_rules)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        abstract_model = nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0)))
+        graphdef, abstract_state = nnx.split(abstract_model)
+        param_shardings = nnx.to_pure_dict(nnx.get_named_sharding(abstract_state, mesh))
+
+    def make_params(key):
+        return nnx.to_pure_dict(nnx.split(recipe.make_model(nnx.Rngs(params=key)))[1])
+
+    init_params = jax.jit(make_params, out_shardings=param_shardings)
+    return Run(config, mesh, rules, data_info, recipe, graphdef, param_shardings, init_params)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer: AdamW, linear warm-up then cosine decay, global-norm clipping.
+# --------------------------------------------------------------------------------------------
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int):
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=opt.lr, warmup_steps=opt.warmup_steps,
+        decay_steps=max(total_steps, opt.warmup_steps + 1), end_value=opt.lr * opt.min_lr_ratio,
+    )
+    # Weight decay on matrices only: biases, norms and learned tokens are not decayed (as in MAE).
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(opt.grad_clip_norm) if opt.grad_clip_norm > 0 else optax.identity(),
+        optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask),
+    )
+    return tx, schedule
+
+
+def state_shardings(run: Run, tx) -> tuple[dict, Any]:
+    """Shardings of the train state {step, params, opt_state} and of the EMA params."""
+    with run.context():
+        abstract_params = jax.eval_shape(run.init_params, jax.random.key(0))
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = parallel.replicated(run.mesh)
+    is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)  # noqa: E731
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_opt, run.param_shardings,
+        transform_non_params=lambda _: replicated, is_leaf=is_sharding,
+    )
+    return {"step": replicated, "params": run.param_shardings, "opt_state": opt_shardings}, run.param_shardings
+
+
+def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    base = jax.random.key(seed)
+    return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)  # (init, train)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation plumbing shared by the loop and `maskgen eval` / `maskgen sample`.
+# --------------------------------------------------------------------------------------------
+def make_eval_context(run: Run, params, step: int) -> EvalContext:
+    config, cache, sources = run.config, {}, {}
+
+    def apply(method: str, params, batch, rng):
+        if method not in cache:
+            def fn(p, b, r):
+                return getattr(run.recipe, method)(nnx.merge(run.graphdef, p), b, r)
+
+            cache[method] = jax.jit(fn)
+        with jax.set_mesh(run.mesh):
+            return cache[method](params, batch, rng)
+
+    def batches(split: str, limit: int | None = None):
+        if split not in sources:
+            sources[split] = make_source(config.data.name, split, config.data.data_dir)
+        for local, valid in eval_batches(
+            sources[split], global_batch_size=config.batch_size, image_size=config.data.image_size,
+            process_index=jax.process_index(), process_count=jax.process_count(), limit=limit,
+        ):
+            yield parallel.global_batch(local, run.mesh, run.rules), valid
+
+    def init_params(seed: int):
+        with run.context():
+            return run.init_params(jax.random.key(seed))
+
+    return EvalContext(
+        step=step, params=params, apply=apply, init_params=init_params,
+        batches=batches, to_host=parallel.to_host, rng=jax.random.key(config.seed + 7),
+    )
+
+
+def run_evaluators(run: Run, params, step: int, writer: MetricWriter, names=None) -> dict[str, EvalResult]:
+    results = {}
+    ctx = make_eval_context(run, params, step)
+    for name, spec in run.config.evals.items():
+        if names is not None and name not in names:
+            continue
+        start = time.perf_counter()
+        result = build_evaluator(name, spec.to_dict()).run(ctx)
+        scalars = {f"{name}/{k}": v for k, v in result.scalars.items()}
+        if scalars:
+            writer.write_scalars(step, scalars)
+        for image_name, image in result.images.items():
+            path = writer.write_image(step, f"{name}/{image_name}", image)
+            if path:
+                log.info("[%s] wrote %s", name, path)
+        log.info("[%s] step %d (%.1fs): %s", name, step, time.perf_counter() - start,
+                 ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()) or "images only")
+        results[name] = result
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Training.
+# --------------------------------------------------------------------------------------------
+class _PreemptionFlag:
+    """SIGTERM (how TPU preemption arrives) asks the loop to checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread: no signal handling.
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | None) -> None:
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise NonFiniteError(
+                f"non-finite {name}={value} at step {step}; stopping without saving this state "
+                f"(last good checkpoint: {'none' if last_checkpoint is None else f'step {last_checkpoint}'})"
+            )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) the run in `workdir`. Returns the last logged metrics and eval results."""
+    run = setup(config)
+    is_primary = jax.process_index() == 0
+    writer = MetricWriter(workdir, is_primary)
+    if is_primary:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_to_json(config))
+    log.info("mesh %s, %d devices, %d processes", dict(run.mesh.shape), jax.device_count(), jax.process_count())
+
+    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+    state_sh, ema_sh = state_shardings(run, tx)
+    init_key, train_key = _keys(config.seed)
+
+    def init_state(key):
+        params = run.init_params(key)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}, params
+
+    with run.context():
+        jit_init = jax.jit(init_state, out_shardings=(state_sh, ema_sh))
+        abstract_state, abstract_ema = jax.eval_shape(jit_init, init_key)
+    attach = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+    abstract_state = jax.tree.map(attach, abstract_state, state_sh)
+    abstract_ema = jax.tree.map(attach, abstract_ema, ema_sh)
+
+    # ---- Data: every process reads its own rows of each global batch.
+    source = make_source(config.data.name, "train", config.data.data_dir)
+    data_iter = iter(train_dataset(
+        source, seed=config.seed, global_batch_size=config.batch_size, image_size=config.data.image_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    ))
+
+    # ---- Restore the latest readable checkpoint, or start from scratch.
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    start_step, restored = checkpointer.restore_latest(
+        abstract_state=abstract_state, abstract_ema=abstract_ema, data_iterator=data_iter
+    )
+    if restored is not None:
+        state, ema = restored.state, restored.ema
+        log.info("resumed from checkpoint at step %d", start_step)
+    else:
+        start_step = 0
+        with run.context():
+            state, ema = jit_init(init_key)
+        log.info("initialised a new run (%d parameters)",
+                 sum(x.size for x in jax.tree.leaves(state["params"])))
+    writer.truncate_after(start_step)
+
+    # ---- The update step: pure, jitted, state donated.
+    def train_step(state, ema, batch):
+        rng = jax.random.fold_in(train_key, state["step"])
+
+        def loss_fn(params):
+            return run.recipe.loss(nnx.merge(run.graphdef, params), batch, rng)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        decay = config.ema_decay
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]), **aux}
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, ema, metrics
+
+    with run.context():
+        step_fn = jax.jit(
+            train_step, in_shardings=(state_sh, ema_sh, None),
+            out_shardings=(state_sh, ema_sh, parallel.replicated(run.mesh)), donate_argnums=(0, 1),
+        )
+
+    # ---- The loop.
+    periodic_evals = [n for n, s in config.evals.items() if s.every > 0]
+    pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet fetched
+    window: list[dict[str, float]] = []  # fetched metrics since the last log line
+    last_checkpoint = start_step if restored is not None else None
+    last_logged: dict[str, float] = {}
+    progress = Progress(start_step, config.total_steps, config.batch_size)
+    run_start = time.perf_counter()
+
+    def drain():
+        for step, device_metrics in jax.device_get(pending):
+            host = {k: float(v) for k, v in device_metrics.items()}
+            _check_finite(step, host, last_checkpoint)
+            window.append(host)
+        pending.clear()
+
+    def save(step):
+        nonlocal last_checkpoint
+        drain()  # Never save a state whose loss or gradients were not finite.
+        checkpointer.save(step, state=state, ema=ema, data_iterator=data_iter, config_json=config.to_dict())
+        last_checkpoint = step
+
+    with _PreemptionFlag() as preemption:
+        step = start_step
+        while step < config.total_steps:
+            local = next(data_iter)
+            batch = parallel.global_batch(local, run.mesh, run.rules)
+            with jax.set_mesh(run.mesh):
+                state, ema, metrics = step_fn(state, ema, batch)
+            step += 1
+            pending.append((step, metrics))
+            if step % config.log_every == 0 or step == config.total_steps:
+                drain()
+                last_logged = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                window.clear()
+                speed = progress.update(step)
+                writer.write_scalars(step, {**last_logged, **speed})
+                log.info("step %d/%d  loss %.5f  %.2f steps/s  %.1f examples/s  ETA %s", step, config.total_steps,
+                         last_logged["loss"], speed["steps_per_sec"], speed["examples_per_sec"],
+                         format_eta(speed["eta_sec"]))
+            if step % config.checkpoint_every == 0 or step == config.total_steps or preemption.requested:
+                save(step)
+            if preemption.requested:
+                checkpointer.close()
+                log.info("SIGTERM received: saved checkpoint at step %d and stopped; rerun to resume", step)
+                return {"preempted_at": step, "metrics": last_logged}
+            due = [n for n in periodic_evals if step % config.evals[n].every == 0 and step != config.total_steps]
+            if due:
+                run_evaluators(run, ema if config.eval_params == "ema" else state["params"], step, writer, due)
+    checkpointer.close()
+    log.info("training finished: %d steps in %.1fs", config.total_steps - start_step, time.perf_counter() - run_start)
+    results = {}
+    if start_step < config.total_steps:  # Final evals, unless the run was already complete.
+        results = run_evaluators(run, ema if config.eval_params == "ema" else state["params"], step, writer)
+    writer.close()
+    return {"metrics": last_logged, "evals": results, "workdir": workdir}
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation and sampling from a saved run.
+# --------------------------------------------------------------------------------------------
+def restore_params(run: Run, workdir: str, step: int | None = None, which: str | None = None):
+    """Loads `params` or `ema` (default: `config.eval_params`) of a step (default: latest readable)."""
+    which = which or run.config.eval_params
+    with run.context():
+        abstract = jax.eval_shape(run.init_params, jax.random.key(0))
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, run.param_shardings
+    )
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), run.config.keep_checkpoints)
+    try:
+        if step is None:
+            if not checkpointer.all_steps():
+                raise FileNotFoundError(f"no checkpoints in {workdir}/checkpoints; train first")
+            if which == "ema":
+                step, restored = checkpointer.restore_latest(abstract_ema=abstract)
+            else:
+                step, restored = checkpointer.restore_latest(abstract_state={"params": abstract})
+            if restored is None:
+                raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
+        else:
+            if step not in checkpointer.all_steps():
+                raise FileNotFoundError(f"no checkpoint at step {step}; available: {checkpointer.all_steps()}")
+            if which == "ema":
+                restored = checkpointer.restore(step, abstract_ema=abstract)
+            else:
+                restored = checkpointer.restore(step, abstract_state={"params": abstract})
+    finally:
+        checkpointer.close()
+    return step, (restored.ema if which == "ema" else restored.state["params"])
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[int, dict[str, EvalResult]]:
+    run = setup(config)
+    step, params = restore_params(run, workdir, step)
+    writer = MetricWriter(os.path.join(workdir, "eval"), jax.process_index() == 0, tensorboard=False)
+    results = run_evaluators(run, params, step, writer)
+    writer.close()
+    return step, results
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, out: str, num: int = 16, step: int | None = None,
+           seed: int = 0) -> str:
+    """Writes a grid of the recipe's samples (for MAE: masked test images and reconstructions)."""
+    from maskgen.evaluators.image_grid import ImageGrid
+    from PIL import Image
+
+    run = setup(config)
+    step, params = restore_params(run, workdir, step)
+    grid = ImageGrid(num=num, seed=seed).run(make_eval_context(run, params, step)).images["grid"]
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out)
+    return out
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    from maskgen.config import config_from_json
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: pass --config, or point --workdir at a training run")
+    with open(path) as f:
+        return config_from_json(f.read())

@@ -1,0 +1,32 @@
+"""maskgen: masked generative modeling in JAX/Flax, TPU-first."""
+import setuptools
+
+setuptools.setup(
+    name="maskgen",
+    version="0.1.0",
+    description="Masked generative modeling (MAE, tokenizers, MaskGIT, ...) in JAX/Flax NNX.",
+    packages=setuptools.find_packages(include=["maskgen", "maskgen.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "array-record>=0.8.6",
+        "ml-collections>=1.1.0",
+        "chex>=0.1.92",
+        "numpy>=1.26",
+        "absl-py",
+        "scikit-learn",  # ships the default dataset (handwritten digits)
+        "pillow",  # image decode/resize and PNG grids
+        "tensorboardX",  # TensorBoard event files without TensorFlow
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist"],
+        "tfds": ["tensorflow-datasets>=4.9.10"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "cuda": ["jax[cuda12]>=0.10.2"],
+    },
+    entry_points={"console_scripts": ["maskgen=maskgen.main:run"]},
+)
