@@ -17,6 +17,7 @@ setuptools.setup(
         "ml-collections>=1.1.0",
         "chex>=0.1.92",
         "numpy>=1.26",
+        "msgpack",  # record serialisation
         "absl-py",
         "scikit-learn",  # ships the default dataset (handwritten digits)
         "pillow",  # image decode/resize and PNG grids

@@ -206,7 +206,10 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int, num_pro
         problems.append(f"config.eval_params must be 'params' or 'ema', got {config.eval_params!r}")
     for name, spec in config.evals.items():
         if "type" not in spec or "every" not in spec:
-            problems.append(f"config.evals.{name} needs a 'type' and an 'every' (steps; 0 = only at the end)")
+            problems.append(
+                f"config.evals.{name} needs a 'type' and an 'every' "
+                "(N > 0: every N steps and at the end; 0: only at the end; -1: only via `maskgen eval`)"
+            )
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 

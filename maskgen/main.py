@@ -114,7 +114,10 @@ def main(argv: list[str]) -> int:
         from maskgen.data.prepare import BadImageError
         from maskgen.train import NonFiniteError
 
-        if isinstance(err, (NonFiniteError, BadImageError, FileNotFoundError)):
+        # Bad input (a missing file, an unknown split, a corrupt image, a NaN run) gets a message,
+        # not a traceback; set MASKGEN_TRACEBACK=1 to see where it came from.
+        expected = (NonFiniteError, BadImageError, FileNotFoundError, ValueError, ImportError)
+        if isinstance(err, expected) and not os.environ.get("MASKGEN_TRACEBACK"):
             print(f"error: {err}", file=sys.stderr)
             return 1
         raise

@@ -216,6 +216,20 @@ class _PreemptionFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+class _finish_saves_on_error:
+    """On an exception, lets in-flight (good) checkpoint saves finish before it propagates."""
+
+    def __init__(self, checkpointer: Checkpointer):
+        self.checkpointer = checkpointer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            self.checkpointer.close()
+
+
 def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | None) -> None:
     for name, value in metrics.items():
         if not math.isfinite(value):
@@ -285,7 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         params = optax.apply_updates(state["params"], updates)
         decay = config.ema_decay
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"]), **aux}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, ema, metrics
 
     with run.context():
@@ -316,7 +330,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         checkpointer.save(step, state=state, ema=ema, data_iterator=data_iter, config_json=config.to_dict())
         last_checkpoint = step
 
-    with _PreemptionFlag() as preemption:
+    with _PreemptionFlag() as preemption, _finish_saves_on_error(checkpointer):
         step = start_step
         while step < config.total_steps:
             local = next(data_iter)
@@ -346,8 +360,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     checkpointer.close()
     log.info("training finished: %d steps in %.1fs", config.total_steps - start_step, time.perf_counter() - run_start)
     results = {}
-    if start_step < config.total_steps:  # Final evals, unless the run was already complete.
-        results = run_evaluators(run, ema if config.eval_params == "ema" else state["params"], step, writer)
+    final_evals = [n for n, s in config.evals.items() if s.every >= 0]
+    if start_step < config.total_steps and final_evals:  # Final evals, unless the run was already complete.
+        results = run_evaluators(run, ema if config.eval_params == "ema" else state["params"], step, writer, final_evals)
     writer.close()
     return {"metrics": last_logged, "evals": results, "workdir": workdir}
 

@@ -1,0 +1,241 @@
+"""Writes datasets (sklearn digits, folders of images) as maskgen ArrayRecord directories.
+
+Output: per split, shards f"{split}.array_record-{i:05d}-of-{n:05d}" and, written last
+and atomically, metadata.json. Any metadata.json already in out_dir is deleted first,
+so a failed run never leaves one behind that claims success.
+
+Image folder layout (class names sorted; label = index in that order):
+
+* in_dir/<class>/**/<image>: one class per subfolder; a stable hash of each file's
+  path relative to in_dir sends about test_fraction of the files to "test": the file
+  goes to test when int.from_bytes(sha256(relpath).digest()[:8], "big") < test_fraction * 2**64
+  (relpath in POSIX form, e.g. "cat/001.png").
+* in_dir/train/<class>/... plus in_dir/test/<class>/... (or val/ when there is no test/):
+  those folders are the "train" and "test" splits; test_fraction is ignored. Classes come
+  from train/, and a test class missing from train/ is an error.
+* Images directly in in_dir (or directly in train/ and test/) with no class folders form
+  one class named after in_dir's folder name (num_classes 1).
+
+Images are files ending in .png/.jpg/.jpeg/.bmp/.gif/.webp (any case); hidden files and
+folders are ignored. Each is fully decoded with PIL, EXIF-rotated, converted to RGB,
+center-cropped to a square and resized to resolution x resolution with Lanczos (antialiased).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import hashlib
+import os
+
+import numpy as np
+
+from maskgen.data import digits, records
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+class BadImageError(ValueError):
+    """An image file that PIL cannot fully decode; `path` and `reason` are attributes."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"cannot read image {path}: {reason}. Fix or delete the file, or pass --skip-bad "
+            "(skip_bad=True) to skip unreadable images and list them in metadata.json."
+        )
+
+
+def load_image(path: str, resolution: int) -> np.ndarray:
+    """Decodes one file to uint8 [resolution, resolution, 3]; raises BadImageError if unreadable."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode everything now, so truncated files fail here
+            img = ImageOps.exif_transpose(img).convert("RGB")
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        if side != resolution:
+            img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+        return np.asarray(img, dtype=np.uint8)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, EOFError, ...
+        raise BadImageError(path, f"{type(e).__name__}: {e}") from e
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _images_below(root: str) -> list[str]:
+    """Image paths under root (recursive, hidden entries skipped), sorted, relative to root."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, root)
+        found += [os.path.normpath(os.path.join(rel, f)) for f in filenames if _is_image(f)]
+    return sorted(found)
+
+
+def _scan_classes(root: str, single_class_name: str) -> dict[str, list[str]]:
+    """{class_name: [absolute image paths]} for one folder of class subfolders (or loose images)."""
+    classes = {}
+    for d in sorted(os.listdir(root)):
+        path = os.path.join(root, d)
+        if not d.startswith(".") and os.path.isdir(path):
+            files = _images_below(path)
+            if files:
+                classes[d] = [os.path.join(path, f) for f in files]
+    loose = sorted(f for f in os.listdir(root) if _is_image(f) and os.path.isfile(os.path.join(root, f)))
+    if classes and loose:
+        raise ValueError(
+            f"{root} mixes class folders {list(classes)[:5]} with loose images {loose[:3]}; "
+            "put every image inside a class folder"
+        )
+    if loose:
+        return {single_class_name: [os.path.join(root, f) for f in loose]}
+    return classes
+
+
+def _is_test_path(relpath: str, test_fraction: float) -> bool:
+    key = int.from_bytes(hashlib.sha256(relpath.encode("utf-8")).digest()[:8], "big")
+    return key < test_fraction * 2**64
+
+
+def find_images(in_dir: str, test_fraction: float) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """Returns (class_names, {"train"|"test": [(absolute path, label), ...]}) for an image folder."""
+    if not os.path.isdir(in_dir):
+        raise FileNotFoundError(f"image folder {in_dir!r} does not exist")
+    in_dir = os.path.abspath(in_dir)
+    single = os.path.basename(in_dir.rstrip(os.sep)) or "0"
+    test_dir = next((d for d in ("test", "val") if os.path.isdir(os.path.join(in_dir, d))), None)
+    if os.path.isdir(os.path.join(in_dir, "train")) and test_dir:
+        train = _scan_classes(os.path.join(in_dir, "train"), single)
+        test = _scan_classes(os.path.join(in_dir, test_dir), single)
+        unknown = sorted(set(test) - set(train))
+        if unknown:
+            raise ValueError(f"classes {unknown} are in {in_dir}/{test_dir} but not in {in_dir}/train")
+        class_names = sorted(train)
+        per_split = {"train": train, "test": test}
+    else:
+        classes = _scan_classes(in_dir, single)
+        class_names = sorted(classes)
+        per_split = {"train": {}, "test": {}}
+        for name, paths in classes.items():
+            for p in paths:
+                rel = os.path.relpath(p, in_dir).replace(os.sep, "/")
+                split = "test" if _is_test_path(rel, test_fraction) else "train"
+                per_split[split].setdefault(name, []).append(p)
+    if not class_names:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {in_dir}")
+    label = {name: i for i, name in enumerate(class_names)}
+    items = {
+        split: [(p, label[name]) for name in sorted(classes) for p in classes[name]]
+        for split, classes in per_split.items()
+    }
+    return class_names, items
+
+
+def _decoded(items, resolution, skip_bad, skipped, num_workers):
+    """Yields examples for items in order, decoding on threads; bad files raise or go to `skipped`."""
+
+    def load(path):
+        try:
+            return load_image(path, resolution), None
+        except BadImageError as e:
+            return None, e
+
+    chunk = 32 * num_workers
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        for start in range(0, len(items), chunk):
+            batch = items[start:start + chunk]
+            for (path, label), (image, error) in zip(batch, pool.map(load, [p for p, _ in batch])):
+                if error is not None:
+                    if not skip_bad:
+                        raise error
+                    skipped.append({"path": path, "error": error.reason})
+                    continue
+                yield {"image": image, "label": np.int32(label)}
+
+
+def _start(out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    stale = os.path.join(out_dir, records.METADATA_FILE)
+    if os.path.exists(stale):
+        os.remove(stale)
+
+
+def _finish(out_dir, source, image_shape, class_names, splits, skipped) -> dict:
+    metadata = {
+        "format": records.FORMAT,
+        "source": source,
+        "image_shape": list(image_shape),
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "splits": splits,
+        "skipped": skipped,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    records.write_metadata(out_dir, metadata)
+    return metadata
+
+
+def prepare_digits(out_dir: str, num_shards: int = 1) -> dict:
+    """Writes the digits train/test splits (see maskgen.data.digits) to out_dir; returns the metadata."""
+    _start(out_dir)
+    splits = {}
+    try:
+        for split in digits.SPLITS:
+            source = digits.DigitsSource(split)
+            examples = (source[i] for i in range(len(source)))
+            names = records.write_shards(examples, out_dir, split, num_shards, expected_count=len(source))
+            splits[split] = {"num_examples": len(source), "shards": names}
+    except BaseException:
+        for split in digits.SPLITS:
+            records.remove_shards(out_dir, split)
+        raise
+    return _finish(out_dir, "digits", digits.IMAGE_SHAPE, digits.CLASS_NAMES, splits, [])
+
+
+def prepare_image_folder(
+    in_dir: str,
+    out_dir: str,
+    resolution: int,
+    skip_bad: bool = False,
+    test_fraction: float = 0.1,
+    num_shards: int = 1,
+    num_workers: int | None = None,
+) -> dict:
+    """Writes an image folder (layout in the module docstring) to out_dir; returns the metadata.
+
+    Raises BadImageError on the first unreadable image unless skip_bad, in which case
+    unreadable files are listed under "skipped" ({"path", "error"}) in the metadata.
+    num_workers decoding threads (default: min(8, CPU count)); output order is fixed.
+    """
+    if not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
+    class_names, items = find_images(in_dir, test_fraction)
+    _start(out_dir)
+    splits, skipped = {}, []
+    try:
+        for split, split_items in items.items():
+            before = len(skipped)
+            examples = _decoded(split_items, resolution, skip_bad, skipped, num_workers)
+            names = records.write_shards(examples, out_dir, split, num_shards, expected_count=len(split_items))
+            count = len(split_items) - (len(skipped) - before)
+            splits[split] = {"num_examples": count, "shards": names}
+        if splits["train"]["num_examples"] == 0:
+            raise ValueError(f"no readable training images in {in_dir} ({len(skipped)} skipped)")
+    except BaseException:
+        for split in items:
+            records.remove_shards(out_dir, split)
+        raise
+    source = "folder:" + os.path.abspath(in_dir)
+    return _finish(out_dir, source, (resolution, resolution, 3), class_names, splits, skipped)

@@ -1,0 +1,161 @@
+"""Example serialization and the on-disk ArrayRecord dataset layout (shards + metadata.json).
+
+A record is a msgpack map (no pickle): {"v": 1, "shape": [H, W, C], "dtype": "uint8",
+"image": raw bytes in C order, "label": int}. A prepared directory holds, per split,
+shards named f"{split}.array_record-{i:05d}-of-{n:05d}" (written with group_size:1,
+as grain's random access wants), and a metadata.json that is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Iterable
+
+import msgpack
+import numpy as np
+
+FORMAT = "maskgen.array_record.v1"
+METADATA_FILE = "metadata.json"
+RECORD_VERSION = 1
+WRITER_OPTIONS = "group_size:1"
+
+
+def encode_example(example: dict) -> bytes:
+    """Serializes {"image": uint8 [H, W, C], "label": int} to bytes."""
+    if not isinstance(example, dict) or "image" not in example or "label" not in example:
+        raise ValueError(f"an example must be a dict with 'image' and 'label', got {type(example).__name__}")
+    image = np.asarray(example["image"])
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"example image must be uint8 [H, W, C], got {image.dtype} {list(image.shape)}")
+    label = np.asarray(example["label"])
+    if label.ndim != 0 or not np.issubdtype(label.dtype, np.integer):
+        raise ValueError(f"example label must be an integer scalar, got {label.dtype} {list(label.shape)}")
+    payload = {
+        "v": RECORD_VERSION,
+        "shape": list(image.shape),
+        "dtype": "uint8",
+        "image": np.ascontiguousarray(image).tobytes(),
+        "label": int(label),
+    }
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def decode_example(record: bytes) -> dict:
+    """Inverse of encode_example: returns {"image": uint8 [H, W, C] (writable), "label": np.int32}."""
+    try:
+        payload = msgpack.unpackb(record, raw=False)
+        version, shape, data, label = payload["v"], payload["shape"], payload["image"], payload["label"]
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise ValueError(f"not a maskgen example record ({len(record)} bytes): {e}") from e
+    if version != RECORD_VERSION or payload.get("dtype") != "uint8":
+        raise ValueError(f"unsupported record version {version!r} / dtype {payload.get('dtype')!r}")
+    image = np.frombuffer(data, dtype=np.uint8)
+    if image.size != int(np.prod(shape)):
+        raise ValueError(f"record image has {image.size} bytes but shape {shape}")
+    return {"image": image.reshape(shape).copy(), "label": np.int32(label)}
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}.array_record-{index:05d}-of-{num_shards:05d}"
+
+
+def _shard_pattern(split: str) -> re.Pattern:
+    return re.compile(re.escape(split) + r"\.array_record-\d{5}-of-\d{5}")
+
+
+def remove_shards(out_dir: str, split: str) -> None:
+    """Deletes every file in out_dir named like a shard of `split` (and nothing else)."""
+    if not os.path.isdir(out_dir):
+        return
+    pattern = _shard_pattern(split)
+    for name in os.listdir(out_dir):
+        if pattern.fullmatch(name):
+            os.remove(os.path.join(out_dir, name))
+
+
+def write_shards(
+    examples_iter: Iterable[dict],
+    out_dir: str,
+    split: str,
+    num_shards: int,
+    expected_count: int | None = None,
+) -> list[str]:
+    """Writes examples in order to `num_shards` ArrayRecord files; returns their file names.
+
+    Shard i holds a contiguous block, so reading the shards in order gives the input
+    order back. Block sizes come from `expected_count` (or len(examples_iter)); when
+    neither is known the encoded records are buffered in memory first. Extra records
+    beyond expected_count go to the last shard, and fewer records leave trailing
+    shards short or empty (an empty shard is a valid file). Old shards of this split
+    are removed first; on error the shards written so far are deleted.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"num_shards must be a positive integer, got {num_shards!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", split):
+        raise ValueError(f"split name must be letters, digits or '_', got {split!r}")
+    if expected_count is None and hasattr(examples_iter, "__len__"):
+        expected_count = len(examples_iter)
+    records = (encode_example(ex) for ex in examples_iter)
+    if expected_count is None:
+        records = list(records)
+        expected_count = len(records)
+    # Shard i takes records [bounds[i], bounds[i+1]); the last shard takes any overflow.
+    bounds = [expected_count * i // num_shards for i in range(num_shards + 1)]
+
+    os.makedirs(out_dir, exist_ok=True)
+    remove_shards(out_dir, split)
+    names = [shard_name(split, i, num_shards) for i in range(num_shards)]
+    shard, writer, count = 0, None, 0
+    try:
+        writer = ArrayRecordWriter(os.path.join(out_dir, names[0]), WRITER_OPTIONS)
+        for record in records:
+            while shard < num_shards - 1 and count >= bounds[shard + 1]:
+                writer.close()
+                shard += 1
+                writer = ArrayRecordWriter(os.path.join(out_dir, names[shard]), WRITER_OPTIONS)
+            writer.write(record)
+            count += 1
+        writer.close()
+        writer = None
+        for shard in range(shard + 1, num_shards):  # too few records: still write every shard
+            ArrayRecordWriter(os.path.join(out_dir, names[shard]), WRITER_OPTIONS).close()
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        remove_shards(out_dir, split)
+        raise
+    return names
+
+
+def write_metadata(out_dir: str, metadata: dict) -> str:
+    """Writes metadata.json atomically (temp file + rename); returns its path."""
+    path = os.path.join(out_dir, METADATA_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(metadata, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(data_dir: str) -> dict:
+    """Reads and checks data_dir/metadata.json of a directory written by maskgen prepare."""
+    if data_dir is None:
+        raise ValueError("the array_record source needs data_dir, the directory written by `maskgen prepare`")
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"array_record data_dir {data_dir!r} does not exist (run `maskgen prepare` first)")
+    path = os.path.join(data_dir, METADATA_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {data_dir!r} is not a finished `maskgen prepare` output "
+            "(metadata.json is written last, so a failed or running prepare has none)"
+        )
+    with open(path) as f:
+        metadata = json.load(f)
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {metadata.get('format')!r}, expected {FORMAT!r}")
+    return metadata

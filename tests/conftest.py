@@ -1,0 +1,37 @@
+"""Shared test setup: absl flags for grain, tiny configs, and helpers to run the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+flags.FLAGS.mark_as_parsed()  # grain reads absl flags.
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAE_DIGITS = os.path.join(REPO, "experiments", "mae_digits.py")
+
+
+def tiny_mae_config(*overrides: str, steps: int = 20):
+    """The tiny MAE digits config with `key=value` overrides, evals off unless re-enabled."""
+    from maskgen import config as config_lib
+
+    config = config_lib.load_config_file(f"{MAE_DIGITS}:size=tiny,steps={steps}")
+    config_lib.apply_overrides(config, ["evals.probe.every=-1", "evals.reconstruction.every=-1", *overrides])
+    return config
+
+
+def run_cli(*args: str, env_extra: dict | None = None, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": REPO, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "maskgen", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO, **popen)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long runs (paper-style reproductions, many-trial kill tests)")
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return str(tmp_path / "run")
