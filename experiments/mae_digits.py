@@ -30,7 +30,8 @@ def get_config(arg=None):
     config.recipe = "mae"
     config.total_steps = int(args.get("steps", steps))
     config.batch_size = batch
-    config.data = dict(name="digits", data_dir="", image_size=16)
+    # Digits are not flipped or cropped: a mirrored 2 is not a 2. See docs/data.md for the split.
+    config.data = dict(name="digits", data_dir="", image_size=16, augment="none", train_split="train")
     config.model = dict(
         patch_size=2, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
         decoder_width=dec_width, decoder_depth=dec_depth, decoder_heads=dec_heads,

@@ -76,7 +76,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     """Checks the config against the devices and data, and builds what train/eval/sample share."""
     recipe_cls = get_recipe(config.recipe)
     validate_common(config, jax.device_count(), jax.process_count())
-    data_info = source_info(config.data.name, config.data.data_dir)
+    data_info = source_info(config.data.name, config.data.data_dir or None)
     problems = recipe_cls.validate(config, data_info)
     for name, spec in config.evals.items():
         try:
@@ -153,7 +153,7 @@ def make_eval_context(run: Run, params, step: int) -> EvalContext:
 
     def batches(split: str, limit: int | None = None):
         if split not in sources:
-            sources[split] = make_source(config.data.name, split, config.data.data_dir)
+            sources[split] = make_source(config.data.name, split, config.data.data_dir or None)
         for local, valid in eval_batches(
             sources[split], global_batch_size=config.batch_size, image_size=config.data.image_size,
             process_index=jax.process_index(), process_count=jax.process_count(), limit=limit,
@@ -265,10 +265,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     abstract_ema = jax.tree.map(attach, abstract_ema, ema_sh)
 
     # ---- Data: every process reads its own rows of each global batch.
-    source = make_source(config.data.name, "train", config.data.data_dir)
+    source = make_source(config.data.name, config.data.train_split, config.data.data_dir or None)
     data_iter = iter(train_dataset(
         source, seed=config.seed, global_batch_size=config.batch_size, image_size=config.data.image_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        augment=config.data.augment, process_index=jax.process_index(), process_count=jax.process_count(),
     ))
 
     # ---- Restore the latest readable checkpoint, or start from scratch.

@@ -14,36 +14,95 @@ import numpy as np
 from PIL import Image
 
 
+def _to_float(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) / 127.5 - 1.0
+
+
+def _resize(image: np.ndarray, size: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Crops `box` (left, top, right, bottom) if given and resizes to size x size (bilinear, antialiased)."""
+    if box is None and image.shape[0] == size and image.shape[1] == size:
+        return image
+    channels = image.shape[-1]
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    pil = pil.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(pil).reshape(size, size, channels)
+
+
+def _check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image [H, W, C], got {image.dtype} {image.shape}")
+    return image
+
+
 class ToModelInput:
-    """Example dict -> model input: image resized to `image_size`, float32 in [-1, 1]; label int32."""
+    """Example -> model input: centre square crop resized to `image_size`, float32 in [-1, 1]."""
 
     def __init__(self, image_size: int):
         self.image_size = image_size
 
     def __call__(self, example: dict) -> dict:
-        image = np.asarray(example["image"])
-        if image.ndim != 3:
-            raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
-        if image.shape[0] != self.image_size or image.shape[1] != self.image_size:
-            channels = image.shape[-1]
-            pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-            pil = pil.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-            image = np.asarray(pil).reshape(self.image_size, self.image_size, channels)
-        return {
-            "image": image.astype(np.float32) / 127.5 - 1.0,
-            "label": np.asarray(example["label"], np.int32),
-        }
+        image = _check_image(example["image"])
+        h, w = image.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        box = None if h == w else (left, top, left + side, top + side)
+        return {"image": _to_float(_resize(image, self.image_size, box)),
+                "label": np.asarray(example["label"], np.int32)}
 
 
-def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int,
+class RandomResizedCropFlip(grain.transforms.RandomMap):
+    """MAE's augmentation: random resized crop (area 0.2-1, aspect 3/4-4/3) and horizontal flip.
+
+    grain derives `rng` from the pipeline seed and the element's position in the stream, so the
+    augmentation is the same after a restore.
+    """
+
+    def __init__(self, image_size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True):
+        self.image_size, self.scale, self.ratio, self.flip = image_size, scale, ratio, flip
+
+    def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+        image = _check_image(example["image"])
+        h, w = image.shape[:2]
+        box = None
+        for _ in range(10):
+            area = h * w * rng.uniform(*self.scale)
+            aspect = np.exp(rng.uniform(np.log(self.ratio[0]), np.log(self.ratio[1])))
+            cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                box = (left, top, left + cw, top + ch)
+                break
+        if box is None:  # Fall back to the centre square.
+            side = min(h, w)
+            box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+        image = _resize(image, self.image_size, box)
+        if self.flip and rng.uniform() < 0.5:
+            image = image[:, ::-1]
+        return {"image": _to_float(np.ascontiguousarray(image)), "label": np.asarray(example["label"], np.int32)}
+
+
+AUGMENTATIONS = ("none", "crop_flip")
+
+
+def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int, augment: str = "none",
                   process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """Infinite stream of this process's rows of each global batch, reshuffled every epoch."""
+    """Infinite stream of this process's rows of each global batch, reshuffled every epoch.
+
+    augment: "none" (centre crop + resize) or "crop_flip" (MAE's random resized crop + flip).
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; valid: {AUGMENTATIONS}")
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
     if len(source) < global_batch_size:
         raise ValueError(f"dataset has {len(source)} examples, fewer than one batch of {global_batch_size}")
     local = global_batch_size // process_count
-    stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).map(ToModelInput(image_size))
+    stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    if augment == "crop_flip":
+        stream = stream.random_map(RandomResizedCropFlip(image_size), seed=seed + 1)
+    else:
+        stream = stream.map(ToModelInput(image_size))
     # Chunk c of size `local` belongs to global batch c // P and to process c % P.
     return stream.batch(local, drop_remainder=True)[process_index::process_count].to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
