@@ -45,6 +45,7 @@ def get_config(arg=None):
     config.evals = dict(
         probe=dict(type="linear_probe", every=0, baselines=("random_init", "pixels"), train_split="train",
                    test_split="test", steps=1000, learning_rate=1e-2, weight_decay=1e-4),
-        reconstruction=dict(type="image_grid", every=0, split="test", num=16),
+        reconstruction=dict(type="image_grid", every=0, split="test", num=16,
+                            rows=("original", "masked", "reconstruction")),
     )
     return config

@@ -63,6 +63,7 @@ def get_config(arg=None):
         probe=dict(type="linear_probe", every=0 if tiny else 50_000, baselines=("random_init",),
                    train_split="train", test_split="validation", steps=1000, learning_rate=1e-2,
                    weight_decay=1e-4, max_examples=64 if tiny else 50_000),
-        reconstruction=dict(type="image_grid", every=0 if tiny else 10_000, split="validation", num=8 if tiny else 16),
+        reconstruction=dict(type="image_grid", every=0 if tiny else 10_000, split="validation", num=8 if tiny else 16,
+                            rows=("original", "masked", "reconstruction")),
     )
     return config

@@ -20,9 +20,22 @@ import orbax.checkpoint as ocp
 log = logging.getLogger("maskgen")
 
 
-def abstract_like(tree):
-    """ShapeDtypeStructs carrying each leaf's sharding: a restore target that lands on the mesh."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint whose arrays do not fit this config (a changed model, say)."""
+
+
+def _path(key_path) -> str:
+    parts = []
+    for key in key_path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    return {_path(p): tuple(x.shape) for p, x in jax.tree.leaves_with_path(tree)}
 
 
 class Checkpointer:
@@ -32,6 +45,10 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+            ),
+            item_handlers=dict(
+                state=ocp.StandardCheckpointHandler(), ema=ocp.StandardCheckpointHandler(),
+                config=ocp.JsonCheckpointHandler(), data=grain_checkpoint.CheckpointHandler(),
             ),
         )
 
@@ -59,29 +76,54 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def check_compatible(self, step: int, item: str, abstract) -> None:
+        """Raises CheckpointMismatchError if `item` at `step` lacks an array of `abstract` or has
+        another shape; any other failure to read the metadata propagates (a damaged checkpoint)."""
+        have = _shapes(self.manager.item_metadata(step)[item])
+        want = _shapes(abstract)
+        missing = sorted(set(want) - set(have))
+        reshaped = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+        if missing or reshaped:
+            details = [f"missing {k}" for k in missing[:5]] + [
+                f"{k}: checkpoint {have[k]} vs config {want[k]}" for k in reshaped[:5]]
+            raise CheckpointMismatchError(
+                f"checkpoint at step {step} in {self.directory} does not match this config "
+                f"({len(missing)} arrays missing, {len(reshaped)} with other shapes: {'; '.join(details)}). "
+                "Use a new --workdir, or the config the run was started with (its workdir/config.json)."
+            )
+
     def restore(self, step: int, *, abstract_state=None, abstract_ema=None, data_iterator=None):
         """Restores the named items of one step. Returns an object with `.state`, `.ema`, ..."""
         items = {}
-        if abstract_state is not None:
-            items["state"] = ocp.args.StandardRestore(abstract_state)
-        if abstract_ema is not None:
-            items["ema"] = ocp.args.StandardRestore(abstract_ema)
+        for name, abstract in (("state", abstract_state), ("ema", abstract_ema)):
+            if abstract is None:
+                continue
+            self.check_compatible(step, name, abstract)
+            items[name] = ocp.args.StandardRestore(abstract)
         if data_iterator is not None:
             items["data"] = grain_checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))
 
-    def restore_latest(self, *, abstract_state=None, abstract_ema=None, data_iterator=None):
-        """Restores the newest readable checkpoint. Returns `(step, restored)` or `(None, None)`."""
+    def restore_latest(self, *, abstract_state=None, abstract_ema=None, data_iterator=None,
+                       quarantine: bool = True):
+        """Restores the newest readable checkpoint. Returns `(step, restored)` or `(None, None)`.
+
+        A damaged checkpoint is skipped with a warning naming its step; with `quarantine` (training,
+        which will save that step again) it is also moved aside. A checkpoint that reads fine but
+        does not fit the config raises CheckpointMismatchError instead: falling back would
+        silently restart the run.
+        """
         for step in reversed(self.all_steps()):
             try:
-                return step, self.restore(
-                    step, abstract_state=abstract_state, abstract_ema=abstract_ema, data_iterator=data_iterator
-                )
+                return step, self.restore(step, abstract_state=abstract_state, abstract_ema=abstract_ema,
+                                          data_iterator=data_iterator)
+            except CheckpointMismatchError:
+                raise
             except Exception as err:  # noqa: BLE001 - any read failure means "try the previous one".
-                moved = self._quarantine(step)
+                where = f"moved it to {self._quarantine(step)}" if quarantine else "left it in place"
                 log.warning(
-                    "checkpoint at step %d is unreadable (%s: %s); moved it to %s and falling back "
-                    "to the previous checkpoint", step, type(err).__name__, str(err).splitlines()[0][:300], moved,
+                    "checkpoint at step %d is unreadable (%s: %s); %s and falling back to the previous "
+                    "checkpoint", step, type(err).__name__, str(err).splitlines()[0][:300], where,
                 )
         return None, None
 

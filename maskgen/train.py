@@ -53,23 +53,11 @@ class Run:
     graphdef: Any
     param_shardings: Any  # pure dict of NamedSharding, same tree as params
     init_params: Callable[[jax.Array], Any]  # key -> sharded params (jitted; call inside `context()`)
+    compiled_methods: dict = dataclasses.field(default_factory=dict)  # recipe method name -> jitted fn
 
     def context(self):
         """Mesh + logical rules, needed while tracing anything that creates parameters."""
-        return _Contexts(jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules))
-
-
-class _Contexts:
-    def __init__(self, *contexts):
-        self.contexts = contexts
-
-    def __enter__(self):
-        for c in self.contexts:
-            c.__enter__()
-
-    def __exit__(self, *exc):
-        for c in reversed(self.contexts):
-            c.__exit__(*exc)
+        return parallel.sharding_context(self.mesh, self.rules)
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:
@@ -88,7 +76,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     recipe = recipe_cls.from_config(config, data_info)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.logical_rules(config.sharding_rules)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    with parallel.sharding_context(mesh, rules):
         abstract_model = nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0)))
         graphdef, abstract_state = nnx.split(abstract_model)
         param_shardings = nnx.to_pure_dict(nnx.get_named_sharding(abstract_state, mesh))
@@ -131,6 +119,22 @@ def state_shardings(run: Run, tx) -> tuple[dict, Any]:
     return {"step": replicated, "params": run.param_shardings, "opt_state": opt_shardings}, run.param_shardings
 
 
+def _state_initializer(run: Run, tx):
+    """A jitted `key -> (state, ema)` with sharded outputs, and its abstract (sharded) outputs,
+    which serve as restore targets without materialising anything."""
+    state_sh, ema_sh = state_shardings(run, tx)
+
+    def init_state(key):
+        params = run.init_params(key)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}, params
+
+    with run.context():
+        jit_init = jax.jit(init_state, out_shardings=(state_sh, ema_sh))
+        abstract_state, abstract_ema = jax.eval_shape(jit_init, jax.random.key(0))
+    attach = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+    return (jit_init, jax.tree.map(attach, abstract_state, state_sh), jax.tree.map(attach, abstract_ema, ema_sh))
+
+
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
     base = jax.random.key(seed)
     return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)  # (init, train)
@@ -140,7 +144,7 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
 # Evaluation plumbing shared by the loop and `maskgen eval` / `maskgen sample`.
 # --------------------------------------------------------------------------------------------
 def make_eval_context(run: Run, params, step: int) -> EvalContext:
-    config, cache, sources = run.config, {}, {}
+    config, cache, sources = run.config, run.compiled_methods, {}
 
     def apply(method: str, params, batch, rng):
         if method not in cache:
@@ -244,25 +248,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = setup(config)
     is_primary = jax.process_index() == 0
     writer = MetricWriter(workdir, is_primary)
-    if is_primary:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_to_json(config))
     log.info("mesh %s, %d devices, %d processes", dict(run.mesh.shape), jax.device_count(), jax.process_count())
 
     tx, schedule = make_optimizer(config.optimizer, config.total_steps)
     state_sh, ema_sh = state_shardings(run, tx)
     init_key, train_key = _keys(config.seed)
-
-    def init_state(key):
-        params = run.init_params(key)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}, params
-
-    with run.context():
-        jit_init = jax.jit(init_state, out_shardings=(state_sh, ema_sh))
-        abstract_state, abstract_ema = jax.eval_shape(jit_init, init_key)
-    attach = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
-    abstract_state = jax.tree.map(attach, abstract_state, state_sh)
-    abstract_ema = jax.tree.map(attach, abstract_ema, ema_sh)
+    jit_init, abstract_state, abstract_ema = _state_initializer(run, tx)
 
     # ---- Data: every process reads its own rows of each global batch.
     source = make_source(config.data.name, config.data.train_split, config.data.data_dir or None)
@@ -286,6 +277,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         log.info("initialised a new run (%d parameters)",
                  sum(x.size for x in jax.tree.leaves(state["params"])))
     writer.truncate_after(start_step)
+    if is_primary:  # Written once the checkpoint (if any) is known to fit this config.
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_to_json(config))
 
     # ---- The update step: pure, jitted, state donated.
     def train_step(state, ema, batch):
@@ -373,29 +367,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def restore_params(run: Run, workdir: str, step: int | None = None, which: str | None = None):
     """Loads `params` or `ema` (default: `config.eval_params`) of a step (default: latest readable)."""
     which = which or run.config.eval_params
-    with run.context():
-        abstract = jax.eval_shape(run.init_params, jax.random.key(0))
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, run.param_shardings
-    )
+    tx, _ = make_optimizer(run.config.optimizer, run.config.total_steps)
+    _, abstract_state, abstract_ema = _state_initializer(run, tx)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), run.config.keep_checkpoints)
+    targets = dict(abstract_ema=abstract_ema) if which == "ema" else dict(abstract_state=abstract_state)
     try:
         if step is None:
             if not checkpointer.all_steps():
                 raise FileNotFoundError(f"no checkpoints in {workdir}/checkpoints; train first")
-            if which == "ema":
-                step, restored = checkpointer.restore_latest(abstract_ema=abstract)
-            else:
-                step, restored = checkpointer.restore_latest(abstract_state={"params": abstract})
+            step, restored = checkpointer.restore_latest(quarantine=False, **targets)
             if restored is None:
                 raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
         else:
             if step not in checkpointer.all_steps():
                 raise FileNotFoundError(f"no checkpoint at step {step}; available: {checkpointer.all_steps()}")
-            if which == "ema":
-                restored = checkpointer.restore(step, abstract_ema=abstract)
-            else:
-                restored = checkpointer.restore(step, abstract_state={"params": abstract})
+            restored = checkpointer.restore(step, **targets)
     finally:
         checkpointer.close()
     return step, (restored.ema if which == "ema" else restored.state["params"])
@@ -418,7 +404,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, out: str, num: int =
 
     run = setup(config)
     step, params = restore_params(run, workdir, step)
-    grid = ImageGrid(num=num, seed=seed).run(make_eval_context(run, params, step)).images["grid"]
+    grid_specs = [dict(s) for s in config.evals.values() if s.type == "image_grid"]
+    rows = tuple(grid_specs[0].get("rows", ())) if grid_specs else ()
+    grid = ImageGrid(num=num, seed=seed, rows=rows).run(make_eval_context(run, params, step)).images["grid"]
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out)

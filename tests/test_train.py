@@ -157,3 +157,22 @@ def test_eval_and_sample_commands(reference_run, tmp_path):
 
     grid = np.asarray(Image.open(out))
     assert grid.shape[0] > 3 * 16 and grid.std() > 10  # three rows of non-blank images
+
+
+def test_changed_model_is_an_error_not_a_silent_restart(workdir):
+    train_lib.train(tiny_mae_config(steps=10), workdir)
+    from maskgen.checkpoint import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match=r"step 10 .* does not match this config .*\(32,\) vs config \(64,\)"):
+        train_lib.train(tiny_mae_config("model.width=64", steps=20), workdir)
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "10"))  # nothing moved or deleted
+    assert not os.path.exists(os.path.join(workdir, "corrupt_checkpoints"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["width"] == 32
+    # Evaluating either set of weights of the original run still works.
+    config = tiny_mae_config(steps=10)
+    for which in ("params", "ema"):
+        step, params = train_lib.restore_params(train_lib.setup(config), workdir, which=which)
+        assert step == 10
+    ema = train_lib.restore_params(train_lib.setup(config), workdir, which="ema")[1]
+    assert_trees_equal(ema, load_item(workdir, 10, "ema"))

@@ -28,17 +28,22 @@ def make_grid(rows: list[np.ndarray], upscale: int = 1, border: int = 1) -> np.n
 class ImageGrid:
     """Runs the recipe's `sample` on the first `num` examples of a split and tiles its outputs.
 
-    For MAE the rows are original, masked input and reconstruction.
+    `rows` picks and orders the outputs to show (default: all, sorted by name); for MAE they are
+    original, masked input and reconstruction.
     """
 
-    def __init__(self, split: str = "test", num: int = 16, seed: int = 0, upscale: int = 0):
-        self.split, self.num, self.seed, self.upscale = split, num, seed, upscale
+    def __init__(self, split: str = "test", num: int = 16, seed: int = 0, upscale: int = 0, rows: tuple = ()):
+        self.split, self.num, self.seed, self.upscale, self.rows = split, num, seed, upscale, tuple(rows)
 
     def run(self, ctx: EvalContext) -> EvalResult:
         batch, _ = next(iter(ctx.batches(self.split, self.num)))
         import jax
 
         outputs = ctx.to_host(ctx.apply("sample", ctx.params, batch, jax.random.key(self.seed)))
-        rows = [to_uint8(np.asarray(v)[: self.num]) for v in outputs.values()]
+        names = self.rows or tuple(sorted(outputs))
+        unknown = set(names) - set(outputs)
+        if unknown:
+            raise ValueError(f"image_grid: rows {sorted(unknown)} are not among the outputs {sorted(outputs)}")
+        rows = [to_uint8(np.asarray(outputs[name])[: self.num]) for name in names]
         upscale = self.upscale or max(1, 64 // rows[0].shape[1])
         return EvalResult(images={"grid": make_grid(rows, upscale)})

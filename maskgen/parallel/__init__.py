@@ -6,10 +6,12 @@ them to the mesh axes of `config.mesh`, so a model changes parallelism without c
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from maskgen.config import batch_axes, mesh_shape
@@ -35,6 +37,18 @@ def logical_rules(sharding_rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, A
             physical = tuple(physical)
         out.append((str(logical), physical))
     return tuple(out)
+
+
+@contextlib.contextmanager
+def sharding_context(mesh: jax.sharding.Mesh, sharding_rules):
+    """Mesh + logical axis rules: needed wherever NNX parameters are created or traced.
+
+    For a quick look at a model outside the loop:
+        with sharding_context(make_mesh(config.mesh), config.sharding_rules):
+            model = recipe.make_model(nnx.Rngs(0))
+    """
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(logical_rules(sharding_rules)):
+        yield
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, sharding_rules, ndim: int = 1) -> NamedSharding:
