@@ -352,7 +352,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if due:
                 run_evaluators(run, ema if config.eval_params == "ema" else state["params"], step, writer, due)
     checkpointer.close()
-    log.info("training finished: %d steps in %.1fs", config.total_steps - start_step, time.perf_counter() - run_start)
+    if start_step >= config.total_steps:
+        log.info("the run in %s is already complete (step %d); `maskgen eval --workdir %s` evaluates it",
+                 workdir, start_step, workdir)
+    else:
+        log.info("training finished: %d steps in %.1fs", config.total_steps - start_step,
+                 time.perf_counter() - run_start)
     results = {}
     final_evals = [n for n, s in config.evals.items() if s.every >= 0]
     if start_step < config.total_steps and final_evals:  # Final evals, unless the run was already complete.
