@@ -24,7 +24,9 @@ def _resize(image: np.ndarray, size: int, box: tuple[int, int, int, int] | None 
         return image
     channels = image.shape[-1]
     pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    pil = pil.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if box is not None:
+        pil = pil.crop(box)  # Crop first: resize(box=...) lets the filter read pixels outside the box.
+    pil = pil.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(pil).reshape(size, size, channels)
 
 
