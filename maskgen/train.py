@@ -143,7 +143,7 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
 # --------------------------------------------------------------------------------------------
 # Evaluation plumbing shared by the loop and `maskgen eval` / `maskgen sample`.
 # --------------------------------------------------------------------------------------------
-def make_eval_context(run: Run, params, step: int) -> EvalContext:
+def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalContext:
     config, cache, sources = run.config, run.compiled_methods, {}
 
     def apply(method: str, params, batch, rng):
@@ -171,12 +171,13 @@ def make_eval_context(run: Run, params, step: int) -> EvalContext:
     return EvalContext(
         step=step, params=params, apply=apply, init_params=init_params,
         batches=batches, to_host=parallel.to_host, rng=jax.random.key(config.seed + 7),
+        info=run.recipe.info(), workdir=workdir,
     )
 
 
 def run_evaluators(run: Run, params, step: int, writer: MetricWriter, names=None) -> dict[str, EvalResult]:
     results = {}
-    ctx = make_eval_context(run, params, step)
+    ctx = make_eval_context(run, params, step, writer.workdir)
     for name, spec in run.config.evals.items():
         if names is not None and name not in names:
             continue
@@ -411,7 +412,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, out: str, num: int =
     step, params = restore_params(run, workdir, step)
     grid_specs = [dict(s) for s in config.evals.values() if s.type == "image_grid"]
     rows = tuple(grid_specs[0].get("rows", ())) if grid_specs else ()
-    grid = ImageGrid(num=num, seed=seed, rows=rows).run(make_eval_context(run, params, step)).images["grid"]
+    grid = ImageGrid(num=num, seed=seed, rows=rows).run(make_eval_context(run, params, step, workdir)).images["grid"]
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out)

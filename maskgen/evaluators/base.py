@@ -57,6 +57,8 @@ class EvalContext:
     batches(split, limit): yields `(global_batch, valid)` over a split in order; `valid` is a bool
       numpy array over the global batch rows (False on padding).
     to_host(tree): fetches global arrays as numpy on every process.
+    info: facts the recipe publishes for evaluators (e.g. {"codebook_size": 1024}).
+    workdir: the run's directory (evaluators may cache things under it), or "" if none.
     """
 
     step: int
@@ -66,3 +68,5 @@ class EvalContext:
     batches: Callable[[str, int | None], Iterator[tuple[dict[str, jax.Array], np.ndarray]]]
     to_host: Callable[[Any], Any]
     rng: jax.Array
+    info: dict = dataclasses.field(default_factory=dict)
+    workdir: str = ""

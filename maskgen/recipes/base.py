@@ -51,6 +51,10 @@ class Recipe:
         """Returns human-readable problems with recipe-specific settings (empty if none)."""
         return []
 
+    def info(self) -> dict[str, Any]:
+        """Facts evaluators may need (e.g. codebook size), passed as `EvalContext.info`."""
+        return {}
+
     def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
         raise NotImplementedError
 
