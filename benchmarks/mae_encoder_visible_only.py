@@ -97,7 +97,7 @@ def main():
 
         return step
 
-    visible_step = make_step(lambda m, b, r: recipe.loss(m, b, r)[0])
+    visible_step = make_step(lambda m, b, r: recipe.loss(m, b, r, 0)[0])
     all_step = make_step(lambda m, b, r: _all_patches_loss(recipe, m, b, r))
     step_args = (params, opt_state, images, jax.random.key(1))
     with jax.set_mesh(mesh):

@@ -224,6 +224,9 @@ DEFAULT_SHARDING_RULES = (
     ("kv", None),
     ("patch", None),
     ("norm", None),
+    ("conv_in", None),  # convolutional tokenizers are data parallel by default
+    ("conv_out", None),
+    ("codebook", None),
 )
 
 

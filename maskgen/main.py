@@ -1,8 +1,9 @@
-"""The `maskgen` command line: train | eval | sample | prepare.
+"""The `maskgen` command line: train | eval | sample | tokenize | prepare.
 
   maskgen train  --config experiments/mae_digits.py[:arg] --workdir DIR [--config.key=value ...]
   maskgen eval   --workdir DIR [--step N] [--config FILE[:arg]] [--config.key=value ...]
   maskgen sample --workdir DIR --out grid.png [--num 16] [--step N]
+  maskgen tokenize --tokenizer-workdir DIR --data digits --out TOKENS_DIR
   maskgen prepare --source digits --out DIR
   maskgen prepare --source folder --input DIR --out DIR --resolution 32 [--skip-bad]
 """
@@ -54,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--num", type=int, default=16)
             p.add_argument("--seed", type=int, default=0)
 
+    tok = sub.add_parser("tokenize", help="write a dataset's token grids with a trained tokenizer")
+    tok.add_argument("--tokenizer-workdir", required=True, help="workdir of a `tokenizer` run")
+    tok.add_argument("--data", required=True, help="digits | array_record | tfds:<name>")
+    tok.add_argument("--data-dir", default=None)
+    tok.add_argument("--out", required=True)
+    tok.add_argument("--splits", default=None, help="comma-separated (default: all)")
+    tok.add_argument("--step", type=int, default=None, help="tokenizer checkpoint (default: latest)")
+    tok.add_argument("--num-shards", type=int, default=1)
+
     prep = sub.add_parser("prepare", help="write a dataset as ArrayRecord shards + metadata.json")
     prep.add_argument("--source", required=True, choices=["digits", "folder"])
     prep.add_argument("--input", default=None, help="image folder (for --source folder)")
@@ -89,10 +99,20 @@ def main(argv: list[str]) -> int:
     from maskgen.config import ConfigError
 
     try:
+        if args.command in ("prepare", "tokenize") and overrides:
+            raise ConfigError(f"{args.command} takes no --config.* overrides")
         if args.command == "prepare":
-            if overrides:
-                raise ConfigError("prepare takes no --config.* overrides")
             return _prepare(args)
+        if args.command == "tokenize":
+            from maskgen.tokenize import tokenize_dataset
+
+            meta = tokenize_dataset(args.tokenizer_workdir, args.data, args.out, data_dir=args.data_dir,
+                                    splits=args.splits.split(",") if args.splits else None, step=args.step,
+                                    num_shards=args.num_shards)
+            splits = ", ".join(f"{k}: {v['num_examples']}" for k, v in meta["splits"].items())
+            print(f"wrote {args.out}: {splits}; token grid {tuple(meta['token_shape'])}, "
+                  f"codebook {meta['codebook_size']}, from step {meta['tokenizer']['step']}")
+            return 0
         config = _load_config(args, overrides)
         from maskgen import train as train_lib
 

@@ -51,9 +51,19 @@ class Run:
     data_info: dict
     recipe: Recipe
     graphdef: Any
-    param_shardings: Any  # pure dict of NamedSharding, same tree as params
-    init_params: Callable[[jax.Array], Any]  # key -> sharded params (jitted; call inside `context()`)
+    # Model variables are {"params": trainable nnx.Param values, "model_state": everything else
+    # (e.g. EMA codebooks, usage counters)}, both pure dicts; shardings have the same tree.
+    variable_shardings: Any
+    init_variables: Callable[[jax.Array], Any]  # key -> sharded variables (jitted; call inside `context()`)
     compiled_methods: dict = dataclasses.field(default_factory=dict)  # recipe method name -> jitted fn
+
+    @property
+    def param_shardings(self):
+        return self.variable_shardings["params"]
+
+    def merge(self, variables) -> nnx.Module:
+        """The NNX module for `{"params", "model_state"}` (inside jit: a pure rebuild)."""
+        return nnx.merge(self.graphdef, variables["params"], variables["model_state"])
 
     def context(self):
         """Mesh + logical rules, needed while tracing anything that creates parameters."""
@@ -78,37 +88,63 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     rules = parallel.logical_rules(config.sharding_rules)
     with parallel.sharding_context(mesh, rules):
         abstract_model = nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0)))
-        graphdef, abstract_state = nnx.split(abstract_model)
-        param_shardings = nnx.to_pure_dict(nnx.get_named_sharding(abstract_state, mesh))
+        graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+        variable_shardings = {
+            "params": nnx.to_pure_dict(nnx.get_named_sharding(abstract_params, mesh)),
+            "model_state": nnx.to_pure_dict(nnx.get_named_sharding(abstract_rest, mesh)),
+        }
 
-    def make_params(key):
-        return nnx.to_pure_dict(nnx.split(recipe.make_model(nnx.Rngs(params=key)))[1])
+    def make_variables(key):
+        _, params, rest = nnx.split(recipe.make_model(nnx.Rngs(params=key)), nnx.Param, ...)
+        return {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(rest)}
 
-    init_params = jax.jit(make_params, out_shardings=param_shardings)
-    return Run(config, mesh, rules, data_info, recipe, graphdef, param_shardings, init_params)
+    init_variables = jax.jit(make_variables, out_shardings=variable_shardings)
+    return Run(config, mesh, rules, data_info, recipe, graphdef, variable_shardings, init_variables)
 
 
 # --------------------------------------------------------------------------------------------
 # Optimizer: AdamW, linear warm-up then cosine decay, global-norm clipping.
 # --------------------------------------------------------------------------------------------
-def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int):
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt.lr, warmup_steps=opt.warmup_steps,
-        decay_steps=max(total_steps, opt.warmup_steps + 1), end_value=opt.lr * opt.min_lr_ratio,
-    )
-    # Weight decay on matrices only: biases, norms and learned tokens are not decayed (as in MAE).
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
-    tx = optax.chain(
-        optax.clip_by_global_norm(opt.grad_clip_norm) if opt.grad_clip_norm > 0 else optax.identity(),
-        optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask),
-    )
-    return tx, schedule
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, param_labels=None, group_overrides=None):
+    """AdamW with linear warm-up then cosine decay, and global-norm clipping.
+
+    With `param_labels` (a function params -> tree of group names, from the recipe), each group
+    gets its own AdamW whose settings are `opt` updated by `group_overrides[group]` (e.g. a GAN
+    discriminator's learning rate). Returns (transform, schedule of the base settings).
+    """
+
+    def build(settings: dict):
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=settings["lr"], warmup_steps=settings["warmup_steps"],
+            decay_steps=max(total_steps, settings["warmup_steps"] + 1),
+            end_value=settings["lr"] * settings["min_lr_ratio"],
+        )
+        # Weight decay on matrices only: biases, norms and learned tokens are not decayed (as in MAE).
+        decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+        tx = optax.chain(
+            optax.clip_by_global_norm(settings["grad_clip_norm"]) if settings["grad_clip_norm"] > 0 else optax.identity(),
+            optax.adamw(schedule, b1=settings["b1"], b2=settings["b2"], weight_decay=settings["weight_decay"],
+                        mask=decay_mask),
+        )
+        return tx, schedule
+
+    base = opt.to_dict()
+    base_tx, base_schedule = build(base)
+    if param_labels is None:
+        return base_tx, base_schedule
+    overrides = group_overrides or {}
+    for group, settings in overrides.items():
+        unknown = set(settings) - set(base)
+        if unknown:
+            raise ConfigError(f"optimizer settings for group {group!r} name unknown keys {sorted(unknown)}; valid: {sorted(base)}")
+    groups = {g: build({**base, **overrides.get(g, {})})[0] for g in set(overrides) | {"default"}}
+    return optax.multi_transform(groups, param_labels), base_schedule
 
 
 def state_shardings(run: Run, tx) -> tuple[dict, Any]:
     """Shardings of the train state {step, params, opt_state} and of the EMA params."""
     with run.context():
-        abstract_params = jax.eval_shape(run.init_params, jax.random.key(0))
+        abstract_params = jax.eval_shape(run.init_variables, jax.random.key(0))["params"]
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = parallel.replicated(run.mesh)
     is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)  # noqa: E731
@@ -116,7 +152,9 @@ def state_shardings(run: Run, tx) -> tuple[dict, Any]:
         tx, lambda _, sharding: sharding, abstract_opt, run.param_shardings,
         transform_non_params=lambda _: replicated, is_leaf=is_sharding,
     )
-    return {"step": replicated, "params": run.param_shardings, "opt_state": opt_shardings}, run.param_shardings
+    state = {"step": replicated, "params": run.param_shardings,
+             "model_state": run.variable_shardings["model_state"], "opt_state": opt_shardings}
+    return state, run.param_shardings
 
 
 def _state_initializer(run: Run, tx):
@@ -125,8 +163,11 @@ def _state_initializer(run: Run, tx):
     state_sh, ema_sh = state_shardings(run, tx)
 
     def init_state(key):
-        params = run.init_params(key)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}, params
+        variables = run.init_variables(key)
+        params = variables["params"]
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": variables["model_state"],
+                 "opt_state": tx.init(params)}
+        return state, params
 
     with run.context():
         jit_init = jax.jit(init_state, out_shardings=(state_sh, ema_sh))
@@ -149,7 +190,7 @@ def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalCon
     def apply(method: str, params, batch, rng):
         if method not in cache:
             def fn(p, b, r):
-                return getattr(run.recipe, method)(nnx.merge(run.graphdef, p), b, r)
+                return getattr(run.recipe, method)(run.merge(p), b, r)
 
             cache[method] = jax.jit(fn)
         with jax.set_mesh(run.mesh):
@@ -166,7 +207,7 @@ def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalCon
 
     def init_params(seed: int):
         with run.context():
-            return run.init_params(jax.random.key(seed))
+            return run.init_variables(jax.random.key(seed))
 
     return EvalContext(
         step=step, params=params, apply=apply, init_params=init_params,
@@ -251,7 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer = MetricWriter(workdir, is_primary)
     log.info("mesh %s, %d devices, %d processes", dict(run.mesh.shape), jax.device_count(), jax.process_count())
 
-    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+    tx, schedule = make_optimizer(config.optimizer, config.total_steps, *run.recipe.optimizer_groups())
     state_sh, ema_sh = state_shardings(run, tx)
     init_key, train_key = _keys(config.seed)
     jit_init, abstract_state, abstract_ema = _state_initializer(run, tx)
@@ -287,15 +328,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         rng = jax.random.fold_in(train_key, state["step"])
 
         def loss_fn(params):
-            return run.recipe.loss(nnx.merge(run.graphdef, params), batch, rng)
+            model = run.merge({"params": params, "model_state": state["model_state"]})
+            loss, aux = run.recipe.loss(model, batch, rng, state["step"])
+            # Variables the forward pass set in place: non-trainable state (EMA statistics, counters)
+            # and parameter resets (k-means codebook init, dead-code restarts).
+            _, params_after, model_state = nnx.split(model, nnx.Param, ...)
+            return loss, (aux, nnx.to_pure_dict(params_after), nnx.to_pure_dict(model_state))
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        (loss, (aux, params_after, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        # The gradient step applies on top of any in-place resets (identical to params otherwise).
+        params_after = jax.lax.stop_gradient(params_after)
+        updates, opt_state = tx.update(grads, state["opt_state"], params_after)
+        params = optax.apply_updates(params_after, updates)
         decay = config.ema_decay
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"]), **aux}
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, ema, metrics
+        new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
+        return new_state, ema, metrics
 
     with run.context():
         step_fn = jax.jit(
@@ -311,6 +360,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     last_logged: dict[str, float] = {}
     progress = Progress(start_step, config.total_steps, config.batch_size)
     run_start = time.perf_counter()
+
+    def eval_variables():
+        params = ema if config.eval_params == "ema" else state["params"]
+        return {"params": params, "model_state": state["model_state"]}
 
     def drain():
         for step, device_metrics in jax.device_get(pending):
@@ -351,7 +404,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 return {"preempted_at": step, "metrics": last_logged}
             due = [n for n in periodic_evals if step % config.evals[n].every == 0 and step != config.total_steps]
             if due:
-                run_evaluators(run, ema if config.eval_params == "ema" else state["params"], step, writer, due)
+                run_evaluators(run, eval_variables(), step, writer, due)
     checkpointer.close()
     if start_step >= config.total_steps:
         log.info("the run in %s is already complete (step %d); `maskgen eval --workdir %s` evaluates it",
@@ -362,7 +415,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results = {}
     final_evals = [n for n, s in config.evals.items() if s.every >= 0]
     if start_step < config.total_steps and final_evals:  # Final evals, unless the run was already complete.
-        results = run_evaluators(run, ema if config.eval_params == "ema" else state["params"], step, writer, final_evals)
+        results = run_evaluators(run, eval_variables(), step, writer, final_evals)
     writer.close()
     return {"metrics": last_logged, "evals": results, "workdir": workdir}
 
@@ -370,13 +423,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Evaluation and sampling from a saved run.
 # --------------------------------------------------------------------------------------------
-def restore_params(run: Run, workdir: str, step: int | None = None, which: str | None = None):
+def restore_variables(run: Run, workdir: str, step: int | None = None, which: str | None = None):
     """Loads `params` or `ema` (default: `config.eval_params`) of a step (default: latest readable)."""
     which = which or run.config.eval_params
-    tx, _ = make_optimizer(run.config.optimizer, run.config.total_steps)
+    tx, _ = make_optimizer(run.config.optimizer, run.config.total_steps, *run.recipe.optimizer_groups())
     _, abstract_state, abstract_ema = _state_initializer(run, tx)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), run.config.keep_checkpoints)
-    targets = dict(abstract_ema=abstract_ema) if which == "ema" else dict(abstract_state=abstract_state)
+    # The non-trainable model state lives in the train state; EMA covers the params only.
+    targets = dict(abstract_state=abstract_state, abstract_ema=abstract_ema if which == "ema" else None)
     try:
         if step is None:
             if not checkpointer.all_steps():
@@ -390,14 +444,15 @@ def restore_params(run: Run, workdir: str, step: int | None = None, which: str |
             restored = checkpointer.restore(step, **targets)
     finally:
         checkpointer.close()
-    return step, (restored.ema if which == "ema" else restored.state["params"])
+    params = restored.ema if which == "ema" else restored.state["params"]
+    return step, {"params": params, "model_state": restored.state["model_state"]}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[int, dict[str, EvalResult]]:
     run = setup(config)
-    step, params = restore_params(run, workdir, step)
+    step, variables = restore_variables(run, workdir, step)
     writer = MetricWriter(os.path.join(workdir, "eval"), jax.process_index() == 0, tensorboard=False)
-    results = run_evaluators(run, params, step, writer)
+    results = run_evaluators(run, variables, step, writer)
     writer.close()
     return step, results
 
@@ -409,10 +464,10 @@ def sample(config: ml_collections.ConfigDict, workdir: str, out: str, num: int =
     from PIL import Image
 
     run = setup(config)
-    step, params = restore_params(run, workdir, step)
+    step, variables = restore_variables(run, workdir, step)
     grid_specs = [dict(s) for s in config.evals.values() if s.type == "image_grid"]
     rows = tuple(grid_specs[0].get("rows", ())) if grid_specs else ()
-    grid = ImageGrid(num=num, seed=seed, rows=rows).run(make_eval_context(run, params, step, workdir)).images["grid"]
+    grid = ImageGrid(num=num, seed=seed, rows=rows).run(make_eval_context(run, variables, step, workdir)).images["grid"]
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out)

@@ -43,7 +43,7 @@ config_lib.apply_overrides(config, ["mesh=(('data', 2), ('fsdp', 2), ('tensor', 
                                     "model.num_heads=4", "model.decoder_heads=2"])
 run = setup(config)
 with run.context():
-    params = run.init_params(jax.random.key(0))
+    params = run.init_variables(jax.random.key(0))["params"]
 mlp = params["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"]
 qkv = params["encoder"]["transformer"]["blocks"][0]["attn"]["qkv"]["kernel"]
 print("MLP", mlp.sharding.spec, mlp.addressable_shards[0].data.shape)

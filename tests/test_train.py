@@ -172,7 +172,7 @@ def test_changed_model_is_an_error_not_a_silent_restart(workdir):
     # Evaluating either set of weights of the original run still works.
     config = tiny_mae_config(steps=10)
     for which in ("params", "ema"):
-        step, params = train_lib.restore_params(train_lib.setup(config), workdir, which=which)
+        step, variables = train_lib.restore_variables(train_lib.setup(config), workdir, which=which)
         assert step == 10
-    ema = train_lib.restore_params(train_lib.setup(config), workdir, which="ema")[1]
+    ema = train_lib.restore_variables(train_lib.setup(config), workdir, which="ema")[1]["params"]
     assert_trees_equal(ema, load_item(workdir, 10, "ema"))

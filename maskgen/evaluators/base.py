@@ -53,7 +53,8 @@ class EvalContext:
 
     apply(method, params, batch, rng): runs the recipe's `method` (e.g. "features", "sample") on a
       global batch under jit and returns its output (global arrays).
-    init_params(seed): freshly initialised params of the same model, for random-init baselines.
+    params: the model variables to evaluate (opaque: pass them to `apply`).
+    init_params(seed): freshly initialised variables of the same model, for random-init baselines.
     batches(split, limit): yields `(global_batch, valid)` over a split in order; `valid` is a bool
       numpy array over the global batch rows (False on padding).
     to_host(tree): fetches global arrays as numpy on every process.

@@ -55,11 +55,26 @@ class Recipe:
         """Facts evaluators may need (e.g. codebook size), passed as `EvalContext.info`."""
         return {}
 
+    def optimizer_groups(self) -> tuple[Callable | None, dict[str, dict]]:
+        """Optional parameter groups with their own optimizer settings.
+
+        Returns `(param_labels, overrides)`: `param_labels(params)` gives each parameter a group
+        name ("default" for the base settings), and `overrides[group]` updates `config.optimizer`
+        for that group. `(None, {})` means one optimizer for everything.
+        """
+        return None, {}
+
     def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
         raise NotImplementedError
 
-    def loss(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar training loss and a dict of scalar metrics."""
+    def loss(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array,
+             step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Scalar training loss and a dict of scalar metrics. `step` (int32 scalar, the number of
+        updates done) lets a loss switch terms on at a step (e.g. a GAN loss).
+
+        The model may update its non-Param variables in place (EMA codebooks, counters); the
+        loop keeps those updates. Param values must only change through gradients.
+        """
         raise NotImplementedError
 
     def sample(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:

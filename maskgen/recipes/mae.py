@@ -82,7 +82,7 @@ class MAERecipe(Recipe):
         order = jnp.argsort(mask.astype(jnp.int32), axis=-1, stable=True)
         return mask, order
 
-    def loss(self, model: MAE, batch, rng):
+    def loss(self, model: MAE, batch, rng, step=None):
         patches = patchify(batch["image"], self.patch_size)
         mask, order = self._mask_order(rng, patches.shape[0])
         pred = model(patches, order, self.num_visible)

@@ -1,0 +1,60 @@
+r"""The MaskGIT VQGAN tokenizer at paper scale: ImageNet 256x256, f16 (16x16 tokens), 1024 codes.
+
+Chang et al., arXiv 2202.04200 (and methods notes): conv encoder/decoder without attention,
+GroupNorm + swish, channel multipliers [1, 1, 2, 2, 4] on 128 base channels, 2 residual blocks,
+codebook 1024 x 256, commitment 0.25, adversarial loss 0.1 with a patch discriminator (hinge),
+R1 10 and LeCam 0.001 (MAGVIT), EMA 0.999 of the generator. The paper's perceptual loss uses
+pretrained VGG/LPIPS weights, which maskgen does not download: set
+`--config.loss.perceptual_weight=0.1` only with a feature network of your own (see docs/tokenizers.md).
+
+Launch (TPU pod slice, data on an on-disk TFDS copy):
+  maskgen train --config experiments/tokenizer_imagenet.py --workdir gs://BUCKET/vqgan_f16 \
+      --config.data.data_dir=/mnt/tfds
+Tiny CPU smoke test: `:size=tiny` (32 px, 2 levels, 20 steps).
+
+Arguments: quantizer = vq | fsq | lfq | rvq (default vq); size = tiny | full.
+"""
+
+from maskgen.config import base_config, parse_config_arg
+
+
+def get_config(arg=None):
+    args = {"quantizer": "vq", "size": "full", **parse_config_arg(arg)}
+    tiny = args["size"] == "tiny"
+    config = base_config()
+    config.recipe = "tokenizer"
+    config.batch_size = 8 if tiny else 256
+    config.total_steps = 20 if tiny else 1_000_000
+    config.data = dict(name="tfds:imagenet2012", data_dir="", image_size=32 if tiny else 256, augment="crop_flip",
+                       train_split="train")
+    config.model = dict(
+        base_channels=8 if tiny else 128, channel_multipliers=(1, 2) if tiny else (1, 1, 2, 2, 4),
+        num_res_blocks=1 if tiny else 2, quantizer=str(args["quantizer"]), embed_dim=256, codebook_size=1024,
+        vq=dict(l2_normalize=False, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
+                kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=1e-3),
+        fsq_levels=(8, 8, 8, 5, 5, 5),  # 64,000 codes (FSQ paper's large setting)
+        lfq_bits=10,  # 1024 codes
+        lfq=dict(entropy_weight=0.1, commitment_weight=0.25, temperature=0.1, diversity_weight=1.0),
+        rvq_levels=4, quantizer_dropout=0.0,
+        discriminator_channels=8 if tiny else 64, discriminator_downsamples=2 if tiny else 3,
+    )
+    config.loss = dict(
+        reconstruction="l2", reconstruction_weight=1.0, perceptual_weight=0.0, perceptual_network="digit_classifier",
+        adversarial_weight=0.1, gan_loss="hinge", gan_start_step=5 if tiny else 20_000, lecam_weight=0.001,
+        lecam_decay=0.999, r1_weight=10.0, discriminator_lr=1e-4, discriminator_b1=0.0,
+    )
+    config.optimizer = dict(lr=1e-4, b1=0.0 if not tiny else 0.9, b2=0.99, weight_decay=1e-4,
+                            warmup_steps=2 if tiny else 5000, min_lr_ratio=0.1, grad_clip_norm=1.0)
+    config.ema_decay = 0.999
+    config.compute_dtype = "float32" if tiny else "bfloat16"
+    config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+    config.log_every = 1 if tiny else 100
+    config.checkpoint_every = 10 if tiny else 5000
+    config.evals = dict(
+        # The Fréchet distance here uses the digits classifier only on digits; at full scale use
+        # Inception features (the MaskGIT issue adds them); PSNR and codebook usage apply anywhere.
+        reconstruction=dict(type="reconstruction", every=0 if tiny else 10_000, split="validation",
+                            num_grid=8 if tiny else 16, max_examples=16 if tiny else 10_000, frechet=False,
+                            feature_net="digit_classifier", seed=0),
+    )
+    return config

@@ -1,0 +1,18 @@
+"""Tokenizers: quantizers (VQ, residual VQ, FSQ, LFQ) behind one `Quantizer` interface.
+
+`make_quantizer(kind, dim, rngs=..., **kwargs)` builds one by name ("vq", "fsq", "lfq", "rvq").
+Trainable codebooks are `nnx.Param`s with logical axes ("codebook", None); other state is
+`CodebookState`, so `nnx.split(module, nnx.Param, CodebookState)` separates the two.
+"""
+
+from maskgen.tokenizers.quantizers import (
+    FSQ,
+    LFQ,
+    CodebookState,
+    Quantizer,
+    ResidualVQ,
+    VectorQuantizer,
+    make_quantizer,
+)
+
+__all__ = ["FSQ", "LFQ", "CodebookState", "Quantizer", "ResidualVQ", "VectorQuantizer", "make_quantizer"]

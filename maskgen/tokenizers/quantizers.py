@@ -1,0 +1,593 @@
+"""Quantizers for image/audio tokenizers, as Flax NNX modules that are plain trees.
+
+All quantizers share one interface (`Quantizer`): `z [..., D] -> (z_q [..., D], codes, aux)`, with
+a straight-through gradient from `z_q` to `z`, integer codes, and a dict of float32 scalars whose
+`"loss"` entry is the weighted quantizer loss to add to the reconstruction loss.
+
+  VectorQuantizer  VQ-VAE (van den Oord et al., arXiv 1711.00937): nearest code, commitment and
+                   codebook losses or an EMA codebook; optional cosine (l2-normalised) codes as in
+                   ViT-VQGAN (Yu et al., arXiv 2110.04627); k-means init and dead-code restarts as in
+                   SoundStream (Zeghidour et al., arXiv 2107.03312) and EnCodec (arXiv 2210.13438).
+  ResidualVQ       SoundStream / EnCodec / DAC (Kumar et al., arXiv 2306.06546): each level quantises
+                   the residual of the previous one; quantizer dropout for a scalable bitrate.
+  FSQ              Finite Scalar Quantization (Mentzer et al., arXiv 2309.15505): no codebook, no loss.
+  LFQ              Lookup-Free Quantization (MAGVIT-v2, Yu et al., arXiv 2310.05737): signs of the
+                   latent dims, with an entropy loss over the 2**dim implicit codes.
+
+State. Trainable codebooks are `nnx.Param`s (logical axes `("codebook", None)`, so the sharding
+rules must name `"codebook"`, normally `("codebook", None)`). Everything else a quantizer keeps
+(EMA statistics, per-code usage, the k-means flag) is a `CodebookState` variable, updated in place
+when `train=True` and never when `train=False`. In train mode the codebook *parameter* may also be
+overwritten in place (k-means init, EMA codebook, dead-code restarts); a functional caller must take
+the parameters and the `CodebookState` back out of the module after the call:
+
+    graphdef, params, state = nnx.split(quantizer, nnx.Param, CodebookState)
+    def loss_fn(params, state, z, rng):                  # params/state: pure dicts under jax.grad
+        q = nnx.merge(graphdef, params, state)
+        z_q, codes, aux = q(z, train=True, rng=rng)
+        _, new_params, new_state = nnx.split(q, nnx.Param, CodebookState)
+        return aux["loss"], (nnx.to_pure_dict(new_params), nnx.to_pure_dict(new_state))
+
+Under `jax.grad`, pass the non-differentiated state as a pure dict (`nnx.to_pure_dict`) or merge
+with `copy=True`: an `nnx.State` holds `Variable` objects created outside the grad trace, and NNX
+refuses to mutate those inside it. All state updates are computed from stop-gradient values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maskgen.models.layers import logical_param
+
+_LAPLACE_EPS = 1e-5      # Laplace smoothing of EMA cluster sizes (VQ-VAE appendix A.1)
+_NORM_EPS = 1e-12        # floor of vector norms in l2 normalisation
+_RESTART_NOISE = 1e-3    # restarted codes: a batch vector + this x its rms x N(0, 1) noise
+_HIST_MAX_CODES = 1 << 20  # histogram-based diagnostics (perplexity, usage) up to this many codes
+_CHUNK_ELEMENTS = 1 << 22  # LFQ batch entropy: rows x codes per chunk (16 MiB of float32)
+
+
+class CodebookState(nnx.Variable):
+    """Non-trainable quantizer state (EMA stats, usage, init flag)."""
+
+
+class Quantizer(nnx.Module):
+    """Common base of the quantizers: `z [..., D] -> (z_q, codes, aux)` and `decode_codes(codes)`.
+
+    `codebook_size` is the number of distinct codes per level, `num_levels` 1, or K for residual VQ.
+    """
+
+    codebook_size: int
+    num_levels: int = 1
+
+    def __call__(self, z: jax.Array, *, train: bool, rng: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array, dict]:
+        """z: float [..., D] (channels last). Returns (z_q [..., D], int32 codes [...] or [..., K], aux).
+
+        `z_q` has the value of the quantised vectors and a straight-through gradient to `z`.
+        `aux["loss"]` is the weighted total to add to the reconstruction loss; the other keys are its
+        unweighted components and diagnostics. `train=True` updates non-trainable state in place;
+        `train=False` changes nothing. `rng` is needed in train mode where randomness is used.
+        """
+        raise NotImplementedError
+
+    def decode_codes(self, codes: jax.Array) -> jax.Array:
+        """Codes as returned by `__call__` -> the quantised vectors [..., D] (no gradient trick)."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _straight_through(q: jax.Array, z: jax.Array) -> jax.Array:
+    """Value exactly `q`, gradient exactly identity to `z` (= z + sg(q - z) without its rounding)."""
+    return jax.lax.stop_gradient(q) + (z - jax.lax.stop_gradient(z))
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), _NORM_EPS))
+
+
+def _sq_distances(x: jax.Array, codebook: jax.Array) -> jax.Array:
+    """||x_n - c_k||^2 for x [N, D], codebook [K, D] -> [N, K] (float32, via the dot-product form)."""
+    return (jnp.sum(jnp.square(x), -1, keepdims=True) - 2.0 * x @ codebook.T
+            + jnp.sum(jnp.square(codebook), -1)[None, :])
+
+
+def _nearest(x: jax.Array, codebook: jax.Array) -> jax.Array:
+    return jnp.argmin(_sq_distances(x, codebook), axis=-1).astype(jnp.int32)
+
+
+def _code_counts(codes: jax.Array, num_codes: int) -> jax.Array:
+    """Float32 histogram of flat int codes over [0, num_codes)."""
+    codes = codes.reshape(-1)
+    return jax.ops.segment_sum(jnp.ones(codes.shape, jnp.float32), codes, num_segments=num_codes)
+
+
+def _entropy(p: jax.Array, axis: int = -1) -> jax.Array:
+    """-sum p log p (natural log), with 0 log 0 = 0 and finite gradients at p = 0."""
+    return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=axis)
+
+
+def _usage_stats(counts: jax.Array) -> dict[str, jax.Array]:
+    """perplexity = exp(entropy of the batch code histogram); usage = fraction of codes used."""
+    p = counts / jnp.maximum(counts.sum(), 1.0)
+    return {"perplexity": jnp.exp(_entropy(p)), "usage": jnp.mean((counts > 0).astype(jnp.float32))}
+
+
+def _smoothed_cluster_size(cluster_size: jax.Array) -> jax.Array:
+    """Laplace-smoothed EMA cluster sizes: (N_k + eps) / (n + K eps) * n with n = sum_k N_k."""
+    n = cluster_size.sum()
+    return (cluster_size + _LAPLACE_EPS) / (n + cluster_size.shape[0] * _LAPLACE_EPS) * n
+
+
+def _kmeans(x: jax.Array, num_codes: int, iters: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Lloyd's k-means on x [N, D] with static shapes -> (centroids [K, D], cluster sizes [K]).
+
+    Initial centroids are distinct random rows of x (rows drawn with replacement when N < K); a
+    cluster that ends up empty keeps its previous centroid.
+    """
+    n = x.shape[0]
+    if n >= num_codes:
+        idx = jax.random.permutation(key, n)[:num_codes]
+    else:
+        idx = jax.random.randint(key, (num_codes,), 0, n)
+    centroids = x[idx]
+
+    def step(_, c):
+        assign = _nearest(x, c)
+        sums = jax.ops.segment_sum(x, assign, num_segments=num_codes)
+        counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), assign, num_segments=num_codes)
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], c)
+
+    centroids = jax.lax.fori_loop(0, iters, step, centroids)
+    return centroids, _code_counts(_nearest(x, centroids), num_codes)
+
+
+def _need_rng(rng, who: str, why: str) -> None:
+    if rng is None:
+        raise ValueError(f"{who}(train=True) needs rng= ({why})")
+
+
+# ----------------------------------------------------------------------------- VQ
+
+
+class VectorQuantizer(Quantizer):
+    """Vector quantizer: nearest of `codebook_size` learned codes (VQ-VAE, van den Oord et al., arXiv 1711.00937).
+
+    Losses (means over all elements, i.e. MSE; `z` here is l2-normalised when `l2_normalize`):
+      commitment = mean((z - sg(q))^2)                     weighted by `commitment_weight`
+      codebook   = mean((sg(z) - q)^2), only without EMA    weighted by `codebook_weight`
+    aux: loss, commitment, codebook (0 with EMA), perplexity, usage, dead_codes_restarted (0 when
+    `train=False`).
+
+    Options:
+      l2_normalize: cosine codes (ViT-VQGAN, arXiv 2110.04627): z and the codebook are l2-normalised
+        before the distance and z_q is the normalised code.
+      use_ema: the codebook is an EMA of the vectors assigned to each code (VQ-VAE appendix A.1):
+        N_k <- d N_k + (1-d) n_k, m_k <- d m_k + (1-d) sum_{z->k} z, code_k = m_k / N~_k with
+        Laplace-smoothed N~_k; the codebook parameter then gets no gradient (it is stop-gradient'ed)
+        and is overwritten in place in train mode. Exclude it from weight decay in the optimizer.
+      kmeans_init: the first train call replaces the codebook by `kmeans_iters` iterations of k-means
+        on that batch's vectors (SoundStream, arXiv 2107.03312).
+      restart_dead_codes: `usage` is an EMA (decay `ema_decay`) of each code's share of the batch's
+        vectors in units of the uniform share, `usage_k <- d usage_k + (1-d) K n_k / N` (1.0 = used
+        by 1/K of the vectors; it starts at 1.0). In train mode every code whose usage falls below
+        `dead_code_threshold` is replaced by a random vector of the current batch plus tiny noise,
+        and its usage (and EMA statistics) are reset to the uniform share.
+
+    Variables: `codebook` (Param [K, D], axes ("codebook", None)); CodebookState `usage` [K],
+    `initialized` (int32 scalar, 1 once k-means has run or when `kmeans_init=False`), and with
+    `use_ema` also `cluster_size` [K] and `embed_sum` [K, D].
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        *,
+        rngs: nnx.Rngs,
+        l2_normalize: bool = False,
+        commitment_weight: float = 0.25,
+        codebook_weight: float = 1.0,
+        use_ema: bool = False,
+        ema_decay: float = 0.99,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 1e-3,
+        restart_dead_codes: bool = True,
+    ):
+        if dim < 1 or codebook_size < 2:
+            raise ValueError(f"VectorQuantizer needs dim >= 1 and codebook_size >= 2, got {dim}, {codebook_size}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.num_levels = 1
+        self.l2_normalize = l2_normalize
+        self.commitment_weight = float(commitment_weight)
+        self.codebook_weight = float(codebook_weight)
+        self.use_ema = use_ema
+        self.ema_decay = float(ema_decay)
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = int(kmeans_iters)
+        self.dead_code_threshold = float(dead_code_threshold)
+        self.restart_dead_codes = restart_dead_codes
+
+        self.codebook = logical_param(rngs, jax.nn.initializers.normal(1.0), (codebook_size, dim), ("codebook", None))
+        self.usage = CodebookState(jnp.ones((codebook_size,), jnp.float32), out_sharding=("codebook",))
+        self.initialized = CodebookState(jnp.asarray(0 if kmeans_init else 1, jnp.int32))
+        if use_ema:
+            self.cluster_size = CodebookState(jnp.ones((codebook_size,), jnp.float32), out_sharding=("codebook",))
+            self.embed_sum = CodebookState(jnp.array(self.codebook[...]), out_sharding=("codebook", None))
+
+    def _prepare(self, x: jax.Array) -> jax.Array:
+        return _l2_normalize(x) if self.l2_normalize else x
+
+    def codes_vectors(self) -> jax.Array:
+        """The codebook as used for lookup: [K, D], l2-normalised when `l2_normalize`."""
+        return self._prepare(self.codebook[...].astype(jnp.float32))
+
+    def decode_codes(self, codes: jax.Array) -> jax.Array:
+        return jnp.take(self.codes_vectors(), codes, axis=0)
+
+    def __call__(self, z, *, train: bool, rng: jax.Array | None = None):
+        z_q, codes, aux = self._quantize(z, train=train, rng=rng, active=True)
+        return z_q, codes, aux
+
+    def _quantize(self, z, *, train: bool, rng, active):
+        """The call, with `active` (bool scalar) gating the state updates (ResidualVQ's dropout)."""
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"VectorQuantizer(dim={self.dim}) got input with last axis {z.shape[-1]}")
+        sg = jax.lax.stop_gradient
+        K, lead = self.codebook_size, z.shape[:-1]
+        flat = z.astype(jnp.float32).reshape(-1, self.dim)
+        n = flat.shape[0]
+        x = self._prepare(flat)
+        x_sg = sg(x)
+        cb_param = self.codebook[...].astype(jnp.float32)
+        active = jnp.asarray(active, jnp.bool_)
+
+        if train and (self.kmeans_init or self.restart_dead_codes):
+            _need_rng(rng, "VectorQuantizer", "k-means init and dead-code restarts sample batch vectors")
+        if train:
+            key_kmeans, key_idx, key_noise = jax.random.split(rng, 3) if rng is not None else (None,) * 3
+
+        # 1. k-means init on the first train call (only then: the flag is set afterwards).
+        kmeans_fired = jnp.asarray(False)
+        kmeans_counts = jnp.zeros((K,), jnp.float32)
+        cb_new = sg(cb_param)
+        if train and self.kmeans_init:
+            kmeans_fired = self.initialized[...] == 0
+            cb_new, kmeans_counts = jax.lax.cond(
+                kmeans_fired,
+                lambda: _kmeans(x_sg, K, self.kmeans_iters, key_kmeans),
+                lambda: (sg(cb_param), jnp.zeros((K,), jnp.float32)),
+            )
+        # The codebook used now: gradient flows to the parameter unless it is an EMA codebook.
+        cb_used = sg(cb_new) if self.use_ema else cb_param + sg(cb_new - cb_param)
+        cb_vec = self._prepare(cb_used)
+
+        # 2. Nearest code, losses, straight-through output.
+        codes = _nearest(x_sg, sg(cb_vec))
+        q = jnp.take(cb_vec, codes, axis=0)
+        commitment = jnp.mean(jnp.square(x - sg(q)))
+        codebook_loss = jnp.zeros((), jnp.float32) if self.use_ema else jnp.mean(jnp.square(x_sg - q))
+        z_q = _straight_through(q, flat)
+        counts = _code_counts(codes, K)
+        aux = {
+            "loss": self.commitment_weight * commitment + self.codebook_weight * codebook_loss,
+            "commitment": commitment,
+            "codebook": codebook_loss,
+            **_usage_stats(counts),
+            "dead_codes_restarted": jnp.zeros((), jnp.float32),
+        }
+
+        # 3. State updates (train only), all from stop-gradient values.
+        if train:
+            d = self.ema_decay
+            if self.use_ema:
+                cs0 = jnp.where(kmeans_fired, kmeans_counts, self.cluster_size[...])
+                es0 = jnp.where(kmeans_fired, cb_new * _smoothed_cluster_size(kmeans_counts)[:, None],
+                                self.embed_sum[...])
+                sums = jax.ops.segment_sum(x_sg, codes, num_segments=K)
+                cluster_size = d * cs0 + (1.0 - d) * counts
+                embed_sum = d * es0 + (1.0 - d) * sums
+                cb_new = embed_sum / _smoothed_cluster_size(cluster_size)[:, None]
+            usage = d * self.usage[...] + (1.0 - d) * counts * (K / n)
+            if self.restart_dead_codes:
+                dead = usage < self.dead_code_threshold
+                idx = jax.random.randint(key_idx, (K,), 0, n)
+                rms = jnp.sqrt(jnp.mean(jnp.square(x_sg)))
+                candidates = x_sg[idx] + _RESTART_NOISE * rms * jax.random.normal(key_noise, (K, self.dim))
+                cb_new = jnp.where(dead[:, None], candidates, cb_new)
+                usage = jnp.where(dead, 1.0, usage)
+                if self.use_ema:
+                    cluster_size = jnp.where(dead, cluster_size.sum() / K, cluster_size)
+                    embed_sum = jnp.where(dead[:, None], candidates * _smoothed_cluster_size(cluster_size)[:, None],
+                                          embed_sum)
+                aux["dead_codes_restarted"] = jnp.where(active, dead.sum(), 0).astype(jnp.float32)
+
+            def keep_unless_inactive(new, old):
+                return sg(jnp.where(active, new, old)).astype(old.dtype)
+
+            if self.use_ema or self.kmeans_init or self.restart_dead_codes:
+                self.codebook[...] = keep_unless_inactive(cb_new, self.codebook[...])
+            self.usage[...] = keep_unless_inactive(usage, self.usage[...])
+            self.initialized[...] = keep_unless_inactive(jnp.ones((), jnp.int32), self.initialized[...])
+            if self.use_ema:
+                self.cluster_size[...] = keep_unless_inactive(cluster_size, self.cluster_size[...])
+                self.embed_sum[...] = keep_unless_inactive(embed_sum, self.embed_sum[...])
+
+        return z_q.reshape(z.shape).astype(z.dtype), codes.reshape(lead), aux
+
+
+# ----------------------------------------------------------------------------- RVQ
+
+
+class ResidualVQ(Quantizer):
+    """Residual vector quantizer (SoundStream arXiv 2107.03312, EnCodec arXiv 2210.13438, DAC arXiv 2306.06546).
+
+    `num_levels` VectorQuantizers (built with `**vq_kwargs`); level k quantises r_k, with r_0 = z and
+    r_{k+1} = r_k - zq_k (zq_k: level k's straight-through output, as in EnCodec/DAC, so deeper
+    commitment losses train the codebooks but send no gradient to z). z_q = sum of the used levels'
+    codes, with a straight-through gradient to z; codes [..., K].
+
+    Quantizer dropout (train only, DAC's `quantizer_dropout`): with probability `quantizer_dropout`
+    a random n in [1, K] is drawn for the whole batch, otherwise n = K. Levels k >= n still compute
+    (their codes of the true residual are returned), but their z_q contribution, losses and
+    diagnostics are zeroed and their state is left untouched.
+
+    aux: loss, commitment and codebook (sums over used levels of each level's unweighted terms),
+    perplexity and usage (means over the used levels), dead_codes_restarted (sum), num_levels_used,
+    and per level `perplexity_level{k}`, `commitment_level{k}` (0 for dropped levels).
+    """
+
+    def __init__(self, dim: int, codebook_size: int, num_levels: int, *, rngs: nnx.Rngs,
+                 quantizer_dropout: float = 0.0, **vq_kwargs):
+        if num_levels < 1:
+            raise ValueError(f"ResidualVQ needs num_levels >= 1, got {num_levels}")
+        if not 0.0 <= quantizer_dropout <= 1.0:
+            raise ValueError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.num_levels = num_levels
+        self.quantizer_dropout = float(quantizer_dropout)
+        self.quantizers = nnx.List(
+            [VectorQuantizer(dim, codebook_size, rngs=rngs, **vq_kwargs) for _ in range(num_levels)]
+        )
+
+    def __call__(self, z, *, train: bool, rng: jax.Array | None = None):
+        K = self.num_levels
+        needs_rng = train and (self.quantizer_dropout > 0 or any(
+            q.kmeans_init or q.restart_dead_codes for q in self.quantizers))
+        if needs_rng:
+            _need_rng(rng, "ResidualVQ", "quantizer dropout, k-means init and dead-code restarts are random")
+        keys = jax.random.split(rng, K + 2) if needs_rng else [None] * (K + 2)
+        n_used = jnp.asarray(K, jnp.int32)
+        if train and self.quantizer_dropout > 0:
+            drop = jax.random.bernoulli(keys[0], self.quantizer_dropout)
+            n_used = jnp.where(drop, jax.random.randint(keys[1], (), 1, K + 1), K)
+
+        z32 = z.astype(jnp.float32)
+        residual, total = z32, jnp.zeros_like(z32)
+        codes, aux = [], {}
+        sums = {"loss": 0.0, "commitment": 0.0, "codebook": 0.0, "perplexity": 0.0, "usage": 0.0,
+                "dead_codes_restarted": 0.0}
+        for k, quantizer in enumerate(self.quantizers):
+            active = k < n_used
+            zq_k, codes_k, aux_k = quantizer._quantize(residual, train=train, rng=keys[k + 2], active=active)
+            zq_k = zq_k.astype(jnp.float32)
+            total = total + jnp.where(active, jax.lax.stop_gradient(zq_k), 0.0)
+            residual = residual - zq_k
+            codes.append(codes_k)
+            on = active.astype(jnp.float32)
+            for key in sums:
+                sums[key] = sums[key] + on * aux_k[key]
+            aux[f"perplexity_level{k}"] = on * aux_k["perplexity"]
+            aux[f"commitment_level{k}"] = on * aux_k["commitment"]
+        n_float = n_used.astype(jnp.float32)
+        aux.update(
+            loss=sums["loss"], commitment=sums["commitment"], codebook=sums["codebook"],
+            perplexity=sums["perplexity"] / n_float, usage=sums["usage"] / n_float,
+            dead_codes_restarted=sums["dead_codes_restarted"], num_levels_used=n_float,
+        )
+        z_q = _straight_through(total, z32).astype(z.dtype)
+        return z_q, jnp.stack(codes, axis=-1), {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
+
+    def decode_codes(self, codes: jax.Array, num_levels: int | None = None) -> jax.Array:
+        """codes [..., K] -> sum of the first `num_levels` (default all) levels' code vectors."""
+        num_levels = self.num_levels if num_levels is None else num_levels
+        if not 1 <= num_levels <= self.num_levels:
+            raise ValueError(f"num_levels must be in [1, {self.num_levels}], got {num_levels}")
+        return sum(self.quantizers[k].decode_codes(codes[..., k]) for k in range(num_levels))
+
+
+# ----------------------------------------------------------------------------- FSQ
+
+
+class FSQ(Quantizer):
+    """Finite Scalar Quantization (Mentzer et al., arXiv 2309.15505): each dim bounded and rounded to L_i levels.
+
+    dim = len(levels), codebook_size = prod(levels); no parameters, no state, no loss.
+    Bounding (the paper's reference code): with h_i = (L_i - 1)(1 + 1e-3)/2, offset o_i = 0.5 for
+    even L_i (0 for odd) and shift s_i = atanh(o_i / h_i), bound(z) = tanh(z + s) h - o, which rounds
+    to the L_i integers {-floor(L_i/2), ..., ceil(L_i/2) - 1}; z_q = round_ste(bound(z)) / floor(L_i/2),
+    so z_q lies in [-1, 1]. The gradient is straight-through the rounding only: dz_q/dz =
+    bound'(z) / floor(L/2) (the tanh bound keeps encoder outputs in range, as in the paper), not the
+    identity of VQ/LFQ/RVQ.
+    codes = mixed-radix index sum_i d_i prod_{j<i} L_j with digits d_i = round(bound(z_i)) + floor(L_i/2)
+    (dim 0 is the least significant). aux: loss (0), perplexity and usage (when prod(levels) <= 2**20).
+    """
+
+    def __init__(self, levels: Sequence[int], *, rngs: nnx.Rngs | None = None):
+        del rngs  # no parameters; accepted for a uniform constructor
+        levels = tuple(int(level) for level in levels)
+        if not levels or min(levels) < 2:
+            raise ValueError(f"FSQ levels must be a non-empty list of integers >= 2, got {levels}")
+        if math.prod(levels) >= 2 ** 31:
+            raise ValueError(f"FSQ codebook prod{levels} = {math.prod(levels)} does not fit int32 codes")
+        self.levels = levels
+        self.dim = len(levels)
+        self.codebook_size = math.prod(levels)
+        self.num_levels = 1
+
+    def _consts(self):
+        levels = np.asarray(self.levels, np.float64)
+        half_l = (levels - 1) * (1 + 1e-3) / 2
+        offset = np.where(np.asarray(self.levels) % 2 == 0, 0.5, 0.0)
+        shift = np.arctanh(offset / half_l)
+        half_width = np.asarray(self.levels) // 2
+        basis = np.cumprod((1,) + self.levels[:-1])
+        f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+        return f32(half_l), f32(offset), f32(shift), f32(half_width), jnp.asarray(basis, jnp.int32)
+
+    def bound(self, z: jax.Array) -> jax.Array:
+        half_l, offset, shift, _, _ = self._consts()
+        return jnp.tanh(z + shift) * half_l - offset
+
+    def __call__(self, z, *, train: bool, rng: jax.Array | None = None):
+        del train, rng  # stateless and deterministic
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"FSQ(levels={self.levels}) expects last axis {self.dim}, got {z.shape[-1]}")
+        _, _, _, half_width, basis = self._consts()
+        bounded = self.bound(z.astype(jnp.float32))
+        rounded = _straight_through(jnp.round(bounded), bounded)
+        z_q = rounded / half_width
+        digits = (jax.lax.stop_gradient(rounded) + half_width).astype(jnp.int32)
+        codes = jnp.sum(digits * basis, axis=-1)
+        aux = {"loss": jnp.zeros((), jnp.float32)}
+        if self.codebook_size <= _HIST_MAX_CODES:
+            aux.update(_usage_stats(_code_counts(codes, self.codebook_size)))
+        return z_q.astype(z.dtype), codes, aux
+
+    def decode_codes(self, codes: jax.Array) -> jax.Array:
+        _, _, _, half_width, basis = self._consts()
+        levels = jnp.asarray(self.levels, jnp.int32)
+        digits = (codes[..., None] // basis) % levels
+        return (digits.astype(jnp.float32) - half_width) / half_width
+
+
+# ----------------------------------------------------------------------------- LFQ
+
+
+class LFQ(Quantizer):
+    """Lookup-Free Quantization (MAGVIT-v2, Yu et al., arXiv 2310.05737): each dim quantised to its sign.
+
+    codebook_size = 2**dim; z_q = sign(z) in {-1, +1} (z > 0 -> +1, else -1) with a straight-through
+    (identity) gradient; code = sum_i [z_i > 0] 2**i (dim 0 is the least significant bit).
+
+    Loss = commitment_weight * mean((z - sg(z_q))^2) + entropy_weight * entropy, where
+      entropy = H_sample - diversity_weight * H_batch over the 2**dim implicit codes c in {-1, 1}^dim,
+      p(c | z) = softmax_c(-||z - c||^2 / temperature),
+      H_sample = mean over vectors of H(p(. | z))   (low: confident assignments),
+      H_batch  = H(mean over vectors of p(. | z))   (high: all codes used), natural log.
+    `temperature` (0.01, MaskGIT/MAGVIT) sets how sharp p is. Since -||z - c||^2 = 2 z.c + const,
+    p factorises over dims and H_sample is computed exactly per dim; H_batch needs the full
+    [vectors, 2**dim] matrix (computed in chunks with rematerialisation), so dim is limited to
+    `MAX_DIM` = 14 (16384 codes). Entropy annealing: rescale `aux["entropy"]` in the recipe.
+    aux: loss, commitment, entropy, entropy_per_sample, entropy_batch, perplexity, usage.
+    """
+
+    MAX_DIM = 14
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs | None = None, entropy_weight: float = 0.1,
+                 commitment_weight: float = 0.25, temperature: float = 0.01, diversity_weight: float = 1.0):
+        del rngs  # no parameters; accepted for a uniform constructor
+        if not 1 <= dim <= self.MAX_DIM:
+            raise ValueError(
+                f"LFQ dim must be in [1, {self.MAX_DIM}], got {dim}: the entropy loss and the usage "
+                f"statistics enumerate all 2**dim codes (2**{dim} = {2 ** dim})"
+            )
+        if temperature <= 0:
+            raise ValueError(f"LFQ temperature must be > 0, got {temperature}")
+        self.dim = dim
+        self.codebook_size = 2 ** dim
+        self.num_levels = 1
+        self.entropy_weight = float(entropy_weight)
+        self.commitment_weight = float(commitment_weight)
+        self.temperature = float(temperature)
+        self.diversity_weight = float(diversity_weight)
+
+    def _code_vectors(self) -> jax.Array:
+        """All 2**dim codes as ±1 vectors [2**dim, dim], row i = decode_codes(i)."""
+        return self.decode_codes(jnp.arange(self.codebook_size, dtype=jnp.int32))
+
+    def decode_codes(self, codes: jax.Array) -> jax.Array:
+        bits = (codes[..., None] >> jnp.arange(self.dim, dtype=jnp.int32)) & 1
+        return 2.0 * bits.astype(jnp.float32) - 1.0
+
+    def entropy_terms(self, z_flat: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(H_sample, H_batch) for z_flat [N, dim] (see the class docstring)."""
+        inv_t = 1.0 / self.temperature
+        # Per dim, p(c_i = +1 | z_i) = sigmoid(4 z_i / T): (z - 1)^2 vs (z + 1)^2 differ by 4 z.
+        a = 4.0 * z_flat * inv_t
+        log_p, log_q = jax.nn.log_sigmoid(a), jax.nn.log_sigmoid(-a)
+        h_sample = -jnp.sum(jnp.exp(log_p) * log_p + jnp.exp(log_q) * log_q, axis=-1).mean()
+
+        codes = self._code_vectors()
+        n, num_codes = z_flat.shape[0], self.codebook_size
+        chunk = max(1, min(n, _CHUNK_ELEMENTS // num_codes))
+        pad = (-n) % chunk
+        zc = jnp.pad(z_flat, ((0, pad), (0, 0))).reshape(-1, chunk, self.dim)
+        valid = (jnp.arange(n + pad) < n).reshape(-1, chunk).astype(jnp.float32)
+
+        @jax.checkpoint
+        def add_chunk(acc, xs):
+            z_chunk, v = xs
+            p = jax.nn.softmax(2.0 * inv_t * (z_chunk @ codes.T), axis=-1)
+            return acc + jnp.sum(p * v[:, None], axis=0), None
+
+        total, _ = jax.lax.scan(add_chunk, jnp.zeros((num_codes,), jnp.float32), (zc, valid))
+        return h_sample, _entropy(total / n)
+
+    def __call__(self, z, *, train: bool, rng: jax.Array | None = None):
+        del train, rng  # stateless and deterministic
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"LFQ(dim={self.dim}) got input with last axis {z.shape[-1]}")
+        flat = z.astype(jnp.float32).reshape(-1, self.dim)
+        positive = flat > 0
+        q = jnp.where(positive, 1.0, -1.0)
+        codes = jnp.sum(positive.astype(jnp.int32) << jnp.arange(self.dim, dtype=jnp.int32), axis=-1)
+        commitment = jnp.mean(jnp.square(flat - q))
+        h_sample, h_batch = self.entropy_terms(flat)
+        entropy = h_sample - self.diversity_weight * h_batch
+        aux = {
+            "loss": self.commitment_weight * commitment + self.entropy_weight * entropy,
+            "commitment": commitment,
+            "entropy": entropy,
+            "entropy_per_sample": h_sample,
+            "entropy_batch": h_batch,
+            **_usage_stats(_code_counts(codes, self.codebook_size)),
+        }
+        z_q = _straight_through(q, flat).reshape(z.shape).astype(z.dtype)
+        return z_q, codes.reshape(z.shape[:-1]), aux
+
+
+# ----------------------------------------------------------------------------- factory
+
+_KINDS = ("fsq", "lfq", "rvq", "vq")
+
+
+def make_quantizer(kind: str, dim: int, *, rngs: nnx.Rngs, **kwargs) -> Quantizer:
+    """Builds a quantizer by name: "vq" (needs codebook_size=), "fsq" (levels=, len(levels) == dim),
+    "lfq", "rvq" (codebook_size=, num_levels=). Other keyword arguments go to the constructor."""
+    if kind == "vq":
+        return VectorQuantizer(dim, rngs=rngs, **kwargs)
+    if kind == "rvq":
+        return ResidualVQ(dim, rngs=rngs, **kwargs)
+    if kind == "lfq":
+        return LFQ(dim, rngs=rngs, **kwargs)
+    if kind == "fsq":
+        if "levels" not in kwargs:
+            raise ValueError("make_quantizer('fsq', ...) needs levels=[...], e.g. [8, 5, 5, 5] for dim 4")
+        levels = tuple(kwargs.pop("levels"))
+        if len(levels) != dim:
+            raise ValueError(f"FSQ levels {levels} give dim {len(levels)}, but dim={dim}")
+        return FSQ(levels, rngs=rngs, **kwargs)
+    raise ValueError(f"unknown quantizer kind {kind!r}; valid kinds: {', '.join(_KINDS)}")
