@@ -37,7 +37,7 @@ def get_config(arg=None):
         base_channels=channels, channel_multipliers=(1, 2), num_res_blocks=res_blocks,
         quantizer=str(args["quantizer"]), embed_dim=16, codebook_size=256,
         vq=dict(l2_normalize=True, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
-                kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=1e-3),
+                kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=0.1),
         fsq_levels=(4, 4, 4, 4),  # 256 codes
         lfq_bits=8,  # 256 codes
         lfq=dict(entropy_weight=0.1, commitment_weight=0.25, temperature=0.01, diversity_weight=1.0),

@@ -31,7 +31,7 @@ def get_config(arg=None):
         base_channels=8 if tiny else 128, channel_multipliers=(1, 2) if tiny else (1, 1, 2, 2, 4),
         num_res_blocks=1 if tiny else 2, quantizer=str(args["quantizer"]), embed_dim=256, codebook_size=1024,
         vq=dict(l2_normalize=False, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
-                kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=1e-3),
+                kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=0.1),
         fsq_levels=(8, 8, 8, 5, 5, 5),  # 64,000 codes (FSQ paper's large setting)
         lfq_bits=10,  # 1024 codes
         lfq=dict(entropy_weight=0.1, commitment_weight=0.25, temperature=0.1, diversity_weight=1.0),

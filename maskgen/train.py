@@ -119,8 +119,11 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, param_label
             decay_steps=max(total_steps, settings["warmup_steps"] + 1),
             end_value=settings["lr"] * settings["min_lr_ratio"],
         )
-        # Weight decay on matrices only: biases, norms and learned tokens are not decayed (as in MAE).
-        decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+        # Weight decay on matrices only: biases, norms and learned tokens are not decayed (as in MAE),
+        # nor are quantizer codebooks (k-means, EMA and dead-code restarts set them in place).
+        def decay_mask(params):
+            return jax.tree.map_with_path(
+                lambda path, p: p.ndim >= 2 and "codebook" not in jax.tree_util.keystr(path), params)
         tx = optax.chain(
             optax.clip_by_global_norm(settings["grad_clip_norm"]) if settings["grad_clip_norm"] > 0 else optax.identity(),
             optax.adamw(schedule, b1=settings["b1"], b2=settings["b2"], weight_decay=settings["weight_decay"],

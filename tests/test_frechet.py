@@ -63,7 +63,8 @@ def test_translation_adds_squared_norm():
         float(d @ d) + 2 * float(d @ (mu1 - mu2)), rel=1e-9)
     # Translating both leaves it unchanged; translating one of two equal-mean ones adds exactly ||d||^2.
     assert frechet_distance(mu1 + d, s1, mu2 + d, s2) == pytest.approx(base, rel=1e-9)
-    assert frechet_distance(mu1 + d, s1, mu1, s2) - frechet_distance(mu1, s1, mu1, s2) == pytest.approx(float(d @ d), rel=1e-9)
+    shifted = frechet_distance(mu1 + d, s1, mu1, s2) - frechet_distance(mu1, s1, mu1, s2)
+    assert shifted == pytest.approx(float(d @ d), rel=1e-9)
 
 
 @pytest.mark.parametrize("d", [1, 3, 16, 64])

@@ -97,3 +97,15 @@ def test_prepared_image_folder_trains(tmp_path):
     config = tiny_mae_config("data.name=array_record", f"data.data_dir={out}", "batch_size=8", steps=10)
     train_lib.train(config, str(tmp_path / "run"))
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "10")
+
+
+def test_tokenizer_imagenet_tiny_trains_with_gan_on_local_tfds_copy(local_imagenet, tmp_path):
+    """The paper-scale VQGAN config, shrunk: GAN + LeCam + R1 from step 5, on the TFDS stand-in."""
+    config = config_lib.load_config_file(os.path.join(REPO, "experiments", "tokenizer_imagenet.py") + ":size=tiny")
+    config_lib.apply_overrides(config, [f"data.data_dir={local_imagenet}"])
+    result = train_lib.train(config, str(tmp_path / "run"))
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f if '"loss"' in line]
+    assert [r["gan/active"] for r in rows[:5]] == [0.0] * 5 and rows[-1]["gan/active"] == 1.0
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["gan/r1"]) for r in rows)
+    assert result["evals"]["reconstruction"].scalars["codebook_usage"] > 0

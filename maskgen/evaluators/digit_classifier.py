@@ -9,8 +9,8 @@ for the class consistency of generated digits.
 The network: images [B, H, W, C] in [-1, 1] of any size are resized to 16x16 (bilinear, antialiased)
 and averaged to one channel if C = 3; then conv3x3(32) - GELU - avgpool2 - conv3x3(64) - GELU -
 avgpool2 - dense(64) - GELU (the features) - dense(10) (the logits). No normalisation layers, so
-features are a pure function of the parameters. It is trained with Adam on the digits "train"
-split with random shifts of up to 2 pixels, deterministically for a seed, in a few seconds on a CPU.
+features are a pure function of the parameters. It is trained with AdamW (cosine decay) on the
+digits "train" split with random shifts of up to 2 pixels, deterministically for a seed, in about 10 s on 2 CPU cores.
 
 `get_digit_classifier(cache_dir)` loads the trained parameters from
 `cache_dir/digit_classifier_v1.msgpack` (flax msgpack of the parameter pure dict; the companion
@@ -37,7 +37,7 @@ FILE_STEM = f"digit_classifier_v{VERSION}"
 NUM_CLASSES = 10
 INPUT_SIZE = 16
 FEATURE_DIM = 64
-DEFAULT_STEPS = 800
+DEFAULT_STEPS = 500
 DEFAULT_SEED = 0
 ENV_CACHE = "MASKGEN_CACHE"
 
@@ -61,7 +61,8 @@ def _avg_pool2(x: jax.Array) -> jax.Array:
 class DigitCNN(nnx.Module):
     """Two conv layers and a dense layer of features, then a linear head; see the module docstring."""
 
-    def __init__(self, *, rngs: nnx.Rngs, input_size: int = INPUT_SIZE, width: int = 32, feature_dim: int = FEATURE_DIM):
+    def __init__(self, *, rngs: nnx.Rngs, input_size: int = INPUT_SIZE, width: int = 32,
+                 feature_dim: int = FEATURE_DIM):
         if input_size % 4:
             raise ValueError(f"input_size must be divisible by 4, got {input_size}")
         self.input_size = input_size
@@ -142,7 +143,7 @@ def random_shift(images: jax.Array, key: jax.Array, max_shift: int) -> jax.Array
 
 
 def _make_train_step(graphdef, tx, *, batch_size: int, max_shift: int):
-    """One jitted Adam step on a random batch with random shifts; randomness from fold_in(key, step)."""
+    """One jitted AdamW step on a random batch with random shifts; randomness from fold_in(key, step)."""
 
     def loss_fn(params, x, y):
         logits = nnx.merge(graphdef, params)(x)
@@ -174,7 +175,11 @@ def _fit(graphdef, params, images, labels, key, *, steps: int, batch_size: int, 
 def train_digit_classifier(seed: int = DEFAULT_SEED, steps: int = DEFAULT_STEPS, image_size: int = INPUT_SIZE,
                            batch_size: int = 128, learning_rate: float = 3e-3, weight_decay: float = 1e-4,
                            max_shift: int = 2) -> DigitClassifier:
-    """Trains on the digits "train" split (deterministic for `seed`) and scores the "test" split."""
+    """Trains on the digits "train" split (deterministic for `seed`) and scores the "test" split.
+
+    `image_size` is the network's input size (the data is resized to it; inputs of other sizes are
+    resized to it at use). Takes about 10 s on 2 CPU cores with the defaults.
+    """
     start = time.perf_counter()
     train_x, train_y = load_digits_split("train", image_size)
     graphdef, params = _graphdef_and_params(seed, image_size)
@@ -232,18 +237,19 @@ def load_digit_classifier(cache_dir: str) -> DigitClassifier | None:
             info = json.load(f)
         with open(stem + ".msgpack", "rb") as f:
             restored = serialization.msgpack_restore(f.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # Absent, or not JSON / msgpack (msgpack errors are ValueErrors).
         return None
     if {k: info.get(k) for k in training_settings()} != training_settings():
         return None
-    graphdef, params = _graphdef_and_params(0, info["image_size"])
+    graphdef, fresh = _graphdef_and_params(0, info["image_size"])
     try:
-        params = serialization.from_state_dict(params, restored)
-    except (KeyError, ValueError, TypeError):
+        params = serialization.from_state_dict(fresh, restored)
+    except (AttributeError, KeyError, TypeError, ValueError):  # Not the expected tree.
         return None
-    if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, _graphdef_and_params(0, info["image_size"])[1]):
+    if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, fresh):
         return None
-    return DigitClassifier(graphdef, jax.tree.map(np.asarray, params), test_accuracy=info.get("test_accuracy"), info=info)
+    params = jax.tree.map(np.asarray, params)
+    return DigitClassifier(graphdef, params, test_accuracy=info.get("test_accuracy"), info=info)
 
 
 @functools.lru_cache(maxsize=None)

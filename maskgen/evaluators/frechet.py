@@ -37,7 +37,8 @@ def _check_statistics(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.
     if mu.ndim != 1:
         raise ValueError(f"{name}: mean must be a vector [D], got shape {mu.shape}")
     if sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{name}: covariance must be [D, D] = {(mu.shape[0],) * 2} to match the mean, got {sigma.shape}")
+        raise ValueError(f"{name}: covariance must be [D, D] = {(mu.shape[0],) * 2} to match the mean, "
+                         f"got {sigma.shape}")
     return mu, sigma
 
 
@@ -72,6 +73,7 @@ def load_reference_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as data:
         missing = [key for key in REFERENCE_KEYS if key not in data.files]
         if missing:
-            raise ValueError(f"{path!r} has no {' or '.join(repr(k) for k in missing)} array; it holds {sorted(data.files)}")
+            raise ValueError(f"{path!r} has no {' or '.join(repr(k) for k in missing)} array; "
+                             f"it holds {sorted(data.files)}")
         mu, sigma = data["mu"], data["sigma"]
     return _check_statistics(mu, sigma, path)

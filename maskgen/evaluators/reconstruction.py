@@ -9,8 +9,9 @@ split this evaluator reports:
   reconstruction has infinite PSNR), then averaged over images. `mse` is the mean over all pixels.
 - `codebook_usage`: the fraction of the `info["codebook_size"]` codes used at least once, and
   `perplexity`: exp(entropy) of the code histogram (natural log), the usual codebook-collapse
-  monitor for VQ-VAE-style quantisers (van den Oord et al., arXiv 1711.00937); with residual levels both are averaged over levels and also reported per
-  level (`codebook_usage_level{k}`, `perplexity_level{k}`).
+  monitors for VQ-VAE-style quantisers (van den Oord et al., arXiv 1711.00937). With residual
+  levels (codes [B, h, w, K]) both are averaged over levels and also reported per level
+  (`codebook_usage_level{k}`, `perplexity_level{k}`).
 - `frechet_distance_digits`: the Fréchet distance (FID formula, Heusel et al., arXiv 1706.08500)
   between the features of the real images and of their reconstructions under maskgen's digit
   classifier (`digit_classifier.py`). It stands in for rFID on the digits data; it is not Inception
@@ -109,7 +110,8 @@ class Reconstruction:
         features = self._feature_fn()
         mses, psnrs, counts, real_feats, recon_feats, grid_real, grid_recon = [], [], None, [], [], [], []
         for i, (batch, valid) in enumerate(ctx.batches(self.split, self.max_examples)):
-            out = ctx.to_host(ctx.apply("reconstruct", ctx.params, batch, jax.random.fold_in(jax.random.key(self.seed), i)))
+            rng = jax.random.fold_in(jax.random.key(self.seed), i)
+            out = ctx.to_host(ctx.apply("reconstruct", ctx.params, batch, rng))
             real = np.asarray(ctx.to_host(batch)["image"], np.float32)
             recon = np.clip(np.asarray(out["reconstruction"], np.float32), -1.0, 1.0)
             codes, valid = np.asarray(out["codes"]), np.asarray(valid, bool)

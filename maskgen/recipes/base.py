@@ -72,8 +72,9 @@ class Recipe:
         """Scalar training loss and a dict of scalar metrics. `step` (int32 scalar, the number of
         updates done) lets a loss switch terms on at a step (e.g. a GAN loss).
 
-        The model may update its non-Param variables in place (EMA codebooks, counters); the
-        loop keeps those updates. Param values must only change through gradients.
+        The model may update variables in place: non-Param state (EMA statistics, counters) and
+        Param resets (k-means codebook init, dead-code restarts). The loop keeps those updates and
+        applies the gradient step on top of the reset values.
         """
         raise NotImplementedError
 

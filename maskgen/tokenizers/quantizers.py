@@ -93,9 +93,15 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), _NORM_EPS))
 
 
+def _dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b.T at full float32 precision: TPU (bf16 passes) and GPU (TF32) defaults would change
+    nearest-code choices and, divided by a small temperature, the LFQ logits."""
+    return jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+
+
 def _sq_distances(x: jax.Array, codebook: jax.Array) -> jax.Array:
     """||x_n - c_k||^2 for x [N, D], codebook [K, D] -> [N, K] (float32, via the dot-product form)."""
-    return (jnp.sum(jnp.square(x), -1, keepdims=True) - 2.0 * x @ codebook.T
+    return (jnp.sum(jnp.square(x), -1, keepdims=True) - 2.0 * _dot_t(x, codebook)
             + jnp.sum(jnp.square(codebook), -1)[None, :])
 
 
@@ -133,8 +139,8 @@ def _kmeans(x: jax.Array, num_codes: int, iters: int, key: jax.Array) -> tuple[j
     cluster that ends up empty keeps its previous centroid.
     """
     n = x.shape[0]
-    if n >= num_codes:
-        idx = jax.random.permutation(key, n)[:num_codes]
+    if n >= num_codes:  # K distinct rows: the top K of N uniform draws
+        idx = jax.lax.top_k(jax.random.uniform(key, (n,)), num_codes)[1]
     else:
         idx = jax.random.randint(key, (num_codes,), 0, n)
     centroids = x[idx]
@@ -219,7 +225,9 @@ class VectorQuantizer(Quantizer):
         self.dead_code_threshold = float(dead_code_threshold)
         self.restart_dead_codes = restart_dead_codes
 
-        self.codebook = logical_param(rngs, jax.nn.initializers.normal(1.0), (codebook_size, dim), ("codebook", None))
+        self.codebook = logical_param(
+            rngs, jax.nn.initializers.normal(1.0), (codebook_size, dim), ("codebook", None)
+        )
         self.usage = CodebookState(jnp.ones((codebook_size,), jnp.float32), out_sharding=("codebook",))
         self.initialized = CodebookState(jnp.asarray(0 if kmeans_init else 1, jnp.int32))
         if use_ema:
@@ -229,16 +237,15 @@ class VectorQuantizer(Quantizer):
     def _prepare(self, x: jax.Array) -> jax.Array:
         return _l2_normalize(x) if self.l2_normalize else x
 
-    def codes_vectors(self) -> jax.Array:
+    def code_vectors(self) -> jax.Array:
         """The codebook as used for lookup: [K, D], l2-normalised when `l2_normalize`."""
         return self._prepare(self.codebook[...].astype(jnp.float32))
 
     def decode_codes(self, codes: jax.Array) -> jax.Array:
-        return jnp.take(self.codes_vectors(), codes, axis=0)
+        return jnp.take(self.code_vectors(), codes, axis=0)
 
     def __call__(self, z, *, train: bool, rng: jax.Array | None = None):
-        z_q, codes, aux = self._quantize(z, train=train, rng=rng, active=True)
-        return z_q, codes, aux
+        return self._quantize(z, train=train, rng=rng, active=True)
 
     def _quantize(self, z, *, train: bool, rng, active):
         """The call, with `active` (bool scalar) gating the state updates (ResidualVQ's dropout)."""
@@ -309,8 +316,8 @@ class VectorQuantizer(Quantizer):
                 usage = jnp.where(dead, 1.0, usage)
                 if self.use_ema:
                     cluster_size = jnp.where(dead, cluster_size.sum() / K, cluster_size)
-                    embed_sum = jnp.where(dead[:, None], candidates * _smoothed_cluster_size(cluster_size)[:, None],
-                                          embed_sum)
+                    restarted_sums = candidates * _smoothed_cluster_size(cluster_size)[:, None]
+                    embed_sum = jnp.where(dead[:, None], restarted_sums, embed_sum)
                 aux["dead_codes_restarted"] = jnp.where(active, dead.sum(), 0).astype(jnp.float32)
 
             def keep_unless_inactive(new, old):
@@ -487,14 +494,17 @@ class LFQ(Quantizer):
       p(c | z) = softmax_c(-||z - c||^2 / temperature),
       H_sample = mean over vectors of H(p(. | z))   (low: confident assignments),
       H_batch  = H(mean over vectors of p(. | z))   (high: all codes used), natural log.
-    `temperature` (0.01, MaskGIT/MAGVIT) sets how sharp p is. Since -||z - c||^2 = 2 z.c + const,
+    `temperature` (0.01, MaskGIT/MAGVIT) sets how sharp p is: p(z_i > 0 bit) = sigmoid(4 z_i / T), so
+    the entropy terms only move dims with |z_i| within a few T/4 of 0, and a collapse in which every
+    |z_i| >> T is not undone by them. Since -||z - c||^2 = 2 z.c + const,
     p factorises over dims and H_sample is computed exactly per dim; H_batch needs the full
     [vectors, 2**dim] matrix (computed in chunks with rematerialisation), so dim is limited to
-    `MAX_DIM` = 14 (16384 codes). Entropy annealing: rescale `aux["entropy"]` in the recipe.
+    `MAX_DIM` = 16 (65536 codes; the cost per step grows as vectors x 2**dim x dim). Entropy
+    annealing: the recipe can re-weight `aux["entropy"]` (unweighted) instead of using `aux["loss"]`.
     aux: loss, commitment, entropy, entropy_per_sample, entropy_batch, perplexity, usage.
     """
 
-    MAX_DIM = 14
+    MAX_DIM = 16
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs | None = None, entropy_weight: float = 0.1,
                  commitment_weight: float = 0.25, temperature: float = 0.01, diversity_weight: float = 1.0):
@@ -540,7 +550,7 @@ class LFQ(Quantizer):
         @jax.checkpoint
         def add_chunk(acc, xs):
             z_chunk, v = xs
-            p = jax.nn.softmax(2.0 * inv_t * (z_chunk @ codes.T), axis=-1)
+            p = jax.nn.softmax(2.0 * inv_t * _dot_t(z_chunk, codes), axis=-1)
             return acc + jnp.sum(p * v[:, None], axis=0), None
 
         total, _ = jax.lax.scan(add_chunk, jnp.zeros((num_codes,), jnp.float32), (zc, valid))
