@@ -144,17 +144,31 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int, param_label
     return optax.multi_transform(groups, param_labels), base_schedule
 
 
+def _key_names(path) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+
+
 def state_shardings(run: Run, tx) -> tuple[dict, Any]:
     """Shardings of the train state {step, params, opt_state} and of the EMA params."""
     with run.context():
         abstract_params = jax.eval_shape(run.init_variables, jax.random.key(0))["params"]
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = parallel.replicated(run.mesh)
-    is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)  # noqa: E731
-    opt_shardings = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, abstract_opt, run.param_shardings,
-        transform_non_params=lambda _: replicated, is_leaf=is_sharding,
-    )
+    # Each optimizer-state leaf whose path ends with a parameter's path (mu/nu copies of the
+    # params, under any nesting of chains, masks and parameter groups) takes that parameter's
+    # sharding; everything else (counts, ...) is replicated.
+    by_path = {_key_names(path): (leaf.shape, sharding) for (path, leaf), sharding in zip(
+        jax.tree.leaves_with_path(abstract_params), jax.tree.leaves(run.param_shardings))}
+
+    def opt_sharding(path, leaf):
+        names = _key_names(path)
+        for start in range(len(names)):
+            shape, sharding = by_path.get(names[start:], (None, None))
+            if sharding is not None and shape == leaf.shape:
+                return sharding
+        return replicated
+
+    opt_shardings = jax.tree.map_with_path(opt_sharding, abstract_opt)
     state = {"step": replicated, "params": run.param_shardings,
              "model_state": run.variable_shardings["model_state"], "opt_state": opt_shardings}
     return state, run.param_shardings

@@ -47,6 +47,11 @@ with run.context():
 mlp = params["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"]
 qkv = params["encoder"]["transformer"]["blocks"][0]["attn"]["qkv"]["kernel"]
 print("MLP", mlp.sharding.spec, mlp.addressable_shards[0].data.shape)
+from maskgen.train import make_optimizer, state_shardings
+tx, _ = make_optimizer(config.optimizer, config.total_steps)
+state_sh, _ = state_shardings(run, tx)
+mu = state_sh["opt_state"][1][0].mu["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"]
+print("ADAM_MU", mu.is_equivalent_to(mlp.sharding, 2))
 print("QKV", qkv.sharding.spec)
 """
     import subprocess
@@ -59,3 +64,4 @@ print("QKV", qkv.sharding.spec)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MLP P('fsdp', 'tensor') (32, 128)" in result.stdout, result.stdout
     assert "QKV P('fsdp', None, 'tensor', None)" in result.stdout, result.stdout
+    assert "ADAM_MU True" in result.stdout, result.stdout  # optimizer state sharded like its param
