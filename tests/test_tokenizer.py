@@ -145,3 +145,28 @@ def test_token_metadata_mismatch_is_a_clear_error(tokenizer_run, tmp_path):
         check_token_metadata(meta, codebook_size=1024, token_shape=(8, 8, 2))
     with pytest.raises(TokenMetadataError, match=r"token grid: config says \(16, 16\), the tokens are \(8, 8, 2\)"):
         check_token_metadata(meta, codebook_size=256, token_shape=(16, 16))
+
+
+def test_perceptual_loss_with_an_mae_encoder_trained_in_maskgen(tmp_path):
+    """An MAE run from the spine serves as the perceptual network of a tokenizer."""
+    from conftest import tiny_mae_config
+    from maskgen import train as train_lib
+    from maskgen.recipes.tokenizer import perceptual_distance, perceptual_network
+
+    mae_dir = str(tmp_path / "mae")
+    train_lib.train(tiny_mae_config(steps=5), mae_dir)
+    features = perceptual_network(f"mae:{mae_dir}")
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 1), minval=-1, maxval=1)
+    assert features(x).shape == (2, 1 + 64, 32)
+    assert float(perceptual_distance(features, x, x)) == 0.0
+    assert float(perceptual_distance(features, x, -x)) > 0.0
+    with pytest.raises(ValueError, match=r"takes images \(16, 16, 1\)"):
+        features(jnp.zeros((2, 8, 8, 1)))
+
+    workdir = str(tmp_path / "tok")
+    config = tiny_tokenizer_config("fsq", "loss.perceptual_weight=0.1", f"loss.perceptual_network=mae:{mae_dir}",
+                                   "log_every=5", steps=10)
+    train_lib.train(config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if '"loss"' in line]
+    assert all(np.isfinite(r["perceptual"]) and r["perceptual"] > 0 for r in rows)

@@ -6,7 +6,7 @@ mask tokens, and MSE on per-patch-normalised pixels of the masked patches only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -115,3 +115,47 @@ class MAERecipe(Recipe):
 
     def features(self, model: MAE, batch, rng):
         return model.features(patchify(batch["image"], self.patch_size))
+
+
+def load_encoder_features(workdir: str, step: int | None = None) -> Callable[[jax.Array], jax.Array]:
+    """Frozen token features of a trained MAE run's encoder (its EMA weights), for perceptual losses.
+
+    Returns `features(images [B, H, W, C] in [-1, 1]) -> [B, 1 + N, width]`: the encoder's output
+    tokens on all patches. The images must have the MAE run's size and channels.
+    """
+    import os
+
+    from maskgen.checkpoint import Checkpointer
+    from maskgen.config import config_from_json
+    from maskgen.data import source_info
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = config_from_json(f.read())
+    if config.recipe != "mae":
+        raise ValueError(f"{workdir} is a {config.recipe!r} run; a perceptual network needs an 'mae' run")
+    recipe = MAERecipe.from_config(config, source_info(config.data.name, config.data.data_dir or None))
+    with nnx.use_eager_sharding(False):  # a frozen single-device copy: no mesh needed
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            nnx.to_pure_dict(abstract))
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    try:
+        if step is None:
+            step, restored = checkpointer.restore_latest(abstract_ema=abstract, quarantine=False)
+        else:
+            restored = checkpointer.restore(step, abstract_ema=abstract)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no readable checkpoint of the MAE run in {workdir}/checkpoints")
+    params = jax.tree.map(lambda x: jax.numpy.asarray(jax.device_get(x)), restored.ema)
+    expected = (recipe.image_size, recipe.image_size, recipe.channels)
+
+    def features(images: jax.Array) -> jax.Array:
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(f"the MAE perceptual network in {workdir} takes images {expected}, got {images.shape[1:]}")
+        model = nnx.merge(graphdef, jax.lax.stop_gradient(params))
+        return model.encoder(patchify(images, recipe.patch_size)).astype(jnp.float32)
+
+    return features

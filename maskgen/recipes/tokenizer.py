@@ -135,7 +135,8 @@ class TokenizerRecipe(Recipe):
             problems.append(f"config.loss.reconstruction must be 'l1' or 'l2', got {loss.reconstruction!r}")
         if loss.gan_loss not in ("hinge", "non_saturating"):
             problems.append(f"config.loss.gan_loss must be 'hinge' or 'non_saturating', got {loss.gan_loss!r}")
-        if loss.perceptual_weight > 0 and loss.perceptual_network not in PERCEPTUAL_NETWORKS:
+        if loss.perceptual_weight > 0 and not (loss.perceptual_network == "digit_classifier"
+                                               or loss.perceptual_network.startswith("mae:")):
             problems.append(f"config.loss.perceptual_network must be one of {PERCEPTUAL_NETWORKS}, got "
                             f"{loss.perceptual_network!r}")
         if m.quantizer == "lfq" and m.lfq_bits > 16:
@@ -233,19 +234,25 @@ class TokenizerRecipe(Recipe):
 
 
 # -------------------------------------------------------------------- perceptual loss
-PERCEPTUAL_NETWORKS = ("digit_classifier",)
+PERCEPTUAL_NETWORKS = ("digit_classifier", "mae:<workdir>")
 
 
 def perceptual_network(name: str) -> Callable[[jax.Array], jax.Array]:
     """A frozen feature network trained inside maskgen (no pretrained weights are downloaded).
 
     "digit_classifier": the digits CNN of `maskgen.evaluators.digit_classifier` (trained and
-    cached on first use); its penultimate features serve as the perceptual space on digits.
+      cached on first use); its penultimate features serve as the perceptual space on digits.
+    "mae:<workdir>": the encoder of a trained MAE run (EMA weights), on all patches; its output
+      tokens are the features (the images must match that run's size and channels).
     """
     if name == "digit_classifier":
         from maskgen.evaluators.digit_classifier import get_digit_classifier
 
         return get_digit_classifier(None).features
+    if name.startswith("mae:"):
+        from maskgen.recipes.mae import load_encoder_features
+
+        return load_encoder_features(name[len("mae:"):])
     raise ValueError(f"unknown perceptual network {name!r}; valid: {PERCEPTUAL_NETWORKS}")
 
 
