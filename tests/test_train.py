@@ -116,7 +116,8 @@ def _assert_same_as_reference(workdir, reference):
     assert ours == theirs  # same data order and updates, and each step logged once
 
 
-@pytest.mark.parametrize("trial", range(2))
+# One trial in the default suite; `pytest -m slow` runs more kill moments.
+@pytest.mark.parametrize("trial", [0] + [pytest.param(t, marks=pytest.mark.slow) for t in range(1, 6)])
 def test_sigkill_then_rerun_is_bit_identical(reference_run, tmp_path, trial):
     workdir = str(tmp_path / "run")
     rng = random.Random(trial)
