@@ -175,8 +175,8 @@ def state_shardings(run: Run, tx) -> tuple[dict, Any]:
 
 
 def _state_initializer(run: Run, tx):
-    """A jitted `key -> (state, ema)` with sharded outputs, and its abstract (sharded) outputs,
-    which serve as restore targets without materialising anything."""
+    """A jitted `key -> (state, ema)` with sharded outputs, its abstract (sharded) outputs, which
+    serve as restore targets without materialising anything, and the shardings themselves."""
     state_sh, ema_sh = state_shardings(run, tx)
 
     def init_state(key):
@@ -190,7 +190,8 @@ def _state_initializer(run: Run, tx):
         jit_init = jax.jit(init_state, out_shardings=(state_sh, ema_sh))
         abstract_state, abstract_ema = jax.eval_shape(jit_init, jax.random.key(0))
     attach = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
-    return (jit_init, jax.tree.map(attach, abstract_state, state_sh), jax.tree.map(attach, abstract_ema, ema_sh))
+    abstract = (jax.tree.map(attach, abstract_state, state_sh), jax.tree.map(attach, abstract_ema, ema_sh))
+    return jit_init, abstract, (state_sh, ema_sh)
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -310,9 +311,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     log.info("mesh %s, %d devices, %d processes", dict(run.mesh.shape), jax.device_count(), jax.process_count())
 
     tx, schedule = make_optimizer(config.optimizer, config.total_steps, *run.recipe.optimizer_groups())
-    state_sh, ema_sh = state_shardings(run, tx)
     init_key, train_key = _keys(config.seed)
-    jit_init, abstract_state, abstract_ema = _state_initializer(run, tx)
+    jit_init, (abstract_state, abstract_ema), (state_sh, ema_sh) = _state_initializer(run, tx)
 
     # ---- Data: every process reads its own rows of each global batch.
     source = make_source(config.data.name, config.data.train_split, config.data.data_dir or None)
@@ -444,7 +444,7 @@ def restore_variables(run: Run, workdir: str, step: int | None = None, which: st
     """Loads `params` or `ema` (default: `config.eval_params`) of a step (default: latest readable)."""
     which = which or run.config.eval_params
     tx, _ = make_optimizer(run.config.optimizer, run.config.total_steps, *run.recipe.optimizer_groups())
-    _, abstract_state, abstract_ema = _state_initializer(run, tx)
+    _, (abstract_state, abstract_ema), _ = _state_initializer(run, tx)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), run.config.keep_checkpoints)
     # The non-trainable model state lives in the train state; EMA covers the params only.
     targets = dict(abstract_state=abstract_state, abstract_ema=abstract_ema if which == "ema" else None)

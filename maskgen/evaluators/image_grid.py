@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from maskgen.evaluators.base import EvalContext, EvalResult, register
@@ -37,8 +38,6 @@ class ImageGrid:
 
     def run(self, ctx: EvalContext) -> EvalResult:
         batch, _ = next(iter(ctx.batches(self.split, self.num)))
-        import jax
-
         outputs = ctx.to_host(ctx.apply("sample", ctx.params, batch, jax.random.key(self.seed)))
         names = self.rows or tuple(sorted(outputs))
         unknown = set(names) - set(outputs)
