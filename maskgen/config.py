@@ -227,6 +227,10 @@ DEFAULT_SHARDING_RULES = (
     ("conv_in", None),  # convolutional tokenizers are data parallel by default
     ("conv_out", None),
     ("codebook", None),
+    ("vocab", "tensor"),  # token embedding rows / output logits (MaxText shards the vocabulary too)
+    ("classes", None),  # class-embedding rows (few; replicated)
+    ("cond", None),  # adaLN conditioning input width (its output side is already sharded)
+    ("positions", None),  # learned position-embedding rows
 )
 
 

@@ -1,8 +1,11 @@
-"""The `maskgen` command line: train | eval | sample | tokenize | prepare.
+"""The `maskgen` command line: demo | train | eval | sample | edit | tokenize | prepare.
 
+  maskgen demo   --workdir runs/demo      (tokenizer -> tokens -> MaskGIT -> scores, samples, an edit)
   maskgen train  --config experiments/mae_digits.py[:arg] --workdir DIR [--config.key=value ...]
   maskgen eval   --workdir DIR [--step N] [--config FILE[:arg]] [--config.key=value ...]
   maskgen sample --workdir DIR --out grid.png [--num 16] [--step N]
+  maskgen sample --workdir MASKGIT_DIR --num 10 --steps 8 --cfg 2.0 --out grid.png   (N per class)
+  maskgen edit   --workdir MASKGIT_DIR --image in.png|test:INDEX --mask mask.png|bottom --class C --out out.png
   maskgen tokenize --tokenizer-workdir DIR --data digits --out TOKENS_DIR
   maskgen prepare --source digits --out DIR
   maskgen prepare --source folder --input DIR --out DIR --resolution 32 [--skip-bad]
@@ -52,8 +55,29 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest readable)")
         if name == "sample":
             p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples.png)")
-            p.add_argument("--num", type=int, default=16)
+            p.add_argument("--num", type=int, default=16,
+                           help="images (MAE, tokenizers) or samples per class (token generators)")
             p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--classes", default=None, help="generators: comma-separated classes (default: all)")
+            p.add_argument("--trajectory-out", default=None, help="generators: PNG of one sample's decoding steps")
+            _decode_args(p)
+
+    edit = sub.add_parser("edit", help="inpaint / outpaint / re-class the masked region of an image (MaskGIT)")
+    edit.add_argument("--workdir", required=True, help="a maskgit run")
+    edit.add_argument("--image", required=True, help="image file, or test:INDEX / train:INDEX of the tokenizer's data")
+    edit.add_argument("--mask", required=True, help="PNG (white = regenerate) or top|bottom|left|right")
+    edit.add_argument("--class", dest="label", type=int, required=True, help="the class to generate")
+    edit.add_argument("--out", required=True)
+    edit.add_argument("--compare-out", default=None, help="also write input | masked | result side by side")
+    edit.add_argument("--start-step", type=int, default=0, help="begin decoding at this step of --steps")
+    edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest readable)")
+    edit.add_argument("--config", default=None, help="default: the run's saved workdir/config.json")
+    _decode_args(edit)
+
+    demo = sub.add_parser("demo", help="tokenizer -> tokens -> MaskGIT -> scores, samples and an edit, on digits")
+    demo.add_argument("--workdir", default="runs/demo")
+    demo.add_argument("--size", default="small", choices=["tiny", "small"], help="tiny: a smoke run in about a minute")
 
     tok = sub.add_parser("tokenize", help="write a dataset's token grids with a trained tokenizer")
     tok.add_argument("--tokenizer-workdir", required=True, help="workdir of a `tokenizer` run")
@@ -73,6 +97,23 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--test-fraction", type=float, default=0.1)
     prep.add_argument("--num-shards", type=int, default=1)
     return parser
+
+
+def _decode_args(p: argparse.ArgumentParser) -> None:
+    """Decoding settings; unset ones come from the run's config.sampling."""
+    p.add_argument("--steps", type=int, default=None, help="decoding steps T")
+    p.add_argument("--cfg", type=float, default=None, help="CFG scale: 0 unconditional, 1 conditional, >1 guided")
+    p.add_argument("--cfg-schedule", default=None, choices=["constant", "linear", "cosine"])
+    p.add_argument("--schedule", default=None, help="mask schedule: cosine | linear | square | powN | log | exp")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--choice-temperature", type=float, default=None)
+    p.add_argument("--policy", default=None, choices=["confidence", "random"])
+
+
+def _decode_overrides(args) -> dict:
+    return {"num_steps": args.steps, "cfg_scale": args.cfg, "cfg_schedule": args.cfg_schedule,
+            "schedule": args.schedule, "temperature": args.temperature,
+            "choice_temperature": args.choice_temperature, "policy": args.policy}
 
 
 def _load_config(args, overrides):
@@ -99,7 +140,7 @@ def main(argv: list[str]) -> int:
     from maskgen.config import ConfigError
 
     try:
-        if args.command in ("prepare", "tokenize") and overrides:
+        if args.command in ("prepare", "tokenize", "demo") and overrides:
             raise ConfigError(f"{args.command} takes no --config.* overrides")
         if args.command == "prepare":
             return _prepare(args)
@@ -113,8 +154,23 @@ def main(argv: list[str]) -> int:
             print(f"wrote {args.out}: {splits}; token grid {tuple(meta['token_shape'])}, "
                   f"codebook {meta['codebook_size']}, from step {meta['tokenizer']['step']}")
             return 0
+        if args.command == "demo":
+            from maskgen.demo import print_summary, run_demo
+
+            summary = run_demo(args.workdir, size=args.size)
+            print_summary(args.workdir, summary)
+            return 0
         config = _load_config(args, overrides)
         from maskgen import train as train_lib
+
+        if args.command == "edit":
+            from maskgen.generate import GeneratorHandle, edit_to_png
+
+            handle = GeneratorHandle(args.workdir, args.step, config)
+            edit_to_png(handle, args.image, args.mask, args.label, args.out, seed=args.seed,
+                        start_step=args.start_step, compare_out=args.compare_out, **_decode_overrides(args))
+            print(f"wrote {args.out}" + (f" and {args.compare_out}" if args.compare_out else ""))
+            return 0
 
         if args.command == "train":
             result = train_lib.train(config, args.workdir)
@@ -124,7 +180,18 @@ def main(argv: list[str]) -> int:
             _print_eval_table(step, results)
         elif args.command == "sample":
             out = args.out or os.path.join(args.workdir, "samples.png")
-            train_lib.sample(config, args.workdir, out, num=args.num, step=args.step, seed=args.seed)
+            decode = {k: v for k, v in _decode_overrides(args).items() if v is not None}
+            from maskgen.generate import GENERATORS, GeneratorHandle, sample_to_png
+
+            if config.recipe in GENERATORS:
+                classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+                sample_to_png(GeneratorHandle(args.workdir, args.step, config), out, num_per_class=args.num,
+                              classes=classes, seed=args.seed, trajectory_out=args.trajectory_out, **decode)
+            else:
+                if decode or args.classes or args.trajectory_out:
+                    raise ValueError(f"decoding options apply to token generators; {args.workdir} is a "
+                                     f"{config.recipe!r} run")
+                train_lib.sample(config, args.workdir, out, num=args.num, step=args.step, seed=args.seed)
             print(f"wrote {out}")
         return 0
     except ConfigError as err:

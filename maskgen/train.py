@@ -205,14 +205,28 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
 def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalContext:
     config, cache, sources = run.config, run.compiled_methods, {}
 
-    def apply(method: str, params, batch, rng):
-        if method not in cache:
+    def apply(method: str, params, batch, rng, **static):
+        # `static` settings (e.g. decoding steps) are baked into the compiled function, one per value.
+        key = (method, tuple(sorted(static.items())))
+        if key not in cache:
             def fn(p, b, r):
-                return getattr(run.recipe, method)(run.merge(p), b, r)
+                return getattr(run.recipe, method)(run.merge(p), b, r, **static)
 
-            cache[method] = jax.jit(fn)
+            cache[key] = jax.jit(fn)
         with jax.set_mesh(run.mesh):
-            return cache[method](params, batch, rng)
+            return cache[key](params, batch, rng)
+
+    batch_multiple = parallel.batch_sharding(run.mesh, run.rules).num_devices
+
+    def shard(full_batch):
+        """A host batch that every process holds in full -> global arrays (this process's rows)."""
+        rows = len(next(iter(full_batch.values())))
+        if rows % batch_multiple:
+            raise ValueError(f"batch of {rows} rows does not split over {batch_multiple} data-parallel devices")
+        local = rows // jax.process_count()
+        start = jax.process_index() * local
+        return parallel.global_batch({k: np.asarray(v)[start:start + local] for k, v in full_batch.items()},
+                                     run.mesh, run.rules)
 
     def batches(split: str, limit: int | None = None):
         if split not in sources:
@@ -230,7 +244,7 @@ def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalCon
     return EvalContext(
         step=step, params=params, apply=apply, init_params=init_params,
         batches=batches, to_host=parallel.to_host, rng=jax.random.key(config.seed + 7),
-        info=run.recipe.info(), workdir=workdir,
+        info=run.recipe.info(), workdir=workdir, shard=shard, batch_multiple=batch_multiple,
     )
 
 

@@ -84,6 +84,17 @@ class RandomResizedCropFlip(grain.transforms.RandomMap):
         return {"image": _to_float(np.ascontiguousarray(image)), "label": np.asarray(example["label"], np.int32)}
 
 
+class TokensToModelInput:
+    """Token example -> model input: the int32 token grid and label, unchanged (no augmentation)."""
+
+    def __call__(self, example: dict) -> dict:
+        return {"tokens": np.asarray(example["tokens"], np.int32), "label": np.asarray(example["label"], np.int32)}
+
+
+def _model_input(source, image_size: int):
+    return TokensToModelInput() if getattr(source, "kind", "image") == "tokens" else ToModelInput(image_size)
+
+
 AUGMENTATIONS = ("none", "crop_flip")
 
 
@@ -92,9 +103,12 @@ def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int,
     """Infinite stream of this process's rows of each global batch, reshuffled every epoch.
 
     augment: "none" (centre crop + resize) or "crop_flip" (MAE's random resized crop + flip).
+    Token sources (`maskgen tokenize` output) yield their grids unchanged and take no augmentation.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augment!r}; valid: {AUGMENTATIONS}")
+    if augment != "none" and getattr(source, "kind", "image") == "tokens":
+        raise ValueError(f"augmentation {augment!r} applies to images; token datasets take augment='none'")
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
     if len(source) < global_batch_size:
@@ -104,7 +118,7 @@ def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int,
     if augment == "crop_flip":
         stream = stream.random_map(RandomResizedCropFlip(image_size), seed=seed + 1)
     else:
-        stream = stream.map(ToModelInput(image_size))
+        stream = stream.map(_model_input(source, image_size))
     # Chunk c of size `local` belongs to global batch c // P and to process c % P.
     return stream.batch(local, drop_remainder=True)[process_index::process_count].to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
@@ -119,7 +133,7 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, process_ind
     """
     total = len(source) if limit is None else min(limit, len(source))
     local = global_batch_size // process_count
-    transform = ToModelInput(image_size)
+    transform = _model_input(source, image_size)
     for start in range(0, total, global_batch_size):
         rows = np.arange(start + process_index * local, start + (process_index + 1) * local)
         examples = [transform(source[int(i) if i < total else 0]) for i in rows]

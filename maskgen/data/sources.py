@@ -15,7 +15,7 @@ import numpy as np
 
 from maskgen.data import digits, records
 
-VALID_NAMES = ("digits", "array_record", "tfds:<dataset>[/<config>][:<version>]")
+VALID_NAMES = ("digits", "array_record", "tfds:<dataset>[/<config>][:<version>]", "tokens")
 
 
 def _check_index(index, length: int) -> int:
@@ -186,14 +186,34 @@ def make_source(name: str, split: str, data_dir: str | None = None):
         return ArrayRecordSource(data_dir, split)
     if isinstance(name, str) and name.startswith("tfds:"):
         return TfdsSource(name[len("tfds:"):], split, data_dir)
+    if name == "tokens":
+        from maskgen.data.tokens import TokenSource
+
+        if not data_dir:
+            raise ValueError("data source 'tokens' needs data_dir: the --out directory of `maskgen tokenize`")
+        return TokenSource(data_dir, split)
     raise ValueError(f"unknown data source {name!r}; valid names are {list(VALID_NAMES)}")
 
 
 def source_info(name: str, data_dir: str | None = None) -> dict:
     """{"image_shape": (H, W, C), "num_classes": K, "splits": {split: num_examples}}, from metadata only.
 
-    For tfds datasets with variable-size images, H and W are None.
+    For tfds datasets with variable-size images, H and W are None. Token datasets (`maskgen
+    tokenize`) have no image shape; they add "token_shape", "codebook_size", "num_levels" and
+    "tokenizer" (the run that made them) from their metadata.json.
     """
+    if name == "tokens":
+        from maskgen.data.tokens import read_token_metadata
+
+        if not data_dir:
+            raise ValueError("data source 'tokens' needs data_dir: the --out directory of `maskgen tokenize`")
+        metadata = read_token_metadata(data_dir)
+        return {
+            "image_shape": None, "num_classes": metadata["num_classes"],
+            "splits": {s: v["num_examples"] for s, v in metadata["splits"].items()},
+            "token_shape": tuple(metadata["token_shape"]), "codebook_size": metadata["codebook_size"],
+            "num_levels": metadata["num_levels"], "tokenizer": metadata.get("tokenizer", {}),
+        }
     if name == "digits":
         return {
             "image_shape": digits.IMAGE_SHAPE,

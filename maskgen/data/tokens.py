@@ -95,7 +95,9 @@ def check_token_metadata(metadata: dict, *, codebook_size: int, token_shape: Seq
 
 
 class TokenSource:
-    """Random access to one split of a token dataset, for grain."""
+    """Random access to one split of a token dataset, for grain: {"tokens": int32 grid, "label"}."""
+
+    kind = "tokens"  # the input pipeline passes token examples through instead of decoding images
 
     def __init__(self, data_dir: str, split: str):
         from array_record.python.array_record_data_source import ArrayRecordDataSource
@@ -105,7 +107,14 @@ class TokenSource:
             raise ValueError(f"split {split!r} not in {data_dir!r}; valid splits are {sorted(metadata['splits'])}")
         self.metadata = metadata
         paths = [os.path.join(data_dir, name) for name in metadata["splits"][split]["shards"]]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"token shards listed in {data_dir}/metadata.json are missing: {missing}")
         self._source = ArrayRecordDataSource(paths)
+        expected = metadata["splits"][split]["num_examples"]
+        if len(self._source) != expected:
+            raise ValueError(f"{data_dir!r} split {split!r}: shards hold {len(self._source)} records but "
+                             f"metadata.json says {expected}; re-run `maskgen tokenize`")
 
     def __len__(self) -> int:
         return len(self._source)

@@ -6,6 +6,6 @@ a few functions.
 """
 
 from maskgen.evaluators.base import EvalContext, EvalResult, build_evaluator, evaluator_types
-from maskgen.evaluators import image_grid, linear_probe, reconstruction  # noqa: F401  (registers the types)
+from maskgen.evaluators import generation, image_grid, linear_probe, reconstruction  # noqa: F401  (registers the types)
 
 __all__ = ["EvalContext", "EvalResult", "build_evaluator", "evaluator_types"]

@@ -51,8 +51,9 @@ class EvalResult:
 class EvalContext:
     """What an evaluator may use.
 
-    apply(method, params, batch, rng): runs the recipe's `method` (e.g. "features", "sample") on a
-      global batch under jit and returns its output (global arrays).
+    apply(method, params, batch, rng, **static): runs the recipe's `method` (e.g. "features",
+      "sample") on a global batch under jit and returns its output (global arrays); keyword
+      arguments are static settings passed on to the method (one compilation per value).
     params: the model variables to evaluate (opaque: pass them to `apply`).
     init_params(seed): freshly initialised variables of the same model, for random-init baselines.
     batches(split, limit): yields `(global_batch, valid)` over a split in order; `valid` is a bool
@@ -60,6 +61,8 @@ class EvalContext:
     to_host(tree): fetches global arrays as numpy on every process.
     info: facts the recipe publishes for evaluators (e.g. {"codebook_size": 1024}).
     workdir: the run's directory (evaluators may cache things under it), or "" if none.
+    shard(batch): a host batch that every process holds in full -> a global batch for `apply`;
+      its row count must be a multiple of `batch_multiple` (the data-parallel device count).
     """
 
     step: int
@@ -71,3 +74,5 @@ class EvalContext:
     rng: jax.Array
     info: dict = dataclasses.field(default_factory=dict)
     workdir: str = ""
+    shard: Callable[[dict], dict] | None = None
+    batch_multiple: int = 1

@@ -7,6 +7,9 @@ Logical names used here (mapped to mesh axes by `config.sharding_rules`):
   norm   - LayerNorm scale/bias
 The modules are plain trees (no shared submodules), so they split cleanly in NNX tree mode.
 Attention follows Vaswani et al. (arXiv 1706.03762); blocks are pre-norm as in ViT (arXiv 2010.11929).
+Optional attention extras (off by default, used by the token transformer): QK-norm (Dehghani et al.,
+arXiv 2302.05442), rotary position embeddings (Su et al., arXiv 2104.09864), a boolean attention mask
+and a KV-cached single-step `decode`.
 """
 
 from __future__ import annotations
@@ -44,15 +47,17 @@ class Dense(nnx.Module):
         rngs: nnx.Rngs,
         use_bias: bool = True,
         dtype=jnp.float32,
+        kernel_init=None,
     ):
+        """kernel_init: an initializer for the kernel; None is Glorot-uniform over the contracted axes."""
         in_shape, out_shape = tuple(in_shape), tuple(out_shape)
         if len(kernel_axes) != len(in_shape) + len(out_shape):
             raise ValueError(f"kernel_axes {kernel_axes} must name {len(in_shape) + len(out_shape)} axes")
         self.num_in = len(in_shape)
         self.dtype = dtype
-        self.kernel = logical_param(
-            rngs, xavier_uniform(len(in_shape), len(kernel_axes)), in_shape + out_shape, kernel_axes
-        )
+        if kernel_init is None:
+            kernel_init = xavier_uniform(len(in_shape), len(kernel_axes))
+        self.kernel = logical_param(rngs, kernel_init, in_shape + out_shape, kernel_axes)
         self.bias = (
             logical_param(rngs, jax.nn.initializers.zeros, out_shape, kernel_axes[len(in_shape):])
             if use_bias else None
@@ -66,11 +71,17 @@ class Dense(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    """LayerNorm over the last axis, computed in float32 whatever the compute dtype."""
+    """LayerNorm over the last axis, computed in float32 whatever the compute dtype.
 
-    def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype=jnp.float32):
-        self.scale = logical_param(rngs, jax.nn.initializers.ones, (dim,), ("norm",))
-        self.bias = logical_param(rngs, jax.nn.initializers.zeros, (dim,), ("norm",))
+    affine=False drops the learned scale/bias (adaLN supplies them from the conditioning instead).
+    """
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype=jnp.float32, affine: bool = True):
+        if affine:
+            self.scale = logical_param(rngs, jax.nn.initializers.ones, (dim,), ("norm",))
+            self.bias = logical_param(rngs, jax.nn.initializers.zeros, (dim,), ("norm",))
+        else:
+            self.scale = self.bias = None
         self.eps = eps
         self.dtype = dtype
 
@@ -78,29 +89,87 @@ class LayerNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         mean = x32.mean(-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        if self.scale is None:
+            return ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
         return y.astype(self.dtype)
 
 
-class Attention(nnx.Module):
-    """Bidirectional multi-head self-attention with a fused QKV kernel [embed, 3, heads, kv]."""
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding (Su et al., arXiv 2104.09864), "rotate-half" pairing.
 
-    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    Rotates each pair (x[..., i], x[..., i + d/2]) by the angle whose cos/sin are cos[..., i],
+    sin[..., i]; cos/sin are [T, d/2] (broadcast over x's leading axes, x is [..., T, d]).
+    Computed in float32, returned in x's dtype.
+    """
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused QKV kernel [embed, 3, heads, kv].
+
+    Bidirectional by default. Options (all off by default, adding no parameters then):
+      qk_norm=True: LayerNorm over the head dim on q and k before the dot product (Dehghani et al.,
+        arXiv 2302.05442), with learned scale/bias [kv] ("norm") shared by the heads.
+      __call__(x, mask=..., rope=...): a boolean mask broadcastable to [B, H, T, T] (True = attend)
+        and rotary (cos, sin) tables [T, d/2] applied to q and k after the norm.
+      decode(x, cache, index): one new element attending over a KV cache (causal decoding).
+    """
+
+    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, qk_norm: bool = False):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
+        self.num_heads = num_heads
+        self.head_dim = head_dim
         self.qkv = Dense((width,), (3, num_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype)
         self.out = Dense((num_heads, head_dim), (width,), ("heads", "kv", "embed"), rngs=rngs, dtype=dtype)
         self.scale = 1.0 / math.sqrt(head_dim)
+        # Created after qkv/out so that qk_norm=False models draw exactly the same parameter keys.
+        self.q_norm = LayerNorm(head_dim, rngs=rngs, dtype=dtype) if qk_norm else None
+        self.k_norm = LayerNorm(head_dim, rngs=rngs, dtype=dtype) if qk_norm else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def project(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None):
+        """x [B, T, embed] -> head-major q, k, v [B, H, T, d], with QK-norm and rotary applied."""
         qkv = self.qkv(x)  # [B, T, 3, H, d]
         # Head-major layout [B, H, T, d] gives plain batched matmuls, faster on XLA:CPU.
         q, k, v = (jnp.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        return q, k, v
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Softmax attention (logits and softmax in float32) and the output projection."""
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * self.scale, k).astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         attended = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
         return self.out(jnp.transpose(attended, (0, 2, 1, 3)))
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None,
+                 rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        return self.attend(*self.project(x, rope), mask)
+
+    def decode(self, x: jax.Array, cache: dict[str, jax.Array], index: jax.Array,
+               rope: tuple[jax.Array, jax.Array] | None = None):
+        """One causal step: x [B, 1, embed] is the element at sequence position `index`.
+
+        cache: {"k", "v"} of [B, H, L, d]. Its k/v are written at `index`, and the query attends
+        to cache positions <= index (static shapes: the full length L with a mask).
+        rope: the (cos, sin) rows [1, d/2] of position `index`. Returns (y [B, 1, embed], cache).
+        """
+        q, k, v = self.project(x, rope)
+        start = (0, 0, index, 0)
+        k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+        v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+        mask = jnp.arange(k_all.shape[2]) <= index  # [L], broadcast over [B, H, 1, L]
+        y = self.attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask)
+        return y, {"k": k_all, "v": v_all}
 
 
 class MLP(nnx.Module):

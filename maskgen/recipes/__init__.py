@@ -7,6 +7,6 @@ loop in `maskgen/train.py` talks to recipes through the methods of `maskgen.reci
 from maskgen.recipes.base import Recipe, get_recipe, recipe_names, register
 
 # Importing a recipe module registers it.
-from maskgen.recipes import mae, tokenizer  # noqa: F401,E402
+from maskgen.recipes import mae, maskgit, tokenizer  # noqa: F401,E402
 
 __all__ = ["Recipe", "get_recipe", "recipe_names", "register"]

@@ -1,0 +1,347 @@
+"""MaskGIT iterative decoding: hand-worked reveal orders, the schedule count, known tokens, CFG,
+temperature, policies, jit and argument checks, all with tiny handmade logits functions."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maskgen.sampling.categorical import gumbel_noise, sample_categorical
+from maskgen.sampling.iterative import DecodeResult, iterative_decode
+
+MASK = 99  # deliberately not a valid token id: any leak into the output shows up.
+
+
+def key(seed):
+    """RBG keys: XLA:CPU compiles threefry bit generation several times slower, and compilation is
+    most of these tests' time. The decoder only splits / folds keys; the default threefry key is
+    covered by the jit test."""
+    return jax.random.key(seed, impl="rbg")
+
+
+def peaked_fn(strengths, targets, vocab):
+    """Position i puts logit strengths[i] on targets[i] and 0 elsewhere, whatever the input:
+    with argmax sampling its confidence log p = s_i - log(e^s_i + V - 1) increases with s_i."""
+    logits = jnp.asarray(strengths, jnp.float32)[:, None] * jax.nn.one_hot(jnp.asarray(targets), vocab)
+
+    def fn(tokens, labels):
+        return jnp.broadcast_to(logits, tokens.shape + (vocab,))
+
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn, static_items):
+    return jax.jit(lambda arrays: iterative_decode(fn, **arrays, **dict(static_items)))
+
+
+def decode(fn, known, *, labels=None, rng=0, **kwargs):
+    """iterative_decode under jit; array arguments (`tokens` defaults to zeros) are traced, the rest
+    static. One compilation per (logits_fn, static arguments), so calls that differ only in arrays
+    share it: compilation is most of these tests' time."""
+    known = jnp.asarray(known, bool)
+    kwargs.setdefault("mask_token_id", MASK)
+    arrays = dict(tokens=jnp.zeros(known.shape, jnp.int32), known=known,
+                  rng=key(rng) if isinstance(rng, int) else rng,
+                  labels=jnp.asarray(jnp.zeros(known.shape[0]) if labels is None else labels, jnp.int32))
+    static = {}
+    for name, value in kwargs.items():
+        (arrays if isinstance(value, jax.Array) else static)[name] = value
+    return _compiled(fn, tuple(sorted(static.items())))(arrays)
+
+
+def gamma64(schedule, r):
+    return {"linear": 1 - r, "cosine": math.cos(math.pi / 2 * r), "square": 1 - r ** 2}[schedule]
+
+
+def expected_masked_counts(known, num_steps, schedule, start_step=0):
+    """The schedule formula in float64, per step and example: the count still masked after the step."""
+    counts = []
+    for row in np.asarray(known):
+        n0 = now = int((~row).sum())
+        per_step = []
+        for t in range(start_step, num_steps):
+            keep = math.floor(n0 * gamma64(schedule, (t + 1) / num_steps) + 1e-9)
+            keep = 0 if t == num_steps - 1 or now <= 1 else max(1, min(now - 1, keep))
+            per_step.append(keep)
+            now = keep
+        counts.append(per_step)
+    return np.array(counts).T  # [S, B]
+
+
+@pytest.mark.parametrize("case", ["linear_n5", "linear_n6_exact_boundary"])
+def test_hand_worked_reveal_order(case):
+    if case == "linear_n5":
+        # N = 5, T = 3, linear gamma = 1 - r, argmax sampling, no choice noise. Confidence order
+        # follows the strengths [2, 5, 1, 4, 3]: most confident 1, 3, 4, 0, 2 (least).
+        # step 0: r = 1/3, keep floor(5 * 2/3) = floor(3.33) = 3 masked -> reveal 1 and 3.
+        # step 1: r = 2/3, keep floor(5 * 1/3) = 1 (in [1, 3 - 1]) -> reveal 4 and 0, keep 2.
+        # step 2: last step -> reveal 2.
+        strengths, targets = [2.0, 5.0, 1.0, 4.0, 3.0], [0, 1, 2, 0, 1]
+        expected_masks = [[1, 0, 1, 0, 1], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
+    else:
+        # N = 6, T = 3, linear: n0 * gamma is exactly 4 and then 2, which float32 gamma puts a few
+        # ulps below the integer (3.9999998); the decoder must still keep 4 and then 2 masked.
+        # Strengths [6, 1, 5, 2, 4, 3]: step 0 reveals 0, 2; step 1 reveals 4, 5; step 2 the rest.
+        strengths, targets = [6.0, 1.0, 5.0, 2.0, 4.0, 3.0], [2, 1, 0, 2, 1, 0]
+        expected_masks = [[0, 1, 0, 1, 1, 1], [0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]]
+    n = len(strengths)
+    out = decode(peaked_fn(strengths, targets, 3), np.zeros((1, n)), num_steps=3, schedule="linear",
+                 choice_temperature=0.0, temperature=1e-6)
+    np.testing.assert_array_equal(np.asarray(out.masks[:, 0]).astype(int), expected_masks)
+    np.testing.assert_array_equal(out.tokens[0], targets)
+    # The trajectory is recorded before re-masking: every step's record is a full argmax grid.
+    np.testing.assert_array_equal(out.trajectory[:, 0], np.broadcast_to(targets, (3, n)))
+    assert out.tokens.dtype == jnp.int32 and out.trajectory.shape == (3, 1, n) and out.masks.dtype == bool
+
+
+def test_ties_reveal_in_raster_order():
+    # Identical logits everywhere and no choice noise: all confidences tie. Exactly mask_len are
+    # re-masked anyway (4 then 2 for N = 6, T = 3, linear), revealing the earliest positions first.
+    out = decode(peaked_fn([1.0] * 6, [0] * 6, 3), np.zeros((1, 6)), num_steps=3, schedule="linear",
+                 choice_temperature=0.0, temperature=1e-6)
+    np.testing.assert_array_equal(np.asarray(out.masks[:, 0]).astype(int),
+                                  [[0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]])
+
+
+def test_fixed_rng_is_deterministic_and_rngs_differ():
+    fn = peaked_fn(np.linspace(0.0, 1.0, 32), np.arange(32) % 5, 5)
+    run = functools.partial(decode, fn, np.zeros((2, 32)), num_steps=6, choice_temperature=4.5)
+    a, b, c = run(rng=3), run(rng=3), run(rng=4)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    # With noisy choice, another key reveals the tokens in another order.
+    assert not np.array_equal(a.masks, c.masks)
+
+
+def random_known(rng, batch, n):
+    known = np.random.default_rng(rng).random((batch, n)) < np.linspace(0.0, 1.0, batch)[:, None]
+    known[0], known[-1] = False, True  # nothing given / everything given
+    known[1] = False
+    known[1, 1:] = True  # exactly one unknown position
+    return known
+
+
+@pytest.mark.parametrize("policy,schedule,num_steps,start_step", [
+    ("confidence", "cosine", 8, 0), ("random", "cosine", 8, 2), ("confidence", "linear", 5, 0),
+    ("random", "square", 4, 0), ("confidence", "linear", 1, 0)])
+def test_known_tokens_and_schedule_counts(policy, schedule, num_steps, start_step):
+    batch, n, vocab = 7, 24, 6
+    known = random_known(int(policy == "random"), batch, n)
+    given = np.random.default_rng(5).integers(0, vocab, (batch, n)).astype(np.int32)
+    rng = np.random.default_rng(6)
+    logits = jnp.asarray(rng.normal(size=(n, vocab)) * 3, jnp.float32)
+
+    def fn(tokens, labels):
+        # Depends on the input grid too, so the decoder's feeding of mask ids matters.
+        return logits[None] + 0.5 * (tokens == MASK)[..., None]
+
+    out = decode(fn, known, tokens=jnp.asarray(given), rng=1, num_steps=num_steps, schedule=schedule, policy=policy,
+                 start_step=start_step)
+    traj, masks = np.asarray(out.trajectory), np.asarray(out.masks)
+    assert traj.shape == (num_steps - start_step, batch, n)
+    # Known tokens never change and are never masked, at any step.
+    for step in range(len(traj)):
+        np.testing.assert_array_equal(traj[step][known], given[known])
+        assert not masks[step][known].any()
+    np.testing.assert_array_equal(traj[:, -1], np.broadcast_to(given[-1], traj[:, -1].shape))  # all known: untouched
+    # Every grid is filled with real tokens; the last mask is empty.
+    assert ((traj >= 0) & (traj < vocab)).all() and not masks[-1].any()
+    np.testing.assert_array_equal(out.tokens, traj[-1])
+    # Counts follow floor(n0 * gamma(r)) with the clamps; at least one reveal per step while any
+    # position is unknown.
+    np.testing.assert_array_equal(masks.sum(-1), expected_masked_counts(known, num_steps, schedule, start_step))
+    before = np.concatenate([~known[None], masks[:-1]])
+    assert (masks.sum(-1) < np.maximum(before.sum(-1), 1)).all()
+    # Revealed positions stay revealed with the same token; masks only shrink.
+    assert not (masks & ~before).any()
+    for step in range(1, len(traj)):
+        settled = ~masks[step - 1]
+        np.testing.assert_array_equal(traj[step][settled], traj[step - 1][settled])
+
+
+def test_random_policy_ignores_the_model():
+    n = 16
+    # Label 0: confidence grows with the position; label 1: it falls. (Choosing the model by label
+    # keeps one compilation per policy.)
+    strengths = jnp.asarray(np.stack([np.arange(n), np.arange(n)[::-1]]), jnp.float32)
+    table = strengths[:, :, None] * jax.nn.one_hot(jnp.zeros(n, int), 4)  # [2, N, V]
+    fn = lambda tokens, labels: table[labels]
+    run = functools.partial(decode, fn, np.zeros((1, n)), num_steps=4, choice_temperature=0.0, temperature=1e-6)
+    up, down = jnp.array([0]), jnp.array([1])
+    conf_up = run(labels=up)
+    # Confidence policy: the first step reveals the most confident (last) positions.
+    first = ~np.asarray(conf_up.masks[0, 0])
+    assert first.any() and np.all(np.nonzero(first)[0] >= n - first.sum())
+    # Random policy: the same key gives the same reveal order under opposite confidence orders,
+    # that order does not follow the confidence, and another key gives another order.
+    rnd_up = run(labels=up, policy="random")
+    np.testing.assert_array_equal(rnd_up.masks, run(labels=down, policy="random").masks)
+    assert not np.array_equal(rnd_up.masks, conf_up.masks)
+    assert not np.array_equal(rnd_up.masks, run(labels=up, policy="random", rng=1).masks)
+
+
+NULL = 3
+
+
+def labelled_fn(seen_batches=None):
+    """Logits that depend on the label (and position), so guidance changes the samples."""
+    table = jnp.asarray(np.random.default_rng(0).normal(size=(4, 10, 5)) * 2, jnp.float32)  # [label, N, V]
+
+    def fn(tokens, labels):
+        if seen_batches is not None:
+            seen_batches.append(tokens.shape[0])
+        return table[labels]
+
+    return fn
+
+
+def test_cfg_endpoints_and_single_batched_call():
+    labels = jnp.array([0, 1, 2])
+    seen = []
+    run = functools.partial(decode, labelled_fn(seen), np.zeros((3, 10)), num_steps=4, rng=7)
+    plain_cond = run(labels=labels)
+    plain_uncond = run(labels=jnp.full(3, NULL))
+    assert seen == [3]  # cfg_scale == 1.0, constant: no unconditional pass at all (traced once)
+    # s = 0: exactly the unconditional model; s = 1 (an array scale forces the guided path): the
+    # conditional model. Both passes go through one logits_fn call on a 2B batch.
+    guided = functools.partial(run, labels=labels, null_label=NULL)
+    jax.tree.map(np.testing.assert_array_equal, guided(cfg_scale=jnp.float32(0.0)), plain_uncond)
+    jax.tree.map(np.testing.assert_array_equal, guided(cfg_scale=jnp.float32(1.0)), plain_cond)
+    assert seen == [3, 6]
+    assert not np.array_equal(plain_cond.tokens, plain_uncond.tokens)
+    with pytest.raises(ValueError, match="null_label"):
+        run(labels=labels, cfg_scale=3.0)
+    with pytest.raises(ValueError, match="null_label"):
+        run(labels=labels, cfg_schedule="linear")
+
+
+def before_each_step(known, masks):
+    """[S, B, N]: True where the position is unknown when the step starts (so it is sampled)."""
+    return np.concatenate([~np.asarray(known)[None], np.asarray(masks)[:-1]])
+
+
+@pytest.mark.parametrize("cfg_schedule", ["constant", "linear", "cosine"])
+def test_cfg_schedule_sets_the_scale_per_step(cfg_schedule):
+    # Two tokens; position i has uncond logits [0, -c_i] and cond [0, 1 - c_i], so the guided
+    # logit of token 1 is s_t - c_i: with argmax sampling, a position sampled at step t holds
+    # token 1 exactly when c_i < s_t. The random policy leaves a spread of c_i to read each step.
+    n, scale, num_steps = 60, 2.0, 4
+    c = (np.arange(n) + 0.5) * 0.05  # thresholds 0.025 .. 2.975, none within 0.01 of any s_t below
+
+    def fn(tokens, labels):
+        cond = (labels != NULL).astype(jnp.float32)[:, None]
+        second = -jnp.asarray(c, jnp.float32)[None] + cond
+        return jnp.stack([jnp.zeros_like(second), second], axis=-1)
+
+    known = np.zeros((1, n), bool)
+    out = decode(fn, known, labels=jnp.array([0]), num_steps=num_steps, policy="random", cfg_scale=scale,
+                 cfg_schedule=cfg_schedule, null_label=NULL, temperature=1e-6)
+    sampled = before_each_step(known, out.masks)
+    for t in range(num_steps):
+        r = (t + 1) / num_steps
+        s_t = {"constant": scale, "linear": scale * r, "cosine": scale * (1 - math.cos(math.pi * r)) / 2}[cfg_schedule]
+        where = sampled[t, 0]
+        assert where.sum() >= 20  # 60, 55, 42, 22 positions are sampled at steps 0..3
+        np.testing.assert_array_equal(out.trajectory[t, 0][where], (c < s_t)[where].astype(np.int32))
+
+
+def test_near_zero_temperature_is_argmax():
+    logits = jnp.asarray(np.random.default_rng(2).normal(size=(2, 12, 7)), jnp.float32)
+    run = functools.partial(decode, lambda tokens, labels: logits, np.zeros((2, 12)), num_steps=3)
+    np.testing.assert_array_equal(run(temperature=jnp.float32(1e-6)).tokens, jnp.argmax(logits, -1))
+    assert not np.array_equal(run(temperature=jnp.float32(50.0)).tokens, jnp.argmax(logits, -1))
+
+
+def test_linear_temperature_schedule_uses_temperature_times_one_minus_t_over_T():
+    # Step t samples with temperature * (1 - t / T) on its key (fold_in(rng, t), first split):
+    # wherever step t samples, its record equals the sampler called directly at that temperature.
+    logits = jnp.asarray(np.random.default_rng(3).normal(size=(1, 64, 9)), jnp.float32)
+    rng, num_steps, temperature = 11, 4, 2.0
+    known = np.zeros((1, 64), bool)
+    out = decode(lambda tokens, labels: logits, known, rng=rng, num_steps=num_steps, temperature=temperature,
+                 temperature_schedule="linear")
+    sampled = before_each_step(known, out.masks)
+
+    @jax.jit
+    def direct(t):
+        step_key = jax.random.split(jax.random.fold_in(key(rng), t))[0]
+        return sample_categorical(step_key, logits, temperature * (1 - t / num_steps))
+
+    for t in range(num_steps):
+        np.testing.assert_array_equal(np.asarray(out.trajectory[t])[sampled[t]], np.asarray(direct(t))[sampled[t]])
+
+
+def test_confidence_is_log_prob_plus_annealed_choice_noise():
+    # Step t ranks by log p(sampled) + choice_temperature * (1 - (t+1)/T) * Gumbel, the noise from
+    # the step's second key: every position revealed at step t must outrank every one kept masked.
+    logits = jnp.asarray(np.random.default_rng(4).normal(size=(1, 32, 6)), jnp.float32)
+    rng, num_steps, choice_temperature = 5, 4, 2.0
+    known = np.zeros((1, 32), bool)
+    out = decode(lambda tokens, labels: logits, known, rng=rng, num_steps=num_steps,
+                 choice_temperature=choice_temperature)
+    sampled, masks = before_each_step(known, out.masks), np.asarray(out.masks)
+    log_probs = jax.nn.log_softmax(logits, -1)
+
+    @jax.jit
+    def confidence(t, tokens):
+        choice_key = jax.random.split(jax.random.fold_in(key(rng), t))[1]
+        noise = gumbel_noise(choice_key, tokens.shape)
+        log_p = jnp.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+        return log_p + choice_temperature * (1 - (t + 1) / num_steps) * noise
+
+    for t in range(num_steps - 1):  # the last step reveals everything
+        conf = np.asarray(confidence(t, out.trajectory[t]))
+        revealed, kept = sampled[t] & ~masks[t], masks[t]
+        assert revealed.any() and kept.any()
+        assert conf[revealed].min() >= conf[kept].max() - 1e-5
+
+
+def test_under_jit_with_mixed_known_counts_and_default_key():
+    batch, n = 4, 20
+    known = random_known(9, batch, n)
+    fn = labelled_fn()
+    table_fn = lambda tokens, labels: jnp.tile(fn(tokens, labels), (1, 2, 1))  # N = 20
+    kw = dict(num_steps=5, mask_token_id=MASK, cfg_scale=2.5, cfg_schedule="cosine", null_label=NULL,
+              temperature_schedule="linear")
+    jitted = jax.jit(functools.partial(iterative_decode, table_fn, **kw))
+    # The default (threefry) key; traced scalars for the scale and temperatures.
+    args = dict(tokens=jnp.ones((batch, n), jnp.int32), known=jnp.asarray(known), labels=jnp.arange(batch) % 3,
+                rng=jax.random.key(0), temperature=jnp.float32(1.5), choice_temperature=jnp.float32(3.0))
+    out = jitted(**args)
+    assert isinstance(out, DecodeResult) and out.trajectory.shape == (5, batch, n)
+    np.testing.assert_array_equal(np.asarray(out.masks).sum(-1), expected_masked_counts(known, 5, "cosine"))
+    assert (np.asarray(out.trajectory)[:, known] == 1).all() and (np.asarray(out.tokens) != MASK).all()
+    jax.tree.map(np.testing.assert_array_equal, out, jitted(**args))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(policy="greedy"), "policy.*confidence"),
+    (dict(cfg_schedule="exp"), "cfg_schedule.*linear"),
+    (dict(temperature_schedule="cosine"), "temperature_schedule.*linear"),
+    (dict(start_step=4), "start_step"),
+    (dict(start_step=-1), "start_step"),
+    (dict(num_steps=0), "num_steps"),
+    (dict(precision="float16"), "precision"),
+    (dict(schedule="sigmoid"), "mask schedule"),
+])
+def test_bad_static_arguments(kwargs, match):
+    kwargs = {"num_steps": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        decode(labelled_fn(), np.zeros((1, 10)), **kwargs)
+
+
+def test_bad_shapes():
+    fn = labelled_fn()
+    base = dict(tokens=jnp.zeros((2, 10), jnp.int32), known=jnp.zeros((2, 10), bool), labels=jnp.zeros(2, jnp.int32),
+                rng=jax.random.key(0), num_steps=2, mask_token_id=MASK)
+    with pytest.raises(ValueError, match="known"):
+        iterative_decode(fn, **{**base, "known": jnp.zeros((2, 9), bool)})
+    with pytest.raises(ValueError, match="labels"):
+        iterative_decode(fn, **{**base, "labels": jnp.zeros(3, jnp.int32)})
+    with pytest.raises(ValueError, match="tokens"):
+        iterative_decode(fn, **{**base, "tokens": jnp.zeros(10, jnp.int32), "known": jnp.zeros(10, bool)})
+    with pytest.raises(ValueError, match="logits_fn"):
+        iterative_decode(fn, **{**base, "tokens": jnp.zeros((2, 12), jnp.int32), "known": jnp.zeros((2, 12), bool)})

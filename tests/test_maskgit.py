@@ -1,0 +1,158 @@
+"""MaskGIT end to end on tiny runs: token data in the loop, training, sampling, editing, the CLI.
+
+One tiny VQ tokenizer and its token dataset are made once per module; the runs here check
+plumbing and invariants (the class-consistency bar of the demo-length run is a slow test).
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_cli
+
+TOKENIZER_DIGITS = os.path.join(REPO, "experiments", "tokenizer_digits.py")
+MASKGIT_DIGITS = os.path.join(REPO, "experiments", "maskgit_digits.py")
+
+
+def tiny_maskgit_config(tokens_dir, *overrides, steps=30, model="maskgit"):
+    from maskgen import config as config_lib
+
+    config = config_lib.load_config_file(f"{MASKGIT_DIGITS}:tokens={tokens_dir},size=tiny,steps={steps},model={model}")
+    config_lib.apply_overrides(config, list(overrides))
+    return config
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(tmp_path_factory):
+    from maskgen import config as config_lib
+    from maskgen import train as train_lib
+    from maskgen.tokenize import tokenize_dataset
+
+    root = tmp_path_factory.mktemp("maskgit")
+    config = config_lib.load_config_file(f"{TOKENIZER_DIGITS}:quantizer=vq,size=tiny,steps=30")
+    config_lib.apply_overrides(config, ["evals.reconstruction.every=-1"])
+    train_lib.train(config, str(root / "tokenizer"))
+    out = str(root / "tokens")
+    tokenize_dataset(str(root / "tokenizer"), "digits", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def maskgit_run(tokens_dir, tmp_path_factory):
+    from maskgen import train as train_lib
+
+    workdir = str(tmp_path_factory.mktemp("mg") / "run")
+    result = train_lib.train(tiny_maskgit_config(tokens_dir, "log_every=5", steps=60), workdir)
+    return workdir, result
+
+
+def test_random_token_mask_has_exact_counts():
+    from maskgen.recipes.maskgit import random_token_mask
+
+    counts = jnp.array([1, 5, 16, 9])
+    mask = np.asarray(random_token_mask(jax.random.key(0), counts, 16))
+    np.testing.assert_array_equal(mask.sum(1), [1, 5, 16, 9])
+    # Different rows pick different positions (a fresh permutation per example).
+    many = np.asarray(random_token_mask(jax.random.key(1), jnp.full((200,), 4), 16))
+    assert len({tuple(np.flatnonzero(r)) for r in many}) > 150
+    assert abs(many.mean(0) - 0.25).max() < 0.12  # every position about equally likely
+
+
+def test_smoothed_cross_entropy_matches_the_formula():
+    from maskgen.recipes.maskgit import smoothed_cross_entropy
+
+    logits = jnp.log(jnp.array([[0.7, 0.2, 0.1]]))
+    got = float(smoothed_cross_entropy(logits, jnp.array([0]), 0.1)[0])
+    target = np.array([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    assert got == pytest.approx(-(target * np.log([0.7, 0.2, 0.1])).sum(), rel=1e-5)
+
+
+def test_maskgit_trains_on_tokens_and_evaluates(maskgit_run):
+    workdir, result = maskgit_run
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if "loss" in line]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[0] == pytest.approx(np.log(256), abs=0.6)  # starts near uniform over 256 codes
+    assert losses[-1] < losses[0] - 0.5, losses
+    scalars = result["evals"]["generation"].scalars
+    assert 0.0 <= scalars["class_consistency"] <= 1.0
+    assert scalars["frechet_distance_digits"] > 0 and scalars["frechet_distance_digits_floor"] > 0
+    images = result["evals"]["generation"].images
+    assert images["samples"].shape[0] > images["samples"].shape[1] / 2  # 10 class rows
+    assert "trajectory" in images
+
+
+def test_token_config_mismatch_fails_before_compiling(tokens_dir, workdir):
+    result = run_cli("train", "--config", f"{MASKGIT_DIGITS}:tokens={tokens_dir},size=tiny", "--workdir", workdir,
+                     "--config.model.codebook_size=1024")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "codebook size: config.model says 1024, the tokens have 256" in result.stderr
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    result = run_cli("train", "--config", f"{MASKGIT_DIGITS}:size=tiny", "--workdir", workdir,
+                     "--config.data.name=digits")
+    assert result.returncode == 2 and "trains on token grids" in result.stderr
+
+
+def test_edit_keeps_known_tokens_and_fills_the_mask(maskgit_run):
+    from maskgen.generate import GeneratorHandle, load_image, load_mask
+
+    handle = GeneratorHandle(maskgit_run[0])
+    image, label = load_image("test:0", handle.tokenizer)
+    mask = load_mask("bottom", image.shape[0])
+    token_mask = handle.token_mask(mask)
+    assert token_mask[:4].sum() == 0 and token_mask[4:].all()  # the bottom half of the 8x8 grid
+    tokens = handle.tokenizer.encode(image[None])
+    batch = {"label": np.full(handle.ctx.batch_multiple, label, np.int32),
+             "tokens": np.repeat(tokens, handle.ctx.batch_multiple, 0),
+             "known": np.repeat(~token_mask[None], handle.ctx.batch_multiple, 0)}
+    out = handle.ctx.to_host(handle.ctx.apply("generate", handle.variables, handle.ctx.shard(batch),
+                                              jax.random.key(0), **handle.settings(num_steps=4)))
+    edited = np.asarray(out["tokens"])[0]
+    np.testing.assert_array_equal(edited[:4], tokens[0, :4])  # known tokens never change
+    traj = np.asarray(out["trajectory"])[:, 0]
+    assert (traj[:, :4] == tokens[0, :4]).all()
+    assert (edited >= 0).all() and (edited < 256).all()
+
+
+def test_sample_and_edit_commands(maskgit_run, tmp_path):
+    workdir = maskgit_run[0]
+    grid, traj = str(tmp_path / "grid.png"), str(tmp_path / "traj.png")
+    result = run_cli("sample", "--workdir", workdir, "--num", "3", "--steps", "4", "--cfg", "2.0",
+                     "--classes", "1,7", "--out", grid, "--trajectory-out", traj)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with Image.open(grid) as g:
+        assert g.size[1] < g.size[0]  # 2 rows (classes 1 and 7) of 3 samples
+    assert os.path.exists(traj)
+    out, compare = str(tmp_path / "edit.png"), str(tmp_path / "cmp.png")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "mask.png")
+    result = run_cli("edit", "--workdir", workdir, "--image", "test:3", "--mask", "bottom", "--class", "3",
+                     "--out", out, "--compare-out", compare, "--steps", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with Image.open(out) as e:
+        assert e.size == (128, 128)
+    # Bad input: an unknown class and a missing mask file are named.
+    result = run_cli("edit", "--workdir", workdir, "--image", "test:3", "--mask", "bottom", "--class", "12",
+                     "--out", out)
+    assert result.returncode == 1 and "class 12 is out of range" in result.stderr
+    result = run_cli("edit", "--workdir", workdir, "--image", "test:3", "--mask", str(tmp_path / "nope.png"),
+                     "--class", "3", "--out", out)
+    assert result.returncode == 1 and "nope.png" in result.stderr
+
+
+def test_autoregressive_baseline_trains_and_samples(tokens_dir, tmp_path):
+    from maskgen import train as train_lib
+    from maskgen.generate import GeneratorHandle
+
+    workdir = str(tmp_path / "ar")
+    train_lib.train(tiny_maskgit_config(tokens_dir, "log_every=5", "evals.generation.every=-1", steps=60,
+                                        model="ar"), workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        losses = [json.loads(line)["loss"] for line in f if '"loss"' in line]
+    assert losses[-1] < losses[0] - 0.5, losses
+    out = GeneratorHandle(workdir).sample(np.arange(4), seed=1)
+    assert out["images"].shape == (4, 16, 16, 1) and "trajectory" not in out

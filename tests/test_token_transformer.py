@@ -1,0 +1,294 @@
+"""TokenTransformer (MaskGIT backbone + causal KV-cached mode) and autoregressive decoding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from maskgen import parallel
+from maskgen.config import DEFAULT_SHARDING_RULES
+from maskgen.models.layers import apply_rotary
+from maskgen.models.token_transformer import TokenTransformer, rope_2d
+from maskgen.sampling.autoregressive import autoregressive_decode
+
+TINY = dict(vocab_size=16, token_shape=(4, 4), num_classes=3, width=32, depth=2, num_heads=2, mlp_ratio=2.0)
+B, N, V = 3, 16, 16
+
+
+@pytest.fixture(autouse=True)
+def one_device_mesh():
+    mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
+    with parallel.sharding_context(mesh, DEFAULT_SHARDING_RULES):
+        yield
+
+
+def make(seed: int = 0, **overrides) -> TokenTransformer:
+    return TokenTransformer(**{**TINY, **overrides}, rngs=nnx.Rngs(seed))
+
+
+def perturbed(model: TokenTransformer, scale: float = 0.3, seed: int = 1) -> TokenTransformer:
+    """Adds noise to every parameter: the zero-initialised adaLN weights stop hiding labels/context.
+
+    The noise is numpy: no per-shape XLA compilations, which keeps this file fast.
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(
+        lambda x: jax.device_put((np.asarray(x) + scale * rng.standard_normal(x.shape)).astype(np.float32),
+                                 x.sharding),
+        params)
+    return nnx.merge(graphdef, params, rest)
+
+
+# One jitted forward for the whole file, keyed on the (hashable) graphdef: models of the same
+# configuration, perturbed or not, share one compilation. That keeps this file fast.
+_forward = jax.jit(lambda graphdef, state, tokens, labels: nnx.merge(graphdef, state)(tokens, labels),
+                   static_argnums=0)
+
+
+def jit_forward(model):
+    """A jitted (tokens, labels) -> logits function of the model."""
+    graphdef, state = nnx.split(model)
+    return lambda tokens, labels: _forward(graphdef, state, tokens, labels)
+
+
+# The few configurations the tests share (every option appears in at least one).
+BIDIR_ADALN = dict(conditioning="adaln", positions="learned", qk_norm=False, tie_head=True, causal=False)
+BIDIR_PREFIX = dict(conditioning="prefix", positions="rope2d", qk_norm=True, tie_head=False, causal=False)
+CAUSAL_ADALN = dict(conditioning="adaln", positions="rope2d", qk_norm=True, tie_head=False, causal=True)
+CAUSAL_PREFIX = dict(conditioning="prefix", positions="learned", qk_norm=False, tie_head=True, causal=True)
+
+
+def random_tokens(seed: int = 0, batch: int = B) -> jax.Array:
+    return jax.random.randint(jax.random.key(seed), (batch, N), 0, V)
+
+
+LABELS = jnp.array([0, 2, 3])  # 3 is the null class
+
+
+# ------------------------------------------------------------------------------------ structure
+
+@pytest.mark.parametrize("config", [BIDIR_ADALN, BIDIR_PREFIX, CAUSAL_ADALN, CAUSAL_PREFIX])
+def test_shapes_dtypes_and_attributes(config):
+    conditioning, positions, qk_norm, tie_head, causal = (
+        config[k] for k in ("conditioning", "positions", "qk_norm", "tie_head", "causal"))
+    model = make(**config)
+    assert (model.mask_token_id, model.null_class, model.num_tokens, model.vocab_size) == (16, 3, 16, 16)
+    assert model.causal is causal
+    tokens = random_tokens().at[:, ::3].set(model.mask_token_id)  # [MASK] is a valid input id
+    logits = jit_forward(model)(tokens, LABELS)
+    assert logits.shape == (B, N, V) and logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+    params = nnx.state(model, nnx.Param)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))  # bf16 is compute-only
+    assert ("q_norm" in params["blocks"][0]["attn"]) == qk_norm
+    assert ("pos_embed" in params) == (positions == "learned")
+    assert ("head" in params) != tie_head
+    if positions == "learned":
+        assert params["pos_embed"][...].shape == (N + int(conditioning == "prefix" and not causal), 32)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    model = perturbed(make(**CAUSAL_ADALN, dtype=jnp.bfloat16), scale=0.1)
+    reference = perturbed(make(**CAUSAL_ADALN), scale=0.1)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    tokens = random_tokens()
+    logits = jit_forward(model)(tokens, LABELS)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, jit_forward(reference)(tokens, LABELS), atol=0.1)
+
+
+def _mesh_axes(names):
+    rules = dict(DEFAULT_SHARDING_RULES)
+    axes = []
+    for name in names:
+        physical = rules[name] if name is not None else None
+        axes += list(physical) if isinstance(physical, tuple) else ([physical] if physical else [])
+    return axes
+
+
+@pytest.mark.parametrize("overrides", [CAUSAL_ADALN, CAUSAL_PREFIX])
+def test_every_parameter_has_logical_axis_names(overrides):
+    model = make(**overrides)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # a plain tree: splits cleanly
+    assert not jax.tree.leaves(rest)
+    variables = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert len(variables) > 10
+    for var in variables:
+        names = var.get_metadata()["out_sharding"]
+        assert len(names) == var[...].ndim, (names, var[...].shape)
+        assert all(n is None or n in dict(DEFAULT_SHARDING_RULES) for n in names), names
+        mesh_axes = _mesh_axes(names)
+        assert len(mesh_axes) == len(set(mesh_axes)), names  # no mesh axis used twice
+    specs = nnx.get_partition_spec(params)
+    assert specs["token_embed"].get_value() == jax.sharding.PartitionSpec("tensor", "fsdp")
+    meta = lambda v: v.get_metadata()["out_sharding"]  # noqa: E731
+    assert meta(params["token_embed"]) == ("vocab", "embed")
+    assert meta(params["class_embed"]) == ("classes", "embed")
+    if overrides["conditioning"] == "adaln":
+        assert meta(params["blocks"][0]["modulation"]["kernel"]) == ("cond", None, "embed")
+        assert params["blocks"][0]["modulation"]["kernel"][...].shape == (32, 6, 32)
+        assert meta(params["head"]["kernel"]) == ("embed", "vocab")
+    else:
+        assert meta(params["head_bias"]) == ("vocab",)
+    # Round trip through split/merge gives the same function.
+    tokens = random_tokens()
+    np.testing.assert_array_equal(jit_forward(nnx.merge(graphdef, params, rest))(tokens, LABELS),
+                                  jit_forward(model)(tokens, LABELS))
+
+
+def test_invalid_options_raise():
+    with pytest.raises(ValueError, match="adaln.*prefix"):
+        make(conditioning="film")
+    with pytest.raises(ValueError, match="learned.*rope2d"):
+        make(positions="sincos")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        make(positions="rope2d", width=24, num_heads=4)  # head_dim 6
+    with pytest.raises(ValueError, match="divisible by 4"):
+        rope_2d(jnp.zeros(3), jnp.zeros(3), 6)
+    with pytest.raises(ValueError, match="causal"):
+        make().init_cache(2)
+    with pytest.raises(ValueError, match="causal"):
+        autoregressive_decode(make(), LABELS, jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------------- conditioning
+
+def test_adaln_zero_ignores_labels_at_init_and_uses_them_after_training():
+    model = make(**BIDIR_ADALN)
+    tokens = random_tokens()
+    forward = jit_forward(model)
+    a, b = forward(tokens, jnp.array([0, 0, 1])), forward(tokens, jnp.array([0, 2, 3]))
+    np.testing.assert_array_equal(a, b)  # zero-init modulation: every block is the identity
+    forward = jit_forward(perturbed(model))
+    a, b = forward(tokens, jnp.array([0, 0, 1])), forward(tokens, jnp.array([0, 2, 3]))
+    assert np.abs(np.asarray(a - b)).max(axis=-1)[1:].min() > 1e-4  # every position of every changed row
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)  # row 0 kept its label; labels do not leak across the batch
+
+
+def test_prefix_class_token_conditions_at_init():
+    forward = jit_forward(make(**BIDIR_PREFIX))
+    tokens = random_tokens()
+    a, b = forward(tokens, jnp.array([0, 0, 1])), forward(tokens, jnp.array([0, 2, 3]))
+    assert np.abs(np.asarray(a - b))[1:].max(axis=-1).min() > 1e-5
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- attention masks
+
+@pytest.mark.parametrize("config", [BIDIR_ADALN, BIDIR_PREFIX])
+def test_bidirectional_sees_later_tokens(config):
+    forward = jit_forward(perturbed(make(**config)))
+    tokens = random_tokens()
+    changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % V)
+    diff = np.abs(np.asarray(forward(tokens, LABELS) - forward(changed, LABELS))).max(axis=-1)
+    assert (diff[:, :-1] > 1e-5).all()  # every earlier position saw the change
+
+
+@pytest.mark.parametrize("config", [CAUSAL_ADALN, CAUSAL_PREFIX])
+def test_causal_logits_only_depend_on_earlier_tokens(config):
+    forward = jit_forward(perturbed(make(**config)))
+    tokens = random_tokens()
+    base = np.asarray(forward(tokens, LABELS))
+    for j in (0, 6, N - 1):
+        changed = tokens.at[:, j].set((tokens[:, j] + 1) % V)
+        diff = np.abs(np.asarray(forward(changed, LABELS)) - base).max(axis=-1)
+        np.testing.assert_allclose(diff[:, : j + 1], 0, atol=1e-6)  # position i predicts token i from < i
+        assert (diff[:, j + 1:] > 1e-5).all()
+
+
+# --------------------------------------------------------------------------------------- rope2d
+
+def test_rope2d_scores_depend_only_on_relative_offsets():
+    head_dim = 16
+    q, k = jax.random.normal(jax.random.key(0), (2, 1, head_dim))
+
+    def score(p, p2):
+        rq = apply_rotary(q, *rope_2d(jnp.array([p[0]]), jnp.array([p[1]]), head_dim))
+        rk = apply_rotary(k, *rope_2d(jnp.array([p2[0]]), jnp.array([p2[1]]), head_dim))
+        return float(jnp.sum(rq * rk))
+
+    for p, p2, d in [((0, 0), (1, 3), (2, 5)), ((3, 1), (0, 2), (-1, 4)), ((2, 2), (2, 2), (7, 0))]:
+        shift = lambda x: (x[0] + d[0], x[1] + d[1])  # noqa: E731
+        assert score(p, p2) == pytest.approx(score(shift(p), shift(p2)), abs=1e-4)
+    # ... but rows and columns are told apart, and the offset matters.
+    assert abs(score((0, 0), (1, 0)) - score((0, 0), (0, 1))) > 1e-3
+    assert abs(score((0, 0), (1, 2)) - score((0, 0), (2, 1))) > 1e-3
+    # Position (0, 0) (the prefix / start token) is the identity rotation; rotations keep norms.
+    np.testing.assert_allclose(apply_rotary(q, *rope_2d(jnp.zeros(1), jnp.zeros(1), head_dim)), q, atol=1e-7)
+    rotated = apply_rotary(q, *rope_2d(jnp.array([3.0]), jnp.array([2.0]), head_dim))
+    np.testing.assert_allclose(jnp.linalg.norm(rotated), jnp.linalg.norm(q), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- head
+
+def test_tied_head_scores_against_the_token_embeddings():
+    model = make(**CAUSAL_PREFIX)  # tied
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tokens = jnp.full((B, N), model.mask_token_id)  # the input lookup only touches the [MASK] row
+    weights = jax.random.normal(jax.random.key(0), (B, N, V))
+
+    def loss(p):
+        return jnp.sum(nnx.merge(graphdef, p, rest)(tokens, LABELS) * weights)
+
+    grad = jax.jit(jax.grad(loss))(params)["token_embed"][...]
+    assert (np.abs(np.asarray(grad[:V])).sum(axis=-1) > 1e-6).all()  # every vocabulary row, via the head
+    assert np.abs(np.asarray(grad[V])).sum() > 0  # the [MASK] row, via the input lookup
+
+
+# ---------------------------------------------------------------------------------- KV caching
+
+@pytest.mark.parametrize("config", [CAUSAL_ADALN, CAUSAL_PREFIX])
+def test_cached_decode_steps_match_the_full_causal_forward(config):
+    model = perturbed(make(**config))
+    graphdef, params = nnx.split(model)
+    tokens = random_tokens()
+
+    @jax.jit
+    def stepwise(params, tokens, labels):
+        merged = nnx.merge(graphdef, params)
+
+        def step(cache, i):
+            prev = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(i - 1, 0), axis=1, keepdims=False)
+            # At i = 0 token_in is ignored: feed garbage to check that.
+            prev = jnp.where(i == 0, 12345, prev)
+            logits, cache = merged.decode_step(cache, prev, i, labels)
+            return cache, logits
+
+        _, logits = jax.lax.scan(step, merged.init_cache(tokens.shape[0]), jnp.arange(N))
+        return jnp.swapaxes(logits, 0, 1)
+
+    cached = stepwise(params, tokens, LABELS)
+    assert cached.shape == (B, N, V) and cached.dtype == jnp.float32
+    np.testing.assert_allclose(cached, jit_forward(model)(tokens, LABELS), atol=1e-5)
+
+
+def test_autoregressive_decode_cached_equals_uncached():
+    model = perturbed(make(**CAUSAL_ADALN))
+    graphdef, params = nnx.split(model)
+    labels = jnp.array([0, 1, 2, 2])
+
+    @jax.jit
+    def decode(params, labels, rng, cfg):
+        # cfg is traced here, so guidance always batches the conditional and null-label passes.
+        merged = nnx.merge(graphdef, params)
+        return (
+            autoregressive_decode(merged, labels, rng, use_cache=True),
+            autoregressive_decode(merged, labels, rng, use_cache=False),
+            autoregressive_decode(merged, labels, rng, cfg_scale=cfg, use_cache=True),
+            autoregressive_decode(merged, labels, rng, cfg_scale=cfg, use_cache=False),
+            autoregressive_decode(merged, jnp.full_like(labels, merged.null_class), rng, use_cache=True),
+        )
+
+    rng = jax.random.key(7)
+    plain, plain_ref, guided, guided_ref, null = decode(params, labels, rng, 3.0)
+    assert plain.shape == (4, N) and plain.dtype == jnp.int32
+    assert ((np.asarray(plain) >= 0) & (np.asarray(plain) < V)).all()
+    np.testing.assert_array_equal(plain, plain_ref)
+    np.testing.assert_array_equal(guided, guided_ref)
+    assert (np.asarray(guided) != np.asarray(plain)).any()  # guidance changed the samples
+    # cfg_scale 0: logits = uncond exactly, i.e. decoding the null class.
+    _, _, zero, zero_ref, null = decode(params, labels, rng, 0.0)
+    np.testing.assert_array_equal(zero, null)
+    np.testing.assert_array_equal(zero_ref, null)
