@@ -21,8 +21,8 @@ Arguments (`:tokens=DIR,size=tiny,steps=100,model=ar`):
 
 from maskgen.config import base_config, parse_config_arg
 
-# size: (width, depth, heads, steps, batch)
-SIZES = {"tiny": (32, 2, 2, 20, 32), "small": (128, 4, 4, 3000, 128)}
+# size: (width, depth, heads, steps, batch). "small" trains in about 3.5 minutes on 2 CPU cores.
+SIZES = {"tiny": (32, 2, 2, 20, 32), "small": (96, 4, 4, 1000, 64)}
 
 
 def get_config(arg=None):
@@ -51,7 +51,9 @@ def get_config(arg=None):
     config.optimizer.b2 = 0.96
     config.optimizer.weight_decay = 0.045
     config.optimizer.warmup_steps = min(200, config.total_steps // 10)
-    config.ema_decay = 0.999 if config.total_steps >= 1000 else 0.9
+    # The EMA starts at the initial weights, so its decay must suit the run length: 0.999 over
+    # 1,000 steps still weighs the initial weights by 0.999^1000 = 0.37 (samples are then noise).
+    config.ema_decay = 0.99 if config.total_steps >= 300 else 0.9
     config.eval_params = "ema"
     config.log_every = min(100, max(1, config.total_steps // 10))
     config.checkpoint_every = min(1000, config.total_steps)

@@ -322,6 +322,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = setup(config)
     is_primary = jax.process_index() == 0
     writer = MetricWriter(workdir, is_primary)
+    if config.eval_params == "ema" and config.ema_decay ** config.total_steps > 0.05:
+        log.warning("config.ema_decay=%s over %d steps leaves %.0f%% of the initial weights in the EMA that "
+                    "evaluation uses; lower the decay or set config.eval_params=params", config.ema_decay,
+                    config.total_steps, 100 * config.ema_decay ** config.total_steps)
     log.info("mesh %s, %d devices, %d processes", dict(run.mesh.shape), jax.device_count(), jax.process_count())
 
     tx, schedule = make_optimizer(config.optimizer, config.total_steps, *run.recipe.optimizer_groups())
