@@ -17,7 +17,8 @@ FID needs the FID InceptionV3 weights, which maskgen never downloads (see docs/m
       --config.evals.fid.inception_weights=/path/pt_inception-2015-12-05.npz \
       --config.evals.fid.reference_stats=/path/VIRTUAL_imagenet256_labeled.npz
 
-Arguments: tokens = the token dataset; size = tiny (CPU smoke test on a small local copy) | full.
+Arguments: tokens = the token dataset; size = tiny (CPU smoke test: a 1-block model on the 16x16 tokens
+of `tokenizer_imagenet.py:size=tiny`, i.e. 32 px images) | full.
 """
 
 from maskgen.config import base_config, parse_config_arg
@@ -35,7 +36,7 @@ def get_config(arg=None):
     config.data = dict(name="tokens", data_dir=str(args["tokens"]), image_size=0, augment="none",
                        train_split="train")
     config.model = dict(
-        token_shape=(2, 2) if tiny else (16, 16), codebook_size=1024, width=32 if tiny else 768,
+        token_shape=(16, 16), codebook_size=1024, width=32 if tiny else 768,
         depth=1 if tiny else 24, num_heads=2 if tiny else 16, mlp_ratio=4.0, conditioning="prefix",
         positions="learned", qk_norm=False, tie_head=True,
     )

@@ -99,8 +99,10 @@ def test_prepared_image_folder_trains(tmp_path):
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "10")
 
 
-def test_tokenizer_imagenet_tiny_trains_with_gan_on_local_tfds_copy(local_imagenet, tmp_path):
-    """The paper-scale VQGAN config, shrunk: GAN + LeCam + R1 from step 5, on the TFDS stand-in."""
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 4 samples give a singular 2048-d covariance
+def test_tokenizer_and_maskgit_imagenet_tiny_on_local_tfds_copy(local_imagenet, tmp_path):
+    """The paper-scale VQGAN config, shrunk: GAN + LeCam + R1 from step 5, on the TFDS stand-in;
+    then its tokens, MaskGIT's paper config shrunk, and FID against ADM-style statistics."""
     config = config_lib.load_config_file(os.path.join(REPO, "experiments", "tokenizer_imagenet.py") + ":size=tiny")
     config_lib.apply_overrides(config, [f"data.data_dir={local_imagenet}"])
     result = train_lib.train(config, str(tmp_path / "run"))
@@ -109,3 +111,22 @@ def test_tokenizer_imagenet_tiny_trains_with_gan_on_local_tfds_copy(local_imagen
     assert [r["gan/active"] for r in rows[:5]] == [0.0] * 5 and rows[-1]["gan/active"] == 1.0
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["gan/r1"]) for r in rows)
     assert result["evals"]["reconstruction"].scalars["codebook_usage"] > 0
+    # The paper-scale MaskGIT config, shrunk, on these tokens; FID on InceptionV3 features from a
+    # weights file (random weights in the pytorch-fid layout) against ADM-format reference statistics.
+    from maskgen.evaluators.inception import random_state_dict
+    from maskgen.tokenize import tokenize_dataset
+
+    tokens = str(tmp_path / "tokens")
+    meta = tokenize_dataset(str(tmp_path / "run"), "tfds:imagenet2012", tokens, data_dir=local_imagenet)
+    assert meta["token_shape"] == [16, 16] and meta["codebook_size"] == 1024
+    weights, reference = str(tmp_path / "inception.npz"), str(tmp_path / "ref.npz")
+    np.savez(weights, **random_state_dict(0))
+    np.savez(reference, mu=np.zeros(2048), sigma=np.eye(2048))
+    config = config_lib.load_config_file(os.path.join(REPO, "experiments", "maskgit_imagenet256.py")
+                                         + f":size=tiny,tokens={tokens}")
+    config_lib.apply_overrides(config, ["evals.fid.every=0", f"evals.fid.inception_weights={weights}",
+                                        f"evals.fid.reference_stats={reference}"])
+    result = train_lib.train(config, str(tmp_path / "maskgit"))
+    fid = result["evals"]["fid"].scalars
+    assert list(fid) == ["fid_inception_adm_ref"] and np.isfinite(fid["fid_inception_adm_ref"]), fid
+    assert result["evals"]["fid"].images["samples"].shape[-1] == 3
