@@ -7,7 +7,8 @@ every class and prints class consistency (digit classifier accuracy on the sampl
 Fréchet distance to the held-out digits, next to the real-vs-real floor.
 
   python benchmarks/maskgit_schedules.py --workdir runs/demo/maskgit
-  python benchmarks/maskgit_schedules.py --workdir runs/demo/maskgit --schedules cosine,linear --steps 4,8 --cfg 2.0
+  python benchmarks/maskgit_schedules.py --workdir runs/demo/maskgit --schedules cosine --steps 8 --cfg 2.0
+  python benchmarks/maskgit_schedules.py --workdir runs/demo/maskgit --schedules cosine --steps 8 --policy random
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", default="4,8,16")
     parser.add_argument("--num-per-class", type=int, default=100)
     parser.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the run's config)")
+    parser.add_argument("--policy", default=None, help="confidence | random (default: the run's config)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -42,7 +44,9 @@ def main(argv=None) -> list[dict]:
     handle = GeneratorHandle(args.workdir)
     print(f"# {args.workdir} (step {handle.step}); {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, jax {jax.__version__}")
-    print(f"# {args.num_per_class} samples per class, seed {args.seed}, cfg {args.cfg or handle.settings()['cfg_scale']}")
+    defaults = handle.settings()
+    print(f"# {args.num_per_class} samples per class, seed {args.seed}, "
+          f"cfg {defaults['cfg_scale'] if args.cfg is None else args.cfg}, policy {args.policy or defaults['policy']}")
     print(f"{'schedule':<10s} {'steps':>5s} {'class consistency':>18s} {'Fréchet (digits)':>17s} {'floor':>7s} {'time':>7s}")
     rows = []
     for schedule in args.schedules.split(","):
@@ -50,6 +54,8 @@ def main(argv=None) -> list[dict]:
             decode = {"schedule": schedule, "num_steps": steps}
             if args.cfg is not None:
                 decode["cfg_scale"] = args.cfg
+            if args.policy is not None:
+                decode["policy"] = args.policy
             start = time.perf_counter()
             evaluator = Generation(num_per_class=args.num_per_class, seed=args.seed, decode=decode,
                                    trajectory_samples=0, grid_columns=1)
