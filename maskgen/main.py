@@ -199,11 +199,11 @@ def main(argv: list[str]) -> int:
         return 2
     except Exception as err:
         from maskgen.data.prepare import BadImageError
-        from maskgen.train import NonFiniteError
+        from maskgen.train import NonFiniteError, WorkdirLockedError
 
         # Bad input (a missing file, an unknown split, a corrupt image, a NaN run) gets a message,
         # not a traceback; set MASKGEN_TRACEBACK=1 to see where it came from.
-        expected = (NonFiniteError, BadImageError, FileNotFoundError, ValueError, ImportError)
+        expected = (NonFiniteError, BadImageError, WorkdirLockedError, FileNotFoundError, ValueError, ImportError)
         if isinstance(err, expected) and not os.environ.get("MASKGEN_TRACEBACK"):
             print(f"error: {err}", file=sys.stderr)
             return 1

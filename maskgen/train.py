@@ -199,6 +199,35 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)  # (init, train)
 
 
+def make_train_step(run: Run, tx, schedule, train_key: jax.Array):
+    """The pure update `(state, ema, batch) -> (state, ema, metrics)`, to be jitted by the caller."""
+    config = run.config
+
+    def train_step(state, ema, batch):
+        rng = jax.random.fold_in(train_key, state["step"])
+
+        def loss_fn(params):
+            model = run.merge({"params": params, "model_state": state["model_state"]})
+            loss, aux = run.recipe.loss(model, batch, rng, state["step"])
+            # Variables the forward pass set in place: non-trainable state (EMA statistics, counters)
+            # and parameter resets (k-means codebook init, dead-code restarts).
+            _, params_after, model_state = nnx.split(model, nnx.Param, ...)
+            return loss, (aux, nnx.to_pure_dict(params_after), nnx.to_pure_dict(model_state))
+
+        (loss, (aux, params_after, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        # The gradient step applies on top of any in-place resets (identical to params otherwise).
+        params_after = jax.lax.stop_gradient(params_after)
+        updates, opt_state = tx.update(grads, state["opt_state"], params_after)
+        params = optax.apply_updates(params_after, updates)
+        decay = config.ema_decay
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"]), **aux}
+        new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
+        return new_state, ema, metrics
+
+    return train_step
+
+
 # --------------------------------------------------------------------------------------------
 # Evaluation plumbing shared by the loop and `maskgen eval` / `maskgen sample`.
 # --------------------------------------------------------------------------------------------
@@ -308,6 +337,51 @@ class _finish_saves_on_error:
             self.checkpointer.close()
 
 
+class WorkdirLockedError(RuntimeError):
+    """Another run is writing to the same workdir."""
+
+
+class _WorkdirLock:
+    """An exclusive lock on `workdir/.lock`, so two runs never interleave checkpoints in one workdir.
+
+    `fcntl.flock` locks belong to the open file: the kernel releases them when the process exits or
+    is killed, so a SIGKILLed run never leaves a stale lock behind. Only the primary process locks
+    (all processes of one run share the workdir); remote paths (gs://...) are not locked.
+    """
+
+    def __init__(self, workdir: str, enabled: bool):
+        self.path = os.path.join(workdir, ".lock")
+        self.enabled = enabled and "://" not in workdir
+        self._file = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        import fcntl
+        import socket
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise WorkdirLockedError(
+                f"workdir {os.path.dirname(self.path)} is in use by another maskgen run ({holder}); "
+                "wait for it to finish or stop it, or use another --workdir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self._file is not None:
+            self._file.close()  # releases the lock
+
+
 def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | None) -> None:
     for name, value in metrics.items():
         if not math.isfinite(value):
@@ -318,7 +392,15 @@ def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | N
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) the run in `workdir`. Returns the last logged metrics and eval results."""
+    """Trains (or resumes) the run in `workdir`. Returns the last logged metrics and eval results.
+
+    Raises WorkdirLockedError if another run holds the workdir.
+    """
+    with _WorkdirLock(workdir, jax.process_index() == 0):
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = setup(config)
     is_primary = jax.process_index() == 0
     writer = MetricWriter(workdir, is_primary)
@@ -359,27 +441,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             f.write(config_to_json(config))
 
     # ---- The update step: pure, jitted, state donated.
-    def train_step(state, ema, batch):
-        rng = jax.random.fold_in(train_key, state["step"])
-
-        def loss_fn(params):
-            model = run.merge({"params": params, "model_state": state["model_state"]})
-            loss, aux = run.recipe.loss(model, batch, rng, state["step"])
-            # Variables the forward pass set in place: non-trainable state (EMA statistics, counters)
-            # and parameter resets (k-means codebook init, dead-code restarts).
-            _, params_after, model_state = nnx.split(model, nnx.Param, ...)
-            return loss, (aux, nnx.to_pure_dict(params_after), nnx.to_pure_dict(model_state))
-
-        (loss, (aux, params_after, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        # The gradient step applies on top of any in-place resets (identical to params otherwise).
-        params_after = jax.lax.stop_gradient(params_after)
-        updates, opt_state = tx.update(grads, state["opt_state"], params_after)
-        params = optax.apply_updates(params_after, updates)
-        decay = config.ema_decay
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"]), **aux}
-        new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
-        return new_state, ema, metrics
+    train_step = make_train_step(run, tx, schedule, train_key)
 
     with run.context():
         step_fn = jax.jit(

@@ -177,3 +177,16 @@ def test_changed_model_is_an_error_not_a_silent_restart(workdir):
         assert step == 10
     ema = train_lib.restore_variables(train_lib.setup(config), workdir, which="ema")[1]["params"]
     assert_trees_equal(ema, load_item(workdir, 10, "ema"))
+
+
+def test_a_second_run_on_the_same_workdir_is_refused(workdir):
+    """Two runs writing one workdir would interleave checkpoints: the second stops with an error."""
+    with train_lib._WorkdirLock(workdir, True):  # stands in for a run in progress (this process)
+        result = run_cli("train", "--config", f"{MAE_DIGITS}:size=tiny,steps=2", "--workdir", workdir,
+                         "--config.evals.probe.every=-1", "--config.evals.reconstruction.every=-1")
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert f"workdir {workdir} is in use by another maskgen run (pid {os.getpid()}" in result.stderr
+        assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    # The lock goes with its holder (also on SIGKILL: the kernel drops flock locks with the process).
+    train_lib.train(tiny_mae_config(steps=2), workdir)
+    assert os.path.isdir(os.path.join(workdir, "checkpoints"))
