@@ -3,21 +3,100 @@
 Saves are asynchronous and keep the newest `keep`. Restoring walks back from the newest step: a
 checkpoint that cannot be read is moved aside to `workdir/corrupt_checkpoints/` (nothing is
 deleted) and the previous one is tried, with a warning that names the step.
+
+Multi-process runs (see `maskgen.parallel.distributed`): every process calls `save` and `restore`
+with the same arguments, in the same order. The arrays are global `jax.Array`s: each process
+writes the shards it owns and Orbax's primary process (0) writes the shared metadata, the config
+JSON and the commit marker. Restoring takes the target shardings of the *current* mesh, so a
+checkpoint written by N processes restores on M processes (or another mesh) unchanged.
+
+The grain iterator state is per process (`data/process_{i}-of-{n}.json`), and would tie a
+checkpoint to its process count. It does not need to: `maskgen.data.pipeline.train_dataset` cuts
+one global stream into global batches and process p reads chunk p of each (`[p::P]` on the
+batched chunks), so the iterator's position (`next_index`) counts *global batches* and is the same
+on every process, whatever P is. So when this process's own file is missing, or the run was saved
+by another number of processes, `_DataIteratorHandler` restores process 0's state, after checking
+that it is valid: it has the keys and value types of this iterator's own state, and every other
+process's state saved beside it is identical (if they differ, the positions are not global and
+nothing is restored: the restore fails instead of silently misaligning the data).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Any
 
+import grain
 import grain.checkpoint as grain_checkpoint
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger("maskgen")
+
+_STATE_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
+
+
+def _iterator_state(item, directory: epath.Path) -> Any:
+    """The saved state `item` should resume from (see the module docstring for the fallback)."""
+    index, count = jax.process_index(), jax.process_count()
+    own = directory / f"process_{index}-of-{count}.json"
+    if own.exists():
+        return own.read_text()
+    saved = {}
+    for path in directory.iterdir():
+        match = _STATE_FILE.fullmatch(path.name)
+        if match:
+            saved[(int(match[1]), int(match[2]))] = path
+    counts = sorted({c for _, c in saved})
+    if len(counts) != 1 or (0, counts[0]) not in saved:
+        raise ValueError(f"no usable data-iterator state in {directory}: need {own.name}, or process 0's state "
+                         f"of the run that saved it (found {sorted(p.name for p in saved.values())})")
+    saved_count = counts[0]
+    text = saved[(0, saved_count)].read_text()
+    if isinstance(item, grain.DatasetIterator):
+        state, template = json.loads(text), item.get_state()
+        if not isinstance(state, dict) or set(state) != set(template) or any(
+                type(state[k]) is not type(template[k]) for k in template):
+            raise ValueError(f"the data-iterator state in {saved[(0, saved_count)]} ({state!r}) does not fit this "
+                             f"pipeline (whose state looks like {template!r})")
+        for (i, _), path in sorted(saved.items()):
+            if json.loads(path.read_text()) != state:
+                raise ValueError(
+                    f"the {saved_count} processes that saved {directory} were at different data positions "
+                    f"(process {i} differs from process 0), so their states cannot move to {count} processes")
+    log.info("data iterator: restoring process 0's state of a %d-process run on process %d of %d (positions "
+             "count global batches, the same on every process)", saved_count, index, count)
+    return text
+
+
+class _DataIteratorHandler(grain_checkpoint.CheckpointHandler):
+    """grain's handler (one JSON state per process), restoring across process counts."""
+
+    def restore(self, directory: epath.Path, item=None, args=None):
+        item = item or args.item
+        text = _iterator_state(item, epath.Path(directory))
+        item.set_state(json.loads(text) if isinstance(item, grain.DatasetIterator) else text.encode())
+        item.start_prefetch()
+        return item
+
+
+@ocp.args.register_with_handler(_DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class _DataSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(_DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class _DataRestore(ocp.args.CheckpointArgs):
+    item: Any
 
 
 class CheckpointMismatchError(ValueError):
@@ -48,7 +127,7 @@ class Checkpointer:
             ),
             item_handlers=dict(
                 state=ocp.StandardCheckpointHandler(), ema=ocp.StandardCheckpointHandler(),
-                config=ocp.JsonCheckpointHandler(), data=grain_checkpoint.CheckpointHandler(),
+                config=ocp.JsonCheckpointHandler(), data=_DataIteratorHandler(),
             ),
         )
 
@@ -66,7 +145,7 @@ class Checkpointer:
             config=ocp.args.JsonSave(config_json),
         )
         if data_iterator is not None:
-            items["data"] = grain_checkpoint.CheckpointSave(data_iterator)
+            items["data"] = _DataSave(data_iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
@@ -101,7 +180,7 @@ class Checkpointer:
             self.check_compatible(step, name, abstract)
             items[name] = ocp.args.StandardRestore(abstract)
         if data_iterator is not None:
-            items["data"] = grain_checkpoint.CheckpointRestore(data_iterator)
+            items["data"] = _DataRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))
 
     def restore_latest(self, *, abstract_state=None, abstract_ema=None, data_iterator=None,

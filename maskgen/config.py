@@ -200,6 +200,8 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int, num_pro
             problems.append(f"config.{key} must be positive, got {config[key]}")
     if not 0.0 <= config.ema_decay < 1.0:
         problems.append(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.get("remat", "none") not in ("none", "block", "block_save_dots"):
+        problems.append(f"config.remat must be 'none', 'block' or 'block_save_dots', got {config.remat!r}")
     if config.compute_dtype not in ("float32", "bfloat16"):
         problems.append(f"config.compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
     if config.eval_params not in ("params", "ema"):
@@ -242,6 +244,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.total_steps = 1000
     config.batch_size = 128  # global, over all devices and processes
     config.compute_dtype = "float32"  # or "bfloat16" (params and optimizer state stay float32)
+    config.remat = "none"  # transformer blocks: "none" | "block" | "block_save_dots" (models/layers.py)
     config.ema_decay = 0.999
     config.eval_params = "ema"  # which weights evaluators and `maskgen sample` use: "ema" or "params"
     config.optimizer = ml_collections.ConfigDict(dict(

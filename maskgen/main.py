@@ -140,6 +140,9 @@ def main(argv: list[str]) -> int:
     from maskgen.config import ConfigError
 
     try:
+        from maskgen.parallel.distributed import maybe_initialize
+
+        maybe_initialize()  # multi-process runs (MASKGEN_* variables): before JAX touches a backend
         if args.command in ("prepare", "tokenize", "demo") and overrides:
             raise ConfigError(f"{args.command} takes no --config.* overrides")
         if args.command == "prepare":

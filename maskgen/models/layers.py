@@ -197,14 +197,40 @@ class Block(nnx.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class Transformer(nnx.Module):
-    """A stack of pre-norm blocks followed by a final LayerNorm."""
+# Rematerialisation of each block in the backward pass (jax.checkpoint): "none" stores every
+# activation; "block" stores only each block's input and recomputes the rest; "block_save_dots"
+# also keeps matmul outputs (less recompute, more memory).
+REMAT_POLICIES = {"none": None, "block": jax.checkpoint_policies.nothing_saveable,
+                  "block_save_dots": jax.checkpoint_policies.dots_saveable}
 
-    def __init__(self, width: int, depth: int, num_heads: int, mlp_ratio: float, *, rngs: nnx.Rngs, dtype=jnp.float32):
+
+def block_runner(call, remat: str):
+    """`call(block, *args)`, rematerialised per `remat` (a key of REMAT_POLICIES)."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; valid: {sorted(REMAT_POLICIES)}")
+    if remat == "none":
+        return call
+    return nnx.remat(call, policy=REMAT_POLICIES[remat])
+
+
+class Transformer(nnx.Module):
+    """A stack of pre-norm blocks followed by a final LayerNorm.
+
+    Between blocks the activations are constrained to the batch sharding of the active rules
+    (`parallel.constrain`); `remat` picks a rematerialisation policy (REMAT_POLICIES).
+    """
+
+    def __init__(self, width: int, depth: int, num_heads: int, mlp_ratio: float, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32, remat: str = "none"):
         self.blocks = nnx.List([Block(width, num_heads, mlp_ratio, rngs=rngs, dtype=dtype) for _ in range(depth)])
         self.norm = LayerNorm(width, rngs=rngs, dtype=dtype)
+        block_runner(lambda b, x: x, remat)  # validates the policy name
+        self.remat = remat
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        from maskgen.parallel import constrain
+
+        run = block_runner(lambda block, x: block(x), self.remat)
         for block in self.blocks:
-            x = block(x)
+            x = constrain(run(block, x))
         return self.norm(x)

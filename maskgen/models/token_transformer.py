@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskgen.models.layers import MLP, Attention, Dense, LayerNorm, logical_param
+from maskgen.models.layers import MLP, Attention, Dense, LayerNorm, block_runner, logical_param
+from maskgen.parallel import constrain
 
 CONDITIONINGS = ("adaln", "prefix")
 POSITIONS = ("learned", "rope2d")
@@ -113,7 +114,9 @@ class TokenTransformer(nnx.Module):
     def __init__(self, *, vocab_size: int, token_shape: tuple[int, int], num_classes: int, width: int,
                  depth: int, num_heads: int, mlp_ratio: float = 4.0, conditioning: str = "adaln",
                  positions: str = "learned", qk_norm: bool = False, tie_head: bool = True,
-                 causal: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+                 causal: bool = False, dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
+        block_runner(lambda b, x: x, remat)  # validates the remat policy name
+        self.remat = remat
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: {CONDITIONINGS}")
         if positions not in POSITIONS:
@@ -228,8 +231,9 @@ class TokenTransformer(nnx.Module):
             x = x + self.pos_embed[...].astype(self.dtype)
         mask = jnp.tril(jnp.ones((self.seq_len, self.seq_len), bool)) if self.causal else None
         rope = self._rope_tables()
+        run = block_runner(lambda block, x, cond, mask, rope: block(x, cond, mask=mask, rope=rope)[0], self.remat)
         for block in self.blocks:
-            x, _ = block(x, cond, mask=mask, rope=rope)
+            x = constrain(run(block, x, cond, mask, rope))
         if self.has_prefix:
             x = x[:, 1:]
         return self._logits(x, cond)

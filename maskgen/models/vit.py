@@ -50,13 +50,13 @@ class ViTEncoder(nnx.Module):
     """Patch embedding + fixed 2D sin-cos positions + class token + pre-norm transformer."""
 
     def __init__(self, *, patch_dim: int, grid: tuple[int, int], width: int, depth: int, num_heads: int,
-                 mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32):
+                 mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
         self.grid = tuple(grid)
         self.width = width
         self.dtype = dtype
         self.patch_embed = Dense((patch_dim,), (width,), ("patch", "embed"), rngs=rngs, dtype=dtype)
         self.cls_token = logical_param(rngs, jax.nn.initializers.normal(0.02), (width,), ("embed",))
-        self.transformer = Transformer(width, depth, num_heads, mlp_ratio, rngs=rngs, dtype=dtype)
+        self.transformer = Transformer(width, depth, num_heads, mlp_ratio, rngs=rngs, dtype=dtype, remat=remat)
 
     def __call__(self, patches: jax.Array, visible: jax.Array | None = None) -> jax.Array:
         """patches [B, N, patch_dim]; visible int [B, K] or None (all). Returns [B, 1+K, width]."""
@@ -72,15 +72,16 @@ class MAE(nnx.Module):
 
     def __init__(self, *, patch_dim: int, grid: tuple[int, int], width: int, depth: int, num_heads: int,
                  decoder_width: int, decoder_depth: int, decoder_heads: int, mlp_ratio: float,
-                 rngs: nnx.Rngs, dtype=jnp.float32):
+                 rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
         self.grid = tuple(grid)
         self.decoder_width = decoder_width
         self.dtype = dtype
         self.encoder = ViTEncoder(patch_dim=patch_dim, grid=grid, width=width, depth=depth, num_heads=num_heads,
-                                  mlp_ratio=mlp_ratio, rngs=rngs, dtype=dtype)
+                                  mlp_ratio=mlp_ratio, rngs=rngs, dtype=dtype, remat=remat)
         self.decoder_embed = Dense((width,), (decoder_width,), ("embed", None), rngs=rngs, dtype=dtype)
         self.mask_token = logical_param(rngs, jax.nn.initializers.normal(0.02), (decoder_width,), ("embed",))
-        self.decoder = Transformer(decoder_width, decoder_depth, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype)
+        self.decoder = Transformer(decoder_width, decoder_depth, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype,
+                                   remat=remat)
         self.decoder_pred = Dense((decoder_width,), (patch_dim,), ("embed", "patch"), rngs=rngs, dtype=dtype)
 
     def __call__(self, patches: jax.Array, order: jax.Array, num_visible: int) -> jax.Array:

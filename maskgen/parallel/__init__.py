@@ -69,6 +69,31 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh, sharding_rules) -> di
     }
 
 
+ACTIVATION_AXES = ("batch", None, None)  # [B, T, width] between blocks: batch-sharded, rest replicated
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None] = ACTIVATION_AXES) -> jax.Array:
+    """Pins an activation's sharding by logical axis names, mapped with the active rules.
+
+    A no-op outside a mesh (`jax.set_mesh`) with logical rules, e.g. in eager tests. Models call it
+    at block boundaries so XLA's propagation cannot drift into a layout the config did not ask for.
+    """
+    from flax.core import spmd as flax_spmd
+
+    rules = flax_spmd.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh is None or mesh.empty:
+        return x
+    lookup, used, spec = dict(rules), set(), []
+    for name in logical_axes:
+        physical = lookup.get(name) if name is not None else None
+        axes = () if physical is None else (physical,) if isinstance(physical, str) else tuple(physical)
+        axes = tuple(a for a in axes if a in mesh.axis_names and a not in used)
+        used.update(axes)
+        spec.append(axes if len(axes) > 1 else axes[0] if axes else None)
+    return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
 def to_host(tree):
     """Fetches (possibly multi-process) global arrays to numpy on every process."""
     if jax.process_count() == 1:

@@ -31,7 +31,8 @@ def normalized_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
 class MAERecipe(Recipe):
     def __init__(self, *, image_size: int, channels: int, patch_size: int, width: int, depth: int,
                  num_heads: int, decoder_width: int, decoder_depth: int, decoder_heads: int,
-                 mlp_ratio: float, mask_ratio: float, norm_pix_loss: bool, compute_dtype: str = "float32"):
+                 mlp_ratio: float, mask_ratio: float, norm_pix_loss: bool, compute_dtype: str = "float32",
+                 remat: str = "none"):
         self.image_size = image_size
         self.channels = channels
         self.patch_size = patch_size
@@ -43,7 +44,7 @@ class MAERecipe(Recipe):
         self.model_kwargs = dict(
             patch_dim=patch_size * patch_size * channels, grid=self.grid, width=width, depth=depth,
             num_heads=num_heads, decoder_width=decoder_width, decoder_depth=decoder_depth,
-            decoder_heads=decoder_heads, mlp_ratio=mlp_ratio, dtype=_DTYPES[compute_dtype],
+            decoder_heads=decoder_heads, mlp_ratio=mlp_ratio, dtype=_DTYPES[compute_dtype], remat=remat,
         )
 
     @classmethod
@@ -54,7 +55,7 @@ class MAERecipe(Recipe):
             patch_size=m.patch_size, width=m.width, depth=m.depth, num_heads=m.num_heads,
             decoder_width=m.decoder_width, decoder_depth=m.decoder_depth, decoder_heads=m.decoder_heads,
             mlp_ratio=m.mlp_ratio, mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss,
-            compute_dtype=config.compute_dtype,
+            compute_dtype=config.compute_dtype, remat=config.get("remat", "none"),
         )
 
     @staticmethod

@@ -97,7 +97,7 @@ class _TokenRecipe(Recipe):
     def __init__(self, *, token_shape, codebook_size: int, num_classes: int, width: int, depth: int,
                  num_heads: int, mlp_ratio: float, conditioning: str, positions: str, qk_norm: bool,
                  tie_head: bool, label_smoothing: float, class_dropout: float, compute_dtype: str = "float32",
-                 tokenizer: dict | None = None, sampling: dict | None = None):
+                 remat: str = "none", tokenizer: dict | None = None, sampling: dict | None = None):
         self.token_shape = tuple(int(s) for s in token_shape)
         self.num_tokens = self.token_shape[0] * self.token_shape[1]
         self.codebook_size, self.num_classes = int(codebook_size), int(num_classes)
@@ -108,7 +108,7 @@ class _TokenRecipe(Recipe):
             vocab_size=self.codebook_size, token_shape=self.token_shape, num_classes=self.num_classes,
             width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, conditioning=conditioning,
             positions=positions, qk_norm=qk_norm, tie_head=tie_head, causal=self.causal,
-            dtype=_DTYPES[compute_dtype],
+            dtype=_DTYPES[compute_dtype], remat=remat,
         )
 
     @classmethod
@@ -119,7 +119,7 @@ class _TokenRecipe(Recipe):
             width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
             conditioning=m.conditioning, positions=m.positions, qk_norm=m.qk_norm, tie_head=m.tie_head,
             label_smoothing=config.loss.label_smoothing, class_dropout=config.loss.class_dropout,
-            compute_dtype=config.compute_dtype, tokenizer=data_info.get("tokenizer", {}),
+            compute_dtype=config.compute_dtype, remat=config.get("remat", "none"), tokenizer=data_info.get("tokenizer", {}),
             sampling=config.sampling.to_dict() if "sampling" in config else {}, **cls._own_settings(config),
         )
 
