@@ -70,11 +70,16 @@ class Run:
         return parallel.sharding_context(self.mesh, self.rules)
 
 
-def setup(config: ml_collections.ConfigDict) -> Run:
-    """Checks the config against the devices and data, and builds what train/eval/sample share."""
+def setup(config: ml_collections.ConfigDict, data_info: dict | None = None) -> Run:
+    """Checks the config against the devices and data, and builds what train/eval/sample share.
+
+    `data_info` (the dataset's shapes, as `source_info` returns them) is read from the data source
+    unless given, e.g. by tools that only compile the model for a dataset that is not on this machine.
+    """
     recipe_cls = get_recipe(config.recipe)
     validate_common(config, jax.device_count(), jax.process_count())
-    data_info = source_info(config.data.name, config.data.data_dir or None)
+    if data_info is None:
+        data_info = source_info(config.data.name, config.data.data_dir or None)
     problems = recipe_cls.validate(config, data_info)
     for name, spec in config.evals.items():
         try:
