@@ -1,6 +1,7 @@
-"""The `maskgen` command line: demo | train | eval | sample | edit | tokenize | prepare.
+"""The `maskgen` command line: demo | train | eval | sample | edit | tokenize | prepare | inspect.
 
   maskgen demo   --workdir runs/demo      (tokenizer -> tokens -> MaskGIT -> scores, samples, an edit)
+  maskgen inspect --config experiments/maskgit_imagenet256.py --devices 8 [--config.mesh=...]
   maskgen train  --config experiments/mae_digits.py[:arg] --workdir DIR [--config.key=value ...]
   maskgen eval   --workdir DIR [--step N] [--config FILE[:arg]] [--config.key=value ...]
   maskgen sample --workdir DIR --out grid.png [--num 16] [--step N]
@@ -74,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest readable)")
     edit.add_argument("--config", default=None, help="default: the run's saved workdir/config.json")
     _decode_args(edit)
+
+    insp = sub.add_parser("inspect", help="where each parameter of a config's model lives on the mesh")
+    insp.add_argument("--config", required=True, help="experiments/<name>.py[:arg]")
+    insp.add_argument("--devices", type=int, default=None,
+                      help="simulate N CPU devices (sets XLA_FLAGS; must come before JAX starts)")
 
     demo = sub.add_parser("demo", help="tokenizer -> tokens -> MaskGIT -> scores, samples and an edit, on digits")
     demo.add_argument("--workdir", default="runs/demo")
@@ -163,7 +169,16 @@ def main(argv: list[str]) -> int:
             summary = run_demo(args.workdir, size=args.size)
             print_summary(args.workdir, summary)
             return 0
+        if args.command == "inspect" and args.devices:
+            flag = f"--xla_force_host_platform_device_count={args.devices}"
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")
         config = _load_config(args, overrides)
+        if args.command == "inspect":
+            from maskgen.placement import format_table, parameter_table
+
+            print(format_table(*parameter_table(config)))
+            return 0
         from maskgen import train as train_lib
 
         if args.command == "edit":

@@ -124,7 +124,7 @@ def test_every_parameter_has_logical_axis_names(overrides):
     specs = nnx.get_partition_spec(params)
     assert specs["token_embed"].get_value() == jax.sharding.PartitionSpec("tensor", "fsdp")
     meta = lambda v: v.get_metadata()["out_sharding"]  # noqa: E731
-    assert meta(params["token_embed"]) == ("vocab", "embed")
+    assert meta(params["token_embed"]) == (None, "embed")
     assert meta(params["class_embed"]) == ("classes", "embed")
     if overrides["conditioning"] == "adaln":
         assert meta(params["blocks"][0]["modulation"]["kernel"]) == ("cond", None, "embed")

@@ -148,7 +148,8 @@ class TokenTransformer(nnx.Module):
 
         embed_init = jax.nn.initializers.normal(0.02)
         # Row vocab_size is [MASK]; row num_classes of the class table is the CFG null label.
-        self.token_embed = logical_param(rngs, embed_init, (vocab_size + 1, width), ("vocab", "embed"))
+        # Rows are not sharded: vocab_size + 1 rows rarely divide a mesh axis, and the table is small.
+        self.token_embed = logical_param(rngs, embed_init, (vocab_size + 1, width), (None, "embed"))
         self.class_embed = logical_param(rngs, embed_init, (num_classes + 1, width), ("classes", "embed"))
         self.start_token = (logical_param(rngs, embed_init, (width,), ("embed",))
                             if causal and adaln else None)
