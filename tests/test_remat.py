@@ -58,3 +58,16 @@ def test_constrain_maps_logical_axes_and_is_a_noop_without_a_mesh():
     with parallel.sharding_context(mesh, DEFAULT_SHARDING_RULES):
         text = jax.jit(parallel.constrain).lower(x).as_text()
     assert "sharding" in text  # a sharding constraint was emitted
+
+
+def test_inspect_prints_where_parameters_live():
+    from conftest import REPO, run_cli
+
+    result = run_cli("inspect", "--config", f"{REPO}/experiments/maskgit_imagenet256.py:size=tiny", "--devices", "8",
+                     '--config.mesh=(("data",2),("fsdp",2),("tensor",2))')
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2} (8 devices)" in out
+    line = next(l for l in out.splitlines() if l.startswith("blocks/0/mlp/fc1/kernel"))
+    assert "(embed, mlp)" in line and "(fsdp, tensor)" in line
+    assert "parameters" in out and "per device" in out
