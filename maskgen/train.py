@@ -401,6 +401,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     Raises WorkdirLockedError if another run holds the workdir.
     """
+    if "://" in workdir:
+        # Checkpoints, metrics and the lock use local-filesystem calls; a URL would silently become
+        # a local directory named "gs:" on every host, and the run would be lost with the hosts.
+        raise ValueError(f"workdir {workdir!r} is a URL; maskgen writes workdirs through the file system: mount "
+                         "the bucket on every host (e.g. gcsfuse at /gcs/BUCKET) and pass that path")
     with _WorkdirLock(workdir, jax.process_index() == 0):
         return _train(config, workdir)
 

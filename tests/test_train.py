@@ -218,3 +218,8 @@ def test_a_second_run_on_the_same_workdir_is_refused(workdir):
     # The lock goes with its holder (also on SIGKILL: the kernel drops flock locks with the process).
     train_lib.train(tiny_mae_config(steps=2), workdir)
     assert os.path.isdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_a_url_workdir_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="mount the bucket on every host"):
+        train_lib.train(tiny_mae_config(steps=1), "gs://bucket/run")
