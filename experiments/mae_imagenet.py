@@ -9,7 +9,7 @@ The data is read from an on-disk TFDS copy of imagenet2012 (maskgen never downlo
 with tfds in ArrayRecord format, or convert a folder of images with `maskgen prepare`.
 
 Launch (v5e-64 / v4-64 or similar; FSDP over 8 chips per data-parallel group):
-  maskgen train --config experiments/mae_imagenet.py:size=B --workdir gs://BUCKET/mae_b16 \
+  maskgen train --config experiments/mae_imagenet.py:size=B --workdir /gcs/BUCKET/mae_b16 \
       --config.data.data_dir=/mnt/tfds
 Tiny CPU smoke test on a local TFDS-format copy:
   maskgen train --config experiments/mae_imagenet.py:size=tiny --workdir /tmp/mae_in \

@@ -10,10 +10,10 @@ maskgen's addition; the paper trained without it (set `--config.loss.class_dropo
 official model also uses dropout 0.1, which maskgen's backbone does not have.
 
 Launch (after tokenizing ImageNet with `maskgen tokenize --tokenizer-workdir VQGAN --data tfds:imagenet2012 ...`):
-  maskgen train --config experiments/maskgit_imagenet256.py:tokens=gs://BUCKET/in256_tokens \
-      --workdir gs://BUCKET/maskgit_in256
+  maskgen train --config experiments/maskgit_imagenet256.py:tokens=/gcs/BUCKET/in256_tokens \
+      --workdir /gcs/BUCKET/maskgit_in256
 FID needs the FID InceptionV3 weights, which maskgen never downloads (see docs/maskgit.md):
-  maskgen eval --workdir gs://BUCKET/maskgit_in256 \
+  maskgen eval --workdir /gcs/BUCKET/maskgit_in256 \
       --config.evals.fid.inception_weights=/path/pt_inception-2015-12-05.npz \
       --config.evals.fid.reference_stats=/path/VIRTUAL_imagenet256_labeled.npz
 

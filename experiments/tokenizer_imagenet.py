@@ -8,7 +8,7 @@ pretrained VGG/LPIPS weights, which maskgen does not download: set
 `--config.loss.perceptual_weight=0.1` only with a feature network of your own (see docs/tokenizers.md).
 
 Launch (TPU pod slice, data on an on-disk TFDS copy):
-  maskgen train --config experiments/tokenizer_imagenet.py --workdir gs://BUCKET/vqgan_f16 \
+  maskgen train --config experiments/tokenizer_imagenet.py --workdir /gcs/BUCKET/vqgan_f16 \
       --config.data.data_dir=/mnt/tfds
 Tiny CPU smoke test: `:size=tiny` (32 px, 2 levels, 20 steps).
 

@@ -351,7 +351,7 @@ class _WorkdirLock:
 
     `fcntl.flock` locks belong to the open file: the kernel releases them when the process exits or
     is killed, so a SIGKILLed run never leaves a stale lock behind. Only the primary process locks
-    (all processes of one run share the workdir); remote paths (gs://...) are not locked.
+    (all processes of one run share the workdir, e.g. a bucket mounted with gcsfuse).
     """
 
     def __init__(self, workdir: str, enabled: bool):
