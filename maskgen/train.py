@@ -307,13 +307,31 @@ def run_evaluators(run: Run, params, step: int, writer: MetricWriter, names=None
 # Training.
 # --------------------------------------------------------------------------------------------
 class _PreemptionFlag:
-    """SIGTERM (how TPU preemption arrives) asks the loop to checkpoint and exit cleanly."""
+    """SIGTERM (how TPU preemption arrives) asks the loop to checkpoint and exit cleanly.
+
+    One process: a Python SIGTERM handler sets the flag. Several processes: they must all stop at
+    the same step (saving is collective), but SIGTERM reaches the hosts at different moments. JAX's
+    preemption service (started by `jax.distributed.initialize`) catches the signal on any host and
+    agrees on a common step; `should_stop(step)` asks it, at every step, without a device sync.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        from jax._src import distributed
+
+        self._coordinated = jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
+
+    def should_stop(self, step: int) -> bool:
+        if self._coordinated:
+            from jax.experimental import multihost_utils
+
+            self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def __enter__(self):
+        if self._coordinated:  # the preemption service owns SIGTERM; a Python handler would hide it
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # Not the main thread: no signal handling.
@@ -503,9 +521,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 log.info("step %d/%d  loss %.5f  %.2f steps/s  %.1f examples/s  ETA %s", step, config.total_steps,
                          last_logged["loss"], speed["steps_per_sec"], speed["examples_per_sec"],
                          format_eta(speed["eta_sec"]))
-            if step % config.checkpoint_every == 0 or step == config.total_steps or preemption.requested:
+            stop = preemption.should_stop(step)
+            if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
                 save(step)
-            if preemption.requested:
+            if stop:
                 checkpointer.close()
                 log.info("SIGTERM received: saved checkpoint at step %d and stopped; rerun to resume", step)
                 return {"preempted_at": step, "metrics": last_logged}
