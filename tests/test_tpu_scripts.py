@@ -1,7 +1,9 @@
 """tpu/*.sh: the commands each script prints under --dry-run, what it runs without it (against a fake
 gcloud whose ssh/scp act on a temporary "worker" home here), argument quoting, errors, shellcheck.
 
-Nothing here talks to Google Cloud: every script runs with a fake `gcloud` first on PATH.
+Nothing here talks to Google Cloud: every script runs with a fake `gcloud` first on PATH. The runs
+without --dry-run also get fakes of what the bucket mount uses on a worker (sudo, curl, apt-get via
+sudo, lsb_release, gcsfuse, mountpoint), and a mount root under the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TPU = REPO / "tpu"
-SCRIPTS = ["create.sh", "setup.sh", "launch.sh", "logs.sh", "stop.sh", "sync.sh", "delete.sh"]
+SCRIPTS = ["create.sh", "setup.sh", "mount.sh", "launch.sh", "logs.sh", "stop.sh", "sync.sh", "delete.sh"]
 SLICE = ["--name", "mg-v5e16", "--zone", "us-west4-a", "--project", "my-proj"]
-LAUNCH = [*SLICE, "--config", "experiments/mae_imagenet.py:size=B", "--workdir", "gs://my-bucket/mae_b16"]
+LAUNCH = [*SLICE, "--config", "experiments/mae_imagenet.py:size=B", "--bucket", "my-bucket"]
 # Arguments that break naive quoting: spaces, quotes, $, ;, globs, an empty string, a newline.
 TRICKY = ["--config.data.data_dir=/mnt/my data", "--config.note=it's a \"run\" $HOME; rm -rf *", "", "two\nlines"]
 
@@ -68,6 +70,28 @@ EOF
 chmod +x .venv/bin/maskgen
 """
 
+# Stand-ins for what the bucket mount runs on a worker. sudo logs its argv (and what `sudo tee` is
+# fed) to $HOME/sudo_calls.txt and only runs mkdir/chown; `sudo apt-get install ... gcsfuse` puts the
+# fake gcsfuse on PATH, which marks the directory it mounts so that the fake mountpoint sees it.
+FAKE_SUDO = """#!/usr/bin/env bash
+echo "sudo $*" >> "$HOME/sudo_calls.txt"
+while [[ $1 == *=* ]]; do shift; done
+case "$1" in
+  mkdir | chown) exec "$@" ;;
+  tee) { printf 'tee %s <<< ' "$2"; cat; } >> "$HOME/sudo_calls.txt" ;;
+  apt-get) if [[ $2 == install ]]; then cp "$(dirname "$0")/gcsfuse.pkg" "$(dirname "$0")/gcsfuse"; fi ;;
+  *) echo "fake sudo: unexpected command: $*" >&2; exit 1 ;;
+esac
+"""
+FAKE_GCSFUSE = """#!/usr/bin/env bash
+echo "gcsfuse $*" >> "$HOME/gcsfuse_calls.txt"
+touch "${@: -1}/.fake-gcsfuse-mount"
+"""
+FAKE_MOUNTPOINT = """#!/usr/bin/env bash
+[ "$1" = -q ] && shift
+[ -e "$1/.fake-gcsfuse-mount" ]
+"""
+
 
 def _write_exe(path: Path, text: str) -> None:
     path.write_text(text)
@@ -91,14 +115,22 @@ def fake(tmp_path):
         path = tmp_path
         home = worker
         marker = tmp_path / "called"
+        mount_root = tmp_path / "gcs"
 
         def __init__(self):
             self.env = env
 
         def record(self):
-            """Swap the failing gcloud for the recording one (for runs without --dry-run)."""
+            """Swap the failing gcloud for the recording one (for runs without --dry-run), with fakes
+            of the worker's tools and a mount root under tmp_path."""
             _write_exe(bin_dir / "gcloud", RECORDING_GCLOUD)
             _write_exe(bin_dir / "uv", FAKE_UV)
+            _write_exe(bin_dir / "sudo", FAKE_SUDO)
+            _write_exe(bin_dir / "gcsfuse.pkg", FAKE_GCSFUSE)  # "installed" as gcsfuse by apt-get
+            _write_exe(bin_dir / "mountpoint", FAKE_MOUNTPOINT)
+            _write_exe(bin_dir / "curl", "#!/bin/sh\necho fake-key\n")
+            _write_exe(bin_dir / "lsb_release", "#!/bin/sh\necho jammy\n")
+            self.env["MASKGEN_TPU_MOUNT_ROOT"] = str(self.mount_root)
 
         def calls(self) -> list[list[str]]:
             log = tmp_path / "gcloud_calls.jsonl"
@@ -175,14 +207,42 @@ def test_settings_from_environment(fake):
 
 def test_setup_from_git(fake):
     [cmd] = fake.dry("setup.sh", *SLICE, "--repo-url", "https://example.com/maskgen.git", "--ref", "v1.0",
-                     "--with", "gcsfs>=2024.1")
+                     "--with", "tensorboard>=2.15")
     assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mg-v5e16"] and "--worker=all" in cmd
     assert _flag(cmd, "--zone") == "us-west4-a" and _flag(cmd, "--project") == "my-proj"
     remote = _flag(cmd, "--command")
     assert "git clone --quiet https://example.com/maskgen.git maskgen" in remote
     assert "git fetch --quiet origin v1.0" in remote and "uv venv" in remote
-    assert "pip install --quiet --python .venv/bin/python -e '.[tpu,tfds]' gcsfs\\>=2024.1 &&" in remote
+    assert "pip install --quiet --python .venv/bin/python -e '.[tpu,tfds]' tensorboard\\>=2.15 &&" in remote
     _check_syntax(remote)
+
+
+def _check_mount(cmd: list[str], bucket: str = "my-bucket", root: str = "/gcs") -> None:
+    """cmd is the ssh that mounts gs://bucket at root/bucket on every worker."""
+    assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mg-v5e16"] and "--worker=all" in cmd
+    assert _flag(cmd, "--zone") == "us-west4-a" and _flag(cmd, "--project") == "my-proj"
+    remote = _flag(cmd, "--command")
+    mount = f"{root}/{bucket}"
+    assert "if ! command -v gcsfuse >/dev/null; then" in remote  # installed only when missing
+    assert ('echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt '
+            'gcsfuse-$(lsb_release -c -s) main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list') in remote
+    assert "apt-get install -y -qq gcsfuse" in remote
+    assert f"if mountpoint -q {mount}; then" in remote  # already mounted: nothing to do
+    assert f'sudo mkdir -p {mount}; sudo chown "$(id -un)" {mount}; gcsfuse --implicit-dirs {bucket} {mount};' in remote
+    _check_syntax(remote)
+
+
+def test_setup_mounts_the_bucket(fake):
+    install, mount = fake.dry("setup.sh", *SLICE, "--repo-url", "https://example.com/maskgen.git",
+                              "--bucket", "gs://my-bucket/")
+    assert "git clone" in _flag(install, "--command") and "gcsfuse" not in _flag(install, "--command")
+    _check_mount(mount)
+    # The same command as mount.sh's; the bucket may come from the environment.
+    assert fake.dry("mount.sh", *SLICE, MASKGEN_TPU_BUCKET="my-bucket") == [mount]
+    [_, mount] = fake.dry("setup.sh", *SLICE, "--repo-url", "u", MASKGEN_TPU_BUCKET="b.with_dots-1")
+    _check_mount(mount, "b.with_dots-1")
+    [mount] = fake.dry("mount.sh", *SLICE, "--bucket", "my-bucket", MASKGEN_TPU_MOUNT_ROOT="/mnt/buckets/")
+    _check_mount(mount, root="/mnt/buckets")
 
 
 def test_setup_from_local_source(fake):
@@ -197,19 +257,49 @@ def test_setup_from_local_source(fake):
 
 
 def test_launch_command(fake):
-    [cmd] = fake.dry("launch.sh", *LAUNCH, "--env", "TFDS_DATA_DIR=gs://my-bucket/tfds", "--", *TRICKY)
+    proc = fake.run("launch.sh", "--dry-run", *LAUNCH, "--env", "TFDS_DATA_DIR=/gcs/my-bucket/tfds", "--", *TRICKY)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    [cmd] = [shlex.split(line) for line in proc.stdout.splitlines()]
     assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mg-v5e16"] and "--worker=all" in cmd
     assert _flag(cmd, "--zone") == "us-west4-a" and _flag(cmd, "--project") == "my-proj"
     remote = _flag(cmd, "--command")
-    assert "MASKGEN_DISTRIBUTED=auto TFDS_DATA_DIR=gs://my-bucket/tfds nohup .venv/bin/maskgen train" in remote
-    assert "--config experiments/mae_imagenet.py:size=B --workdir gs://my-bucket/mae_b16" in remote
+    assert "MASKGEN_DISTRIBUTED=auto TFDS_DATA_DIR=/gcs/my-bucket/tfds nohup .venv/bin/maskgen train" in remote
+    # --bucket B: the workdir is NAME in the bucket mounted at /gcs/B, which must be mounted.
+    assert "--config experiments/mae_imagenet.py:size=B --workdir /gcs/my-bucket/mg-v5e16" in remote
+    assert "if ! mountpoint -q /gcs/my-bucket; then" in remote
+    assert remote.index("mountpoint -q") < remote.index("nohup")
     assert ">> logs/train.log 2>&1 < /dev/null &" in remote
     _check_syntax(remote)
 
 
-def test_launch_workdir_from_bucket(fake):
-    [cmd] = fake.dry("launch.sh", *SLICE, "--config", "c.py", "--bucket", "gs://b/")
-    assert "--workdir gs://b/mg-v5e16 " in _flag(cmd, "--command")
+def test_launch_workdir(fake):
+    [cmd] = fake.dry("launch.sh", *SLICE, "--config", "c.py", "--bucket", "gs://bkt/", MASKGEN_TPU_BUCKET="other")
+    assert "--workdir /gcs/bkt/mg-v5e16 " in _flag(cmd, "--command")
+    [cmd] = fake.dry("launch.sh", *SLICE, "--config", "c.py", MASKGEN_TPU_BUCKET="bkt")
+    assert "--workdir /gcs/bkt/mg-v5e16 " in _flag(cmd, "--command")
+    # --workdir wins over --bucket; a path under /gcs is checked against its bucket's mount point.
+    [cmd] = fake.dry("launch.sh", *SLICE, "--config", "c.py", "--bucket", "bkt", "--workdir", "/gcs/runs/mae/b16")
+    remote = _flag(cmd, "--command")
+    assert "--workdir /gcs/runs/mae/b16 " in remote and "if ! mountpoint -q /gcs/runs; then" in remote
+    # Elsewhere (e.g. a one-host slice's local disk) it runs, with a note that the workdir must be shared.
+    proc = fake.run("launch.sh", "--dry-run", *SLICE, "--config", "c.py", "--workdir", "runs/x")
+    assert proc.returncode == 0 and "must be one directory that every worker shares" in proc.stderr
+    assert "--workdir runs/x " in proc.stdout and "mountpoint" not in proc.stdout
+
+
+@pytest.mark.parametrize("workdir, suggestion", [
+    ("gs://my-bucket/runs/mae_b16/", "--workdir /gcs/my-bucket/runs/mae_b16 (or --bucket my-bucket: /gcs/my-bucket/n)"),
+    ("gs://my-bucket", "--workdir /gcs/my-bucket (or --bucket my-bucket"),
+    ("s3://x/y", "--workdir /gcs/B/PATH or --bucket B"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_launch_refuses_url_workdir(fake, workdir, suggestion, dry_run):
+    """maskgen train refuses gs:// workdirs (it writes through the file system); launch.sh says so first."""
+    proc = fake.run("launch.sh", *(["--dry-run"] if dry_run else []), "--name", "n", "--zone", "z",
+                    "--config", "c", "--workdir", workdir)
+    assert proc.returncode == 2 and not proc.stdout and not fake.marker.exists()
+    assert f"--workdir {workdir} is a URL" in proc.stderr and "through the file system" in proc.stderr
+    assert "tpu/mount.sh --bucket" in proc.stderr and suggestion in proc.stderr, proc.stderr
 
 
 def _launched(fake, timeout=10.0) -> list[dict]:
@@ -226,6 +316,8 @@ def _launched(fake, timeout=10.0) -> list[dict]:
 
 def test_setup_launch_logs_stop_on_a_fake_worker(fake, tmp_path):
     """Runs the scripts for real against the fake gcloud: what the worker gets is what was asked."""
+    if shutil.which("gcsfuse"):
+        pytest.skip("a real gcsfuse is on PATH: the fake worker would use it")
     fake.record()
     source = tmp_path / "src"
     (source / "experiments").mkdir(parents=True)
@@ -234,18 +326,32 @@ def test_setup_launch_logs_stop_on_a_fake_worker(fake, tmp_path):
     (source / ".git").mkdir()
     (source / ".git" / "big").write_text("not copied\n")
 
-    proc = fake.run("setup.sh", *SLICE, "--source", str(source))
+    proc = fake.run("setup.sh", *SLICE, "--source", str(source), "--bucket", "my-bucket")
     assert proc.returncode == 0, proc.stderr
     assert "maskgen installed on" in proc.stdout
     assert (fake.home / "maskgen/experiments/x.py").exists() and not (fake.home / "maskgen/.git").exists()
     assert "-e .[tpu,tfds]" in (fake.home / "uv_calls.txt").read_text()
+    # The bucket mount: gcsfuse installed from Google's apt repository, then the bucket mounted.
+    mount = fake.mount_root / "my-bucket"
+    assert "installing gcsfuse" in proc.stdout and f"mounted gs://my-bucket at {mount}" in proc.stdout
+    sudo = (fake.home / "sudo_calls.txt").read_text()
+    assert ("tee /etc/apt/sources.list.d/gcsfuse.list <<< deb [signed-by=/usr/share/keyrings/cloud.google.asc] "
+            "https://packages.cloud.google.com/apt gcsfuse-jammy main") in sudo
+    assert "tee /usr/share/keyrings/cloud.google.asc <<< fake-key" in sudo
+    assert f"sudo mkdir -p {mount}" in sudo and (fake.home / "gcsfuse_calls.txt").read_text() == (
+        f"gcsfuse --implicit-dirs my-bucket {mount}\n")
+    # Mounting again (mount.sh) neither reinstalls nor remounts.
+    proc = fake.run("mount.sh", *SLICE, "--bucket", "my-bucket")
+    assert proc.returncode == 0 and f"{mount} is already mounted" in proc.stdout, proc.stderr
+    assert (fake.home / "sudo_calls.txt").read_text() == sudo
+    assert len((fake.home / "gcsfuse_calls.txt").read_text().splitlines()) == 1
 
     proc = fake.run("launch.sh", *LAUNCH, "--env=TFDS_DATA_DIR=/data/my tfds", "--", *TRICKY)
     assert proc.returncode == 0, proc.stderr
     assert "started maskgen train" in proc.stdout
     [call] = _launched(fake)
     assert call["argv"] == ["train", "--config", "experiments/mae_imagenet.py:size=B",
-                            "--workdir", "gs://my-bucket/mae_b16", *TRICKY]
+                            "--workdir", f"{mount}/mg-v5e16", *TRICKY]
     assert call["MASKGEN_DISTRIBUTED"] == "auto" and call["TFDS_DATA_DIR"] == "/data/my tfds"
     assert call["cwd"] == str(fake.home / "maskgen")
     time.sleep(0.2)  # let the fake run finish writing its log
@@ -256,7 +362,7 @@ def test_setup_launch_logs_stop_on_a_fake_worker(fake, tmp_path):
 
     # Every gcloud call carried the slice's zone and project; ssh calls went to all workers.
     calls = fake.calls()
-    assert [c[3] for c in calls] == ["scp", "ssh", "ssh", "ssh"]
+    assert [c[3] for c in calls] == ["scp", "ssh", "ssh", "ssh", "ssh", "ssh"]
     for c in calls:
         assert _flag(c, "--zone") == "us-west4-a" and _flag(c, "--project") == "my-proj"
     assert all("--worker=all" in c for c in calls)
@@ -264,7 +370,19 @@ def test_setup_launch_logs_stop_on_a_fake_worker(fake, tmp_path):
     # The commands run are the ones --dry-run prints.
     dry = fake.dry("launch.sh", *LAUNCH, "--env=TFDS_DATA_DIR=/data/my tfds", "--", *TRICKY)
     assert len(fake.calls()) == len(calls)  # --dry-run did not call the (recording) gcloud
-    assert dry == [["gcloud", *calls[2]]]
+    assert dry == [["gcloud", *calls[4]]]
+    assert calls[2] == calls[3]  # setup.sh --bucket mounts with mount.sh's command
+    assert fake.dry("mount.sh", *SLICE, "--bucket", "my-bucket") == [["gcloud", *calls[3]]]
+
+
+def test_launch_refuses_an_unmounted_bucket(fake):
+    """Without the mount (a rebooted worker, say) maskgen would write into a local /gcs/B: refused."""
+    fake.record()
+    (fake.home / "maskgen").mkdir()
+    proc = fake.run("launch.sh", *LAUNCH)
+    assert proc.returncode == 1 and not (fake.home / "maskgen_calls.jsonl").exists()
+    assert f"{fake.mount_root / 'my-bucket'} is not mounted" in proc.stderr
+    assert "tpu/mount.sh --bucket my-bucket" in proc.stderr
 
 
 def test_launch_refuses_while_a_run_is_going_and_stop_sends_sigterm(fake):
@@ -335,8 +453,14 @@ def test_delete(fake):
     ("create.sh", ["--name", "n", "--zone", "z", "--bogus"], "unknown argument: --bogus"),
     ("setup.sh", ["--name", "n", "--zone", "z"], "--repo-url"),
     ("setup.sh", ["--name", "n", "--zone", "z", "--source", "/nonexistent"], "--source"),
+    ("setup.sh", ["--name", "n", "--zone", "z", "--repo-url", "u", "--bucket", "My_Bucket"], "bucket name"),
+    ("mount.sh", ["--name", "n", "--zone", "z"], "--bucket"),
+    ("mount.sh", ["--name", "n", "--zone", "z", "--bucket", "gs://b/runs"], "bucket name"),
+    ("mount.sh", ["--zone", "z", "--bucket", "b"], "--name"),
     ("launch.sh", ["--name", "n", "--zone", "z", "--workdir", "w"], "--config"),
-    ("launch.sh", ["--name", "n", "--zone", "z", "--config", "c"], "--workdir"),
+    ("launch.sh", ["--name", "n", "--zone", "z", "--config", "c"], "--workdir (or --bucket)"),
+    ("launch.sh", ["--name", "n", "--zone", "z", "--config", "c", "--bucket", "bkt/x"], "bucket name"),
+    ("launch.sh", ["--name", "n", "--zone", "z", "--config", "c", "--bucket", "b"], "3-222 characters"),
     ("launch.sh", ["--name", "n", "--zone", "z", "--config", "c", "--workdir", "w", "--config.a=1"], "after a bare --"),
     ("launch.sh", ["--name", "n", "--zone", "z", "--config", "c", "--workdir", "w", "--env", "1X=2"], "--env"),
     ("logs.sh", ["--zone", "z"], "--name"),

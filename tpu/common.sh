@@ -142,6 +142,40 @@ bucket_url() {
   printf 'gs://%s' "${bucket#gs://}"
 }
 
+# maskgen writes its workdir through the file system, and a multi-host run needs one directory that
+# every worker shares: setup.sh/mount.sh mount bucket B with Cloud Storage FUSE (gcsfuse) at
+# MOUNT_ROOT/B on every worker, and launch.sh --bucket B puts the workdir at MOUNT_ROOT/B/NAME.
+MOUNT_ROOT="${MASKGEN_TPU_MOUNT_ROOT:-/gcs}"
+MOUNT_ROOT=${MOUNT_ROOT%/}
+
+# check_bucket: sets BUCKET to the bare bucket name (it may be given as gs://B or B/); dies unless
+# it is a bucket name (no path: the whole bucket is mounted).
+check_bucket() {
+  local given=$BUCKET
+  BUCKET=${BUCKET%/}
+  BUCKET=${BUCKET#gs://}
+  if [[ ! $BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$ ]]; then
+    die "--bucket takes a bucket name, B or gs://B (3-222 characters of a-z 0-9 . _ -, no path), got '$given'"
+  fi
+}
+
+# mount_command: the remote one-line script that mounts BUCKET at MOUNT_ROOT/BUCKET on a worker.
+# It installs gcsfuse from Google's apt repository if missing (TPU VM images are Ubuntu), and
+# does nothing if something is already mounted there (rerunning is safe).
+mount_command() {
+  local bucket_q mount_q repo keyring=/usr/share/keyrings/cloud.google.asc
+  bucket_q="$(printf '%q' "$BUCKET")"
+  mount_q="$(printf '%q' "$MOUNT_ROOT/$BUCKET")"
+  repo="https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main"
+  printf '%s' "set -e -o pipefail; if ! command -v gcsfuse >/dev/null; then echo \"\$(hostname): installing gcsfuse\"" \
+    "; curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee $keyring >/dev/null" \
+    "; echo \"deb [signed-by=$keyring] $repo\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null" \
+    "; sudo apt-get update -qq; sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcsfuse; fi" \
+    "; if mountpoint -q $mount_q; then echo \"\$(hostname): $mount_q is already mounted\"" \
+    "; else sudo mkdir -p $mount_q; sudo chown \"\$(id -un)\" $mount_q; gcsfuse --implicit-dirs $bucket_q $mount_q" \
+    "; echo \"\$(hostname): mounted gs://$BUCKET at $mount_q\"; fi"
+}
+
 # Default per-worker log (relative to REMOTE_DIR) written by launch.sh and read by logs.sh/stop.sh.
 # shellcheck disable=SC2034  # read by the sourcing scripts
 LOG_FILE="${MASKGEN_TPU_LOG:-logs/train.log}"

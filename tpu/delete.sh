@@ -11,7 +11,10 @@ Usage: tpu/delete.sh --name NAME --zone ZONE [--queued [--queued-resource-id ID]
 Delete the slice without a confirmation prompt (gcloud --quiet):
   `gcloud compute tpus tpu-vm delete NAME`, or with --queued
   `gcloud compute tpus queued-resources delete ID --force`, which deletes the slice first.
-Anything on the workers' disks is lost; copy what you need first (tpu/sync.sh, or a gs:// workdir).
+Anything on the workers' disks (the code, the venv, logs/train.log) is lost. A workdir in a mounted
+bucket (tpu/launch.sh --bucket B: /gcs/B/NAME) is not: it stays in gs://B/NAME, where a new slice
+resumes it and `tpu/sync.sh down gs://B/NAME runs/NAME` copies it to this machine. Copy anything
+else you need first.
 
 Options (default from the environment variable in brackets):
   --name NAME              TPU VM name                               [MASKGEN_TPU_NAME]

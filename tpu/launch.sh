@@ -14,27 +14,35 @@ to REMOTE_DIR/LOG on each worker. MASKGEN_DISTRIBUTED=auto is set, so each proce
 jax.distributed.initialize(), which finds the coordinator, process count and process id itself on
 TPU VMs. Every worker must run the same command: the processes form one job.
 
+DIR is a path on the workers and must be one directory that they all share: each process writes its
+own checkpoint shards into it. maskgen writes workdirs through the file system, so a gs:// URL is
+refused. Instead, mount the bucket on every worker (tpu/setup.sh --bucket B or tpu/mount.sh
+--bucket B mount gs://B at /gcs/B) and pass --bucket B, for DIR = /gcs/B/NAME, or --workdir
+/gcs/B/PATH. Each worker checks that the bucket of a DIR under /gcs is mounted before starting.
+The bucket also outlives the workers, whose disks go with the slice.
+
 To resume after a preemption or a stop, run the same command again: maskgen continues from the latest
-checkpoint in DIR. DIR should be a gs:// path, which outlives the workers (their disks do not).
-A worker that still runs the previous launch refuses a new one (stop it with tpu/stop.sh).
+checkpoint in DIR. A worker that still runs the previous launch refuses a new one (tpu/stop.sh).
 
 Options (default from the environment variable in brackets):
   --name NAME          TPU VM name                                   [MASKGEN_TPU_NAME]
   --zone ZONE          zone                                          [MASKGEN_TPU_ZONE]
   --project PROJECT    GCP project (default: gcloud's config)        [MASKGEN_TPU_PROJECT]
   --config CONFIG      config file, relative to REMOTE_DIR, with an optional :ARG
-  --workdir DIR        run directory (gs://BUCKET/... recommended)
-  --bucket B           without --workdir, use gs://B/NAME            [MASKGEN_TPU_BUCKET]
-  --env KEY=VALUE      extra environment variable for the run (repeatable), e.g. TFDS_DATA_DIR=gs://B/tfds
+  --workdir DIR        run directory on the workers, shared by all (e.g. /gcs/B/PATH)
+  --bucket B           without --workdir, DIR is /gcs/B/NAME         [MASKGEN_TPU_BUCKET]
+  --env KEY=VALUE      extra environment variable for the run (repeatable), e.g. TFDS_DATA_DIR=/gcs/B/tfds
+                       (maskgen's data sources read local paths too: use mounted paths, not gs://)
   --remote-dir DIR     maskgen checkout on the workers (see setup.sh) [MASKGEN_TPU_REMOTE_DIR, maskgen]
   --log FILE           log file, relative to REMOTE_DIR              [MASKGEN_TPU_LOG, logs/train.log]
   --dry-run            print the command instead of running it
   -h, --help           this help
 Everything after `--` is passed to `maskgen train` (e.g. --config.key=value overrides), quoted safely.
+The mount root /gcs can be changed with MASKGEN_TPU_MOUNT_ROOT (as for setup.sh and mount.sh).
 
-Example:
+Example (workdir /gcs/my-bucket/mg-v5e16):
   tpu/launch.sh --name mg-v5e16 --zone us-west4-a --config experiments/mae_imagenet.py:size=B \
-      --workdir gs://my-bucket/mae_b16 -- --config.data.data_dir=gs://my-bucket/tfds
+      --bucket my-bucket -- --config.data.data_dir=/gcs/my-bucket/tfds
 EOF
 }
 
@@ -62,10 +70,24 @@ done
 
 require_slice
 require "$CONFIG" --config ""
-if [[ -z $WORKDIR && -n $BUCKET ]]; then
-  WORKDIR="$(bucket_url "$BUCKET")/$NAME"
+if [[ $WORKDIR == *://* ]]; then
+  # maskgen train refuses URLs too; refusing here saves starting the slice's processes for nothing.
+  if [[ $WORKDIR =~ ^gs://([^/]+)/*(.*)$ ]]; then
+    url_bucket=${BASH_REMATCH[1]}
+    url_path=${BASH_REMATCH[2]%/}
+    hint="tpu/setup.sh --bucket $url_bucket, or tpu/mount.sh --bucket $url_bucket) and pass"
+    hint+=" --workdir $MOUNT_ROOT/$url_bucket${url_path:+/$url_path} (or --bucket $url_bucket: $MOUNT_ROOT/$url_bucket/$NAME)"
+  else
+    hint="tpu/setup.sh --bucket B, or tpu/mount.sh --bucket B) and pass --workdir $MOUNT_ROOT/B/PATH or --bucket B"
+  fi
+  die "--workdir $WORKDIR is a URL, but maskgen writes its workdir through the file system (every" \
+    "worker writes its checkpoint shards into it). Mount the bucket on every worker ($hint"
 fi
-require "$WORKDIR" --workdir ""
+if [[ -z $WORKDIR && -n $BUCKET ]]; then
+  check_bucket
+  WORKDIR="$MOUNT_ROOT/$BUCKET/$NAME"
+fi
+require "$WORKDIR" "--workdir (or --bucket)" MASKGEN_TPU_BUCKET
 require "$REMOTE_DIR" --remote-dir MASKGEN_TPU_REMOTE_DIR
 require "$LOG_FILE" --log MASKGEN_TPU_LOG
 check_gcloud
@@ -91,6 +113,18 @@ log_dir_q="$(printf '%q' "$(dirname "$LOG_FILE")")"
 remote="set -e; $(remote_cd) && mkdir -p $log_dir_q"
 remote+="; if [ -f $pid_q ] && kill -0 \"\$(cat $pid_q)\" 2>/dev/null; then"
 remote+=" echo \"\$(hostname): maskgen is already running (pid \$(cat $pid_q)); stop it first (tpu/stop.sh)\" >&2; exit 1; fi"
+if [[ $WORKDIR == "$MOUNT_ROOT"/?* ]]; then
+  # A workdir under the mount root must be on the mounted bucket: without the mount (a worker that
+  # rebooted, say), maskgen would write into a local directory of that name and lose the run.
+  bucket_and_path=${WORKDIR#"$MOUNT_ROOT"/}
+  mount_point="$MOUNT_ROOT/${bucket_and_path%%/*}"
+  mount_q="$(printf '%q' "$mount_point")"
+  remote+="; if ! mountpoint -q $mount_q; then echo \"\$(hostname): $mount_q is not mounted; mount the bucket"
+  remote+=" first (tpu/mount.sh --bucket $(printf '%q' "${mount_point##*/}"))\" >&2; exit 1; fi"
+else
+  printf '%s: note: workdir %s is not under %s/: it must be one directory that every worker shares (see --bucket)\n' \
+    "$SCRIPT_NAME" "$WORKDIR" "$MOUNT_ROOT" >&2
+fi
 remote+="; echo \"=== \$(date -u +%FT%TZ) launch on \$(hostname)\" >> $log_q"
 remote+="; $env_words nohup $train_words >> $log_q 2>&1 < /dev/null &"
 remote+=" echo \$! > $pid_q; echo \"\$(hostname): started maskgen train, pid \$!, log \$(pwd)/$log_q\""

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install maskgen on every worker of a TPU VM slice: get the code (git or a local copy), make a venv,
-# pip install -e '.[tpu,tfds]'.
+# pip install -e '.[tpu,tfds]'; with --bucket, also mount the run bucket on every worker (gcsfuse).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
-Usage: tpu/setup.sh --name NAME --zone ZONE (--repo-url URL [--ref REF] | --source DIR) [options]
+Usage: tpu/setup.sh --name NAME --zone ZONE (--repo-url URL [--ref REF] | --source DIR) [--bucket B] [options]
 
 Install maskgen on every worker (`gcloud compute tpus tpu-vm ssh NAME --worker=all`):
   --repo-url URL: clone URL into REMOTE_DIR on each worker (or fetch, if already cloned) and check
@@ -19,6 +19,13 @@ Then, on each worker: a venv at REMOTE_DIR/.venv made by uv (installed with pip 
 uv fetches the requested Python if the image lacks it: jax needs Python >= 3.11) and
 `uv pip install -e '.[EXTRAS]'`. Rerunning updates the code and the install.
 
+With --bucket B, a second `ssh --worker=all` mounts the Cloud Storage bucket B at /gcs/B on every
+worker with Cloud Storage FUSE (the same command as tpu/mount.sh --bucket B): it installs gcsfuse
+from Google's apt repository if missing, then `gcsfuse --implicit-dirs B /gcs/B`, unless /gcs/B is
+already a mount point. maskgen writes workdirs through the file system, and a multi-host run needs
+one workdir that every worker shares and that outlives the workers: tpu/launch.sh --bucket B uses
+/gcs/B/NAME. Mounts do not survive a reboot of a worker; rerun setup.sh (or mount.sh) after one.
+
 Options (default from the environment variable in brackets):
   --name NAME          TPU VM name                                   [MASKGEN_TPU_NAME]
   --zone ZONE          zone                                          [MASKGEN_TPU_ZONE]
@@ -29,13 +36,16 @@ Options (default from the environment variable in brackets):
   --remote-dir DIR     install directory on the workers, relative to home [MASKGEN_TPU_REMOTE_DIR, maskgen]
   --python VERSION     Python for the venv (a version or a path)    [MASKGEN_TPU_PYTHON, 3.11]
   --extras LIST        pip extras                                    [MASKGEN_TPU_EXTRAS, tpu,tfds]
-  --with PACKAGE       one more pip requirement to install (repeatable), e.g. --with gcsfs
+  --with PACKAGE       one more pip requirement to install (repeatable)
+  --bucket B           also mount gs://B at /gcs/B on every worker    [MASKGEN_TPU_BUCKET]
   --dry-run            print the commands instead of running them
   -h, --help           this help
+The mount root /gcs can be changed with MASKGEN_TPU_MOUNT_ROOT (mount.sh and launch.sh read it too).
 
 Examples:
-  tpu/setup.sh --name mg-v5e16 --zone us-west4-a --repo-url https://github.com/ORG/maskgen.git --ref main
-  tpu/setup.sh --name mg-v5e16 --zone us-west4-a --source .
+  tpu/setup.sh --name mg-v5e16 --zone us-west4-a --repo-url https://github.com/ORG/maskgen.git --ref main \
+      --bucket my-bucket
+  tpu/setup.sh --name mg-v5e16 --zone us-west4-a --source . --bucket my-bucket
 EOF
 }
 
@@ -46,6 +56,7 @@ PYTHON_VERSION="${MASKGEN_TPU_PYTHON:-3.11}"
 EXTRAS="${MASKGEN_TPU_EXTRAS:-tpu,tfds}"
 REMOTE_TARBALL="maskgen-src.tar.gz"
 WITH=()
+BUCKET="${MASKGEN_TPU_BUCKET:-}"
 
 normalize_args "$@"
 set -- ${ARGS[@]+"${ARGS[@]}"}
@@ -58,6 +69,7 @@ while [[ $# -gt 0 ]]; do
     --python) need_value "$@"; PYTHON_VERSION=$2; shift 2 ;;
     --extras) need_value "$@"; EXTRAS=$2; shift 2 ;;
     --with) need_value "$@"; WITH+=("$2"); shift 2 ;;
+    --bucket) need_value "$@"; BUCKET=$2; shift 2 ;;
     *) common_flag "$@"; shift "$SHIFT_BY" ;;
   esac
 done
@@ -74,6 +86,9 @@ if [[ -n $SOURCE && ! -f $SOURCE/setup.py ]]; then
 fi
 require "$REMOTE_DIR" --remote-dir MASKGEN_TPU_REMOTE_DIR
 [[ $EXTRAS =~ ^[A-Za-z0-9_,-]*$ ]] || die "--extras takes a comma-separated list of names, got '$EXTRAS'"
+if [[ -n $BUCKET ]]; then
+  check_bucket
+fi
 check_gcloud
 location_flags
 
@@ -106,3 +121,6 @@ if [[ -n $SOURCE ]]; then
   run gcloud compute tpus tpu-vm scp "$tarball" "$NAME:$REMOTE_TARBALL" --worker=all "${LOCATION[@]}"
 fi
 run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "${LOCATION[@]}" --command="$remote"
+if [[ -n $BUCKET ]]; then
+  run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "${LOCATION[@]}" --command="$(mount_command)"
+fi

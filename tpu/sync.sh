@@ -9,9 +9,12 @@ usage() {
 Usage: tpu/sync.sh [options] up LOCAL_DIR [gs://BUCKET/PATH]
        tpu/sync.sh [options] down gs://BUCKET/PATH [LOCAL_DIR]
 
-Make the destination match the source with `gcloud storage rsync --recursive`: `up` copies a local
-workdir to a bucket, `down` copies a bucket workdir here (e.g. to run `maskgen eval` or TensorBoard
-locally). Files only in the destination are kept unless --delete is given.
+Make the destination match the source with `gcloud storage rsync --recursive`, from this machine
+(not the workers): `down` copies a workdir from a bucket here, e.g. a TPU run that wrote to
+/gcs/B/NAME on the workers (tpu/launch.sh --bucket B) is gs://B/NAME here, so
+`tpu/sync.sh down gs://B/NAME runs/NAME` fetches it to run `maskgen eval` or TensorBoard locally;
+`up` copies a local workdir to a bucket (e.g. to continue it on a slice from /gcs/B/...).
+Files only in the destination are kept unless --delete is given.
 Without the gs:// argument of `up`, the destination is gs://BUCKET/$(basename LOCAL_DIR) (--bucket);
 without LOCAL_DIR for `down`, it is ./$(basename gs://...).
 
@@ -24,8 +27,8 @@ Options (default from the environment variable in brackets):
 (gcloud storage is not zonal: this script takes no --name or --zone.)
 
 Examples:
+  tpu/sync.sh down gs://my-bucket/mg-v5e16 runs/mg-v5e16
   tpu/sync.sh up runs/mae_b16 gs://my-bucket/mae_b16
-  tpu/sync.sh down gs://my-bucket/mae_b16 runs/mae_b16
 EOF_USAGE
 }
 
