@@ -40,11 +40,21 @@ from etils import epath
 
 log = logging.getLogger("maskgen")
 
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint that does not fit this config or run (a changed model, say)."""
+
+
 _STATE_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
 
 
 def _iterator_state(item, directory: epath.Path) -> Any:
-    """The saved state `item` should resume from (see the module docstring for the fallback)."""
+    """The saved state `item` should resume from (see the module docstring for the fallback).
+
+    Missing states raise ValueError (a damaged checkpoint: `restore_latest` tries the previous
+    one); states that cannot move to this process count raise CheckpointMismatchError, as every
+    checkpoint of the run would.
+    """
     index, count = jax.process_index(), jax.process_count()
     own = directory / f"process_{index}-of-{count}.json"
     if own.exists():
@@ -64,11 +74,12 @@ def _iterator_state(item, directory: epath.Path) -> Any:
         state, template = json.loads(text), item.get_state()
         if not isinstance(state, dict) or set(state) != set(template) or any(
                 type(state[k]) is not type(template[k]) for k in template):
-            raise ValueError(f"the data-iterator state in {saved[(0, saved_count)]} ({state!r}) does not fit this "
-                             f"pipeline (whose state looks like {template!r})")
+            raise CheckpointMismatchError(
+                f"the data-iterator state in {saved[(0, saved_count)]} ({state!r}) does not fit this pipeline "
+                f"(whose state looks like {template!r})")
         for (i, _), path in sorted(saved.items()):
             if json.loads(path.read_text()) != state:
-                raise ValueError(
+                raise CheckpointMismatchError(
                     f"the {saved_count} processes that saved {directory} were at different data positions "
                     f"(process {i} differs from process 0), so their states cannot move to {count} processes")
     log.info("data iterator: restoring process 0's state of a %d-process run on process %d of %d (positions "
@@ -97,10 +108,6 @@ class _DataSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class _DataRestore(ocp.args.CheckpointArgs):
     item: Any
-
-
-class CheckpointMismatchError(ValueError):
-    """A readable checkpoint whose arrays do not fit this config (a changed model, say)."""
 
 
 def _path(key_path) -> str:

@@ -11,7 +11,8 @@ who it is. `maskgen.main` calls `maybe_initialize()` before JAX touches a backen
   MASKGEN_COORDINATOR=host:port      (the address of process 0, reachable from every process)
   MASKGEN_NUM_PROCESSES=N            (total number of processes, >= 1)
   MASKGEN_PROCESS_ID=i               (this process, 0 <= i < N)
-  MASKGEN_LOCAL_DEVICE_IDS=0,1,...   (optional: the accelerators this process uses, GPUs)
+  MASKGEN_LOCAL_DEVICE_IDS=0,1,...   (optional: the GPUs this process uses; CPU processes take
+                                      their device count from XLA_FLAGS instead, see below)
       An explicit cluster: all three of the first variables are required together. For
       example, two processes on one machine, 4 virtual CPU devices each (8 in the mesh):
 
