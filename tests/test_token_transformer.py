@@ -122,7 +122,7 @@ def test_every_parameter_has_logical_axis_names(overrides):
         mesh_axes = _mesh_axes(names)
         assert len(mesh_axes) == len(set(mesh_axes)), names  # no mesh axis used twice
     specs = nnx.get_partition_spec(params)
-    assert specs["token_embed"].get_value() == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert specs["token_embed"].get_value() == jax.sharding.PartitionSpec(None, "fsdp")
     meta = lambda v: v.get_metadata()["out_sharding"]  # noqa: E731
     assert meta(params["token_embed"]) == (None, "embed")
     assert meta(params["class_embed"]) == ("classes", "embed")

@@ -84,7 +84,9 @@ def optax_norm(tree):
     return optax.tree.norm(tree)
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "fsq", "lfq", "rvq"])
+# vq and rvq in the default suite; fsq and lfq (unit-tested in test_quantizers.py) under -m slow.
+@pytest.mark.parametrize("quantizer", ["vq", pytest.param("fsq", marks=pytest.mark.slow),
+                                       pytest.param("lfq", marks=pytest.mark.slow), "rvq"])
 def test_each_quantizer_trains_in_the_loop(quantizer, tmp_path):
     from maskgen import train as train_lib
 
