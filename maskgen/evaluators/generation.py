@@ -84,8 +84,10 @@ def decode_images(tokenizer, tokens: np.ndarray, batch_size: int = 256) -> np.nd
     return np.clip(np.concatenate(parts), -1.0, 1.0)
 
 
+@functools.lru_cache(maxsize=8)
 def real_images(tokenizer, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The tokenizer's own dataset split as model inputs (what the tokens were made from)."""
+    """The tokenizer's own dataset split as model inputs (what the tokens were made from); cached,
+    so repeated evaluations (every schedule of a sweep) decode the images once. Do not modify."""
     from maskgen.data import make_source
     from maskgen.data.pipeline import ToModelInput
 

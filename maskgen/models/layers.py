@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskgen.parallel import constrain
+
 
 def logical_param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
     """A float32 parameter created by `init` and annotated with logical axis `names`."""
@@ -204,11 +206,15 @@ REMAT_POLICIES = {"none": None, "block": jax.checkpoint_policies.nothing_saveabl
                   "block_save_dots": jax.checkpoint_policies.dots_saveable}
 
 
-def block_runner(call, remat: str):
-    """`call(block, *args)`, rematerialised per `remat` (a key of REMAT_POLICIES)."""
+def check_remat(remat: str) -> str:
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; valid: {sorted(REMAT_POLICIES)}")
-    if remat == "none":
+    return remat
+
+
+def block_runner(call, remat: str):
+    """`call(block, *args)`, rematerialised per `remat` (a key of REMAT_POLICIES)."""
+    if check_remat(remat) == "none":
         return call
     return nnx.remat(call, policy=REMAT_POLICIES[remat])
 
@@ -224,12 +230,9 @@ class Transformer(nnx.Module):
                  dtype=jnp.float32, remat: str = "none"):
         self.blocks = nnx.List([Block(width, num_heads, mlp_ratio, rngs=rngs, dtype=dtype) for _ in range(depth)])
         self.norm = LayerNorm(width, rngs=rngs, dtype=dtype)
-        block_runner(lambda b, x: x, remat)  # validates the policy name
-        self.remat = remat
+        self.remat = check_remat(remat)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        from maskgen.parallel import constrain
-
         run = block_runner(lambda block, x: block(x), self.remat)
         for block in self.blocks:
             x = constrain(run(block, x))

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskgen.models.layers import MLP, Attention, Dense, LayerNorm, block_runner, logical_param
+from maskgen.models.layers import MLP, Attention, Dense, LayerNorm, block_runner, check_remat, logical_param
 from maskgen.parallel import constrain
 
 CONDITIONINGS = ("adaln", "prefix")
@@ -115,8 +115,7 @@ class TokenTransformer(nnx.Module):
                  depth: int, num_heads: int, mlp_ratio: float = 4.0, conditioning: str = "adaln",
                  positions: str = "learned", qk_norm: bool = False, tie_head: bool = True,
                  causal: bool = False, dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
-        block_runner(lambda b, x: x, remat)  # validates the remat policy name
-        self.remat = remat
+        self.remat = check_remat(remat)
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: {CONDITIONINGS}")
         if positions not in POSITIONS:
