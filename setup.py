@@ -28,6 +28,8 @@ setuptools.setup(
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda12]>=0.10.2"],
+        # PyTorch peers for benchmarks/ (B3). The CPU build; never a dependency of maskgen itself.
+        "bench": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["maskgen=maskgen.main:run"]},
 )

@@ -5,8 +5,8 @@ masked patches in the encoder. Both variants here share every parameter and the 
 baseline runs the encoder on all N patches (masked ones included, as a SimMIM-style encoder
 would) and then drops the masked positions before the decoder, so only the encoder differs.
 
-    python benchmarks/mae_encoder_visible_only.py                 # ViT-S/16-like at 224 px, batch 8
-    python benchmarks/mae_encoder_visible_only.py --preset digits # the README demo's model
+    python -m benchmarks.mae_encoder_visible_only                  # ViT-S/16-like at 224 px, batch 8
+    python -m benchmarks.mae_encoder_visible_only --preset digits  # the README demo's model
 
 Prints median step times over repeats (after a warm-up; compile time reported separately),
 the ratio, and the machine.
@@ -14,26 +14,22 @@ the ratio, and the machine.
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from benchmarks import common
 from maskgen import parallel
 from maskgen.config import DEFAULT_SHARDING_RULES
-from maskgen.models.vit import patchify
+from maskgen.models.vit import patchify, sincos_2d
 from maskgen.recipes.mae import MAERecipe, normalized_patches
 
 PRESETS = {
     # name: (image_size, channels, patch, width, depth, heads, dec_width, dec_depth, dec_heads, batch)
     "vit_s16": (224, 3, 16, 384, 12, 6, 256, 4, 8, 8),
     "digits": (16, 1, 2, 96, 3, 3, 64, 1, 4, 128),
+    "tiny": (8, 1, 2, 32, 1, 2, 32, 1, 2, 4),
 }
 
 
@@ -50,8 +46,6 @@ def _all_patches_loss(recipe: MAERecipe, model, batch, rng):
     mask_tokens = jnp.broadcast_to(model.mask_token[...], (b, n - recipe.num_visible, model.decoder_width))
     restore = jnp.argsort(order, axis=-1)
     full = jnp.take_along_axis(jnp.concatenate([x[:, 1:], mask_tokens], 1), restore[..., None], 1)
-    from maskgen.models.vit import sincos_2d
-
     full = full + jnp.asarray(sincos_2d(*model.grid, model.decoder_width))
     pred = model.decoder_pred(model.decoder(jnp.concatenate([x[:, :1], full], 1))[:, 1:])
     per_patch = jnp.square(pred - normalized_patches(patches)).mean(-1)
@@ -59,24 +53,14 @@ def _all_patches_loss(recipe: MAERecipe, model, batch, rng):
     return (per_patch * m).sum() / m.sum()
 
 
-def _time(fn, args, repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), compile_s
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="vit_s16")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    size, ch, patch, width, depth, heads, dwidth, ddepth, dheads, batch = PRESETS[args.preset]
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="model shape (default: vit_s16; smoke size: tiny)")
+    args = p.parse_args()
+    preset = args.preset or ("tiny" if args.size == "smoke" else "vit_s16")
+    repeats = args.repeats or (2 if args.size == "smoke" else 5)
+    size, ch, patch, width, depth, heads, dwidth, ddepth, dheads, batch = PRESETS[preset]
     recipe = MAERecipe(image_size=size, channels=ch, patch_size=patch, width=width, depth=depth, num_heads=heads,
                        decoder_width=dwidth, decoder_depth=ddepth, decoder_heads=dheads, mlp_ratio=4.0,
                        mask_ratio=0.75, norm_pix_loss=True)
@@ -89,7 +73,6 @@ def main():
     images = jax.random.uniform(jax.random.key(0), (batch, size, size, ch), minval=-1, maxval=1)
 
     def make_step(loss_fn):
-        @jax.jit
         def step(params, opt_state, images, rng):
             loss, grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), {"image": images}, rng))(params)
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -97,22 +80,26 @@ def main():
 
         return step
 
-    visible_step = make_step(lambda m, b, r: recipe.loss(m, b, r, 0)[0])
-    all_step = make_step(lambda m, b, r: _all_patches_loss(recipe, m, b, r))
     step_args = (params, opt_state, images, jax.random.key(1))
     with jax.set_mesh(mesh):
+        visible = common.compile_fn(make_step(lambda m, b, r: recipe.loss(m, b, r, 0)[0]), *step_args)
+        full = common.compile_fn(make_step(lambda m, b, r: _all_patches_loss(recipe, m, b, r)), *step_args)
         # Alternate the contenders so machine noise hits both alike.
-        rounds = [(_time(visible_step, step_args, args.repeats), _time(all_step, step_args, args.repeats))
-                  for _ in range(2)]
-    visible = statistics.median(r[0][0] for r in rounds)
-    full = statistics.median(r[1][0] for r in rounds)
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {os.cpu_count()} cores, {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    print(f"preset {args.preset}: {recipe.num_patches} patches, {recipe.num_visible} visible, batch {batch}")
-    print(f"| variant | median step (s) | compile (s) |")
-    print(f"| encoder on visible patches (MAE) | {visible:.4f} | {rounds[0][0][1]:.1f} |")
-    print(f"| encoder on all patches | {full:.4f} | {rounds[0][1][1]:.1f} |")
-    print(f"speed-up of visible-only: {full / visible:.2f}x (paper: >= 3x at 75% masking)")
+        times = common.alternate({"visible": lambda: visible.call(*step_args), "all": lambda: full.call(*step_args)},
+                                 repeats=repeats, rounds=2)
+    t_visible, t_all = common.median(times["visible"]), common.median(times["all"])
+    ratio = t_all / t_visible
+    rows = [["encoder on visible patches (MAE)", common.fmt_seconds(t_visible), f"{visible.flops / 1e9:.1f}",
+             f"{visible.compile_s:.1f}"],
+            ["encoder on all patches", common.fmt_seconds(t_all), f"{full.flops / 1e9:.1f}", f"{full.compile_s:.1f}"]]
+    print(f"preset {preset}: {recipe.num_patches} patches, {recipe.num_visible} visible, batch {batch}, "
+          f"{len(times['visible'])} timed steps each")
+    common.report("B1", f"MAE train step, encoder on visible patches vs all patches ({preset})",
+                  ["variant", "median step", "GFLOP/step", "compile (s)"], rows,
+                  f"visible-only is {ratio:.2f}x faster at 75% masking (paper: >= 3x; bar here: >= 2.5x; "
+                  f"FLOP ratio {full.flops / visible.flops:.2f}x)",
+                  ratio=ratio, claim=">= 2.5x (paper >= 3x)", holds=ratio >= 2.5 if preset == "vit_s16" else None,
+                  json_path=args.json)
 
 
 if __name__ == "__main__":

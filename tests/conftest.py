@@ -30,6 +30,7 @@ def run_cli(*args: str, env_extra: dict | None = None, timeout: float = 300, **p
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long runs (paper-style reproductions, many-trial kill tests)")
+    config.addinivalue_line("markers", "bench: each benchmark script at its smallest size (CI runs them after the suite)")
     # One digit-classifier cache per session (subprocesses inherit it), never the user's ~/.cache.
     if "MASKGEN_CACHE" not in os.environ:
         import tempfile
