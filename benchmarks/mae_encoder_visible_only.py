@@ -59,7 +59,7 @@ def main():
                    help="model shape (default: vit_s16; smoke size: tiny)")
     args = p.parse_args()
     preset = args.preset or ("tiny" if args.size == "smoke" else "vit_s16")
-    repeats = args.repeats or (2 if args.size == "smoke" else 5)
+    repeats = args.repeats or (2 if args.size == "smoke" else 3)
     size, ch, patch, width, depth, heads, dwidth, ddepth, dheads, batch = PRESETS[preset]
     recipe = MAERecipe(image_size=size, channels=ch, patch_size=patch, width=width, depth=depth, num_heads=heads,
                        decoder_width=dwidth, decoder_depth=ddepth, decoder_heads=dheads, mlp_ratio=4.0,
