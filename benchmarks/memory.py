@@ -125,7 +125,7 @@ def main():
     rows = []
     savings = {}
     remats = REMATS if args.size == "default" else REMATS[:2]
-    for label, spec, data_info in STEPS:
+    for label, spec, data_info in STEPS if args.size == "default" else STEPS[:1]:
         spec = spec.format(size=size)
         results = {remat: step_memory(spec, data_info, remat) for remat in remats}
         base = results["none"]
