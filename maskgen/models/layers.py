@@ -19,6 +19,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from maskgen.parallel import constrain
@@ -66,7 +67,14 @@ class Dense(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.num_in)
+        # Leading (batch/sequence) axes are flattened into one before the contraction. Same math,
+        # but with a single row axis autodiff's kernel gradient is a plain x^T . dy dot, which
+        # XLA:CPU feeds straight to the matmul kernel; with [B, T, ...] rows it materialised a
+        # transposed copy of every activation gradient first (about 8% of a CPU train step).
+        lead = x.shape[: x.ndim - self.num_in]
+        rows = x.astype(self.dtype).reshape((math.prod(lead),) + x.shape[len(lead):])
+        y = jnp.tensordot(rows, self.kernel[...].astype(self.dtype), axes=self.num_in)
+        y = y.reshape(lead + y.shape[1:])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -145,12 +153,18 @@ class Attention(nnx.Module):
         return q, k, v
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """Softmax attention (logits and softmax in float32) and the output projection."""
+        """Softmax attention (logits and softmax in float32) and the output projection.
+
+        The softmax is normalised after the PV product (as flash attention does): dividing the
+        [.., T, d] result instead of the [.., T, T] weights does a quarter of the divisions at
+        T = 4d, and saves a pass over the weights in forward and backward. Same math.
+        """
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * self.scale, k).astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        attended = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        unnormalised = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+        attended = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        attended = (attended / unnormalised.sum(-1, keepdims=True)).astype(v.dtype)
         return self.out(jnp.transpose(attended, (0, 2, 1, 3)))
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None,
@@ -174,6 +188,16 @@ class Attention(nnx.Module):
         return y, {"k": k_all, "v": v_all}
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, x * Phi(x), written with erf as PyTorch does: 0.5 x (1 + erf(x / sqrt 2)).
+
+    `jax.nn.gelu(approximate=False)` uses erfc, which XLA:CPU evaluates about 2x slower (forward
+    plus backward on [16, 256, 1536]: 57 vs 24 ms of CPU time). The two agree to ~1e-6 absolute
+    (float rounding of the 1 + erf sum for very negative x, where GELU is ~0).
+    """
+    return 0.5 * x * (1 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 class MLP(nnx.Module):
     """Two-layer GELU MLP."""
 
@@ -182,7 +206,7 @@ class MLP(nnx.Module):
         self.fc2 = Dense((hidden,), (width,), ("mlp", "embed"), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        return self.fc2(gelu(self.fc1(x)))
 
 
 class Block(nnx.Module):
