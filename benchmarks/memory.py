@@ -47,8 +47,9 @@ DEMO_CHILD = """
 import sys
 from maskgen.demo import run_demo
 size, steps, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
-run_demo(workdir, size=size, tokenizer_overrides=[f"total_steps={steps}"],
-         maskgit_overrides=[f"total_steps={steps}"], num_per_class=10)
+shorter = [f"total_steps={steps}", f"optimizer.warmup_steps={int(steps) // 10}",
+           f"checkpoint_every={steps}", f"log_every={steps}"]
+run_demo(workdir, size=size, tokenizer_overrides=shorter, maskgit_overrides=shorter, num_per_class=10)
 """
 
 

@@ -98,6 +98,42 @@ def _model_input(source, image_size: int):
 AUGMENTATIONS = ("none", "crop_flip")
 
 
+class EpochShuffle(grain.MapDataset):
+    """A fresh seeded permutation of the parent every epoch, for use before `.repeat(None)`.
+
+    Index i of the repeated stream is position i % n of epoch i // n. grain's own `shuffle` maps
+    every index through a keyed bijection (`index_shuffle`), about 22 us per element on a 2-core
+    Xeon: a quarter of the digits pipeline's cost (benchmarks/input_pipeline.py, B6). Here the
+    epoch's permutation is one numpy call, cached, so an element costs a lookup. Deterministic in
+    (seed, epoch), so the order does not depend on threads, processes or restarts.
+    """
+
+    def __init__(self, parent: grain.MapDataset, seed: int):
+        super().__init__(parent)
+        self._seed = seed
+        self._length = len(parent)
+        self._epoch_order = (-1, None)  # (epoch, permutation): one tuple, swapped whole across threads
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _order(self, epoch: int) -> np.ndarray:
+        cached_epoch, order = self._epoch_order
+        if cached_epoch != epoch:
+            order = np.random.default_rng([self._seed, epoch]).permutation(self._length)
+            self._epoch_order = (epoch, order)
+        return order
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, position = divmod(int(index), self._length)
+        return self._parent[int(self._order(epoch)[position])]
+
+    def __str__(self) -> str:
+        return f"EpochShuffle(seed={self._seed})"
+
+
 def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int, augment: str = "none",
                   process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """Infinite stream of this process's rows of each global batch, reshuffled every epoch.
@@ -114,7 +150,7 @@ def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int,
     if len(source) < global_batch_size:
         raise ValueError(f"dataset has {len(source)} examples, fewer than one batch of {global_batch_size}")
     local = global_batch_size // process_count
-    stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    stream = EpochShuffle(grain.MapDataset.source(source), seed).repeat(None)
     if augment == "crop_flip":
         stream = stream.random_map(RandomResizedCropFlip(image_size), seed=seed + 1)
     else:
