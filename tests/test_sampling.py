@@ -55,3 +55,13 @@ def test_rare_tokens_are_starved_in_float32_but_not_by_default():
     default, plain = rare_count("float64"), rare_count("float32")
     assert abs(default - expected) < 4 * sigma, (default, expected)
     assert plain <= expected / 3, (plain, expected)
+
+
+def test_safe_noise_transform_is_accurate_across_the_whole_range():
+    """-log(1 - v) without log1p (the fast path of the default precision) vs float64 numpy."""
+    from maskgen.sampling.categorical import _neg_log1m
+
+    v = np.geomspace(2.0 ** -64, 1 - 2.0 ** -24, 200_001).astype(np.float32)
+    exact = -np.log1p(-v.astype(np.float64))
+    got = np.asarray(jax.jit(_neg_log1m)(v), np.float64)
+    assert np.max(np.abs(got - exact) / exact) < 1e-5
