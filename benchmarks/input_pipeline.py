@@ -2,7 +2,7 @@
 
 The loop (maskgen/train.py `_train`) feeds every step with `next(data_iter)` from
 `maskgen.data.pipeline.train_dataset` (grain: seeded shuffle, repeat, map to model inputs, batch,
-2 read threads, prefetch 4) and `parallel.global_batch` (host numpy -> global jax arrays). This
+`config.data.read_threads` read threads) and `parallel.global_batch` (host numpy -> global jax arrays). This
 script builds exactly that, with each experiment config's own batch size, and the loop's own
 jitted update (`setup`, `make_optimizer`, `make_train_step`: recipe loss + AdamW + EMA, state
 donated), for:
@@ -70,7 +70,8 @@ def _case(name: str, spec: str, pipeline_batches: int, steps: int, rounds: int) 
     # The loop's own pipeline (one process: process_index 0 of 1).
     source = make_source(config.data.name, config.data.train_split, config.data.data_dir or None)
     data_iter = iter(train_dataset(source, seed=config.seed, global_batch_size=config.batch_size,
-                                   image_size=config.data.image_size, augment=config.data.augment))
+                                   image_size=config.data.image_size, augment=config.data.augment,
+                                   read_threads=config.data.read_threads))
 
     def next_batch():
         return parallel.global_batch(next(data_iter), run.mesh, run.rules)

@@ -31,7 +31,8 @@ def get_config(arg=None):
     config.total_steps = int(args.get("steps", steps))
     config.batch_size = batch
     # Digits are not flipped or cropped: a mirrored 2 is not a 2. See docs/data.md for the split.
-    config.data = dict(name="digits", data_dir="", image_size=16, augment="none", train_split="train")
+    config.data = dict(name="digits", data_dir="", image_size=16, augment="none", train_split="train",
+                       read_threads=1)
     config.model = dict(
         patch_size=2, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
         decoder_width=dec_width, decoder_depth=dec_depth, decoder_heads=dec_heads,

@@ -41,7 +41,7 @@ def get_config(arg=None):
     config.batch_size = batch
     config.total_steps = 20 if tiny else int(args["epochs"] * steps_per_epoch)
     config.data = dict(name="tfds:imagenet2012", data_dir="", image_size=image_size, augment="crop_flip",
-                       train_split="train")
+                       train_split="train", read_threads=16)
     config.model = dict(
         patch_size=patch, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
         decoder_width=32 if tiny else 512, decoder_depth=1 if tiny else 8, decoder_heads=2 if tiny else 16,

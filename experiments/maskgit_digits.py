@@ -34,7 +34,7 @@ def get_config(arg=None):
     config.total_steps = int(args.get("steps", steps))
     config.batch_size = batch
     config.data = dict(name="tokens", data_dir=str(args["tokens"]), image_size=0, augment="none",
-                       train_split="train")
+                       train_split="train", read_threads=1)
     config.model = dict(
         token_shape=(8, 8), codebook_size=256, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
         conditioning=str(args["conditioning"]), positions=str(args["positions"]), qk_norm=False, tie_head=True,

@@ -34,7 +34,7 @@ def get_config(arg=None):
     config.batch_size = 8 if tiny else 256
     config.total_steps = 10 if tiny else int(args["epochs"]) * (IMAGENET_TRAIN_EXAMPLES // 256)
     config.data = dict(name="tokens", data_dir=str(args["tokens"]), image_size=0, augment="none",
-                       train_split="train")
+                       train_split="train", read_threads=1)
     config.model = dict(
         token_shape=(16, 16), codebook_size=1024, width=32 if tiny else 768,
         depth=1 if tiny else 24, num_heads=2 if tiny else 16, mlp_ratio=4.0, conditioning="prefix",

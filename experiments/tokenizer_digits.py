@@ -32,7 +32,8 @@ def get_config(arg=None):
     config.total_steps = int(args.get("steps", steps))
     config.batch_size = batch
     # The digits are 8x8 scans; 16x16 inputs with one 2x downsampling give an 8x8 token grid.
-    config.data = dict(name="digits", data_dir="", image_size=16, augment="none", train_split="train")
+    config.data = dict(name="digits", data_dir="", image_size=16, augment="none", train_split="train",
+                       read_threads=1)
     config.model = dict(
         base_channels=channels, channel_multipliers=(1, 2), num_res_blocks=res_blocks,
         quantizer=str(args["quantizer"]), embed_dim=16, codebook_size=256,

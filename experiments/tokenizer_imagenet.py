@@ -26,7 +26,7 @@ def get_config(arg=None):
     config.batch_size = 8 if tiny else 256
     config.total_steps = 20 if tiny else 1_000_000
     config.data = dict(name="tfds:imagenet2012", data_dir="", image_size=32 if tiny else 256, augment="crop_flip",
-                       train_split="train")
+                       train_split="train", read_threads=16)
     config.model = dict(
         base_channels=8 if tiny else 128, channel_multipliers=(1, 2) if tiny else (1, 1, 2, 2, 4),
         num_res_blocks=1 if tiny else 2, quantizer=str(args["quantizer"]), embed_dim=256, codebook_size=1024,

@@ -447,6 +447,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_iter = iter(train_dataset(
         source, seed=config.seed, global_batch_size=config.batch_size, image_size=config.data.image_size,
         augment=config.data.augment, process_index=jax.process_index(), process_count=jax.process_count(),
+        read_threads=config.data.get("read_threads", 1),
     ))
 
     # ---- Restore the latest readable checkpoint, or start from scratch.

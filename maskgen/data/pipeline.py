@@ -135,10 +135,14 @@ class EpochShuffle(grain.MapDataset):
 
 
 def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int, augment: str = "none",
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                  process_index: int = 0, process_count: int = 1, read_threads: int = 1) -> grain.IterDataset:
     """Infinite stream of this process's rows of each global batch, reshuffled every epoch.
 
     augment: "none" (centre crop + resize) or "crop_flip" (MAE's random resized crop + flip).
+    read_threads: grain threads that prepare batches ahead of the train step. One thread already
+      overlaps the step (XLA releases the GIL); more only pay when the per-example work releases
+      the GIL too (JPEG decoding of real datasets). For small in-memory images the work is Python
+      under the GIL, and 2 threads made the digits pipeline 1.3x slower than 1 (B6 in docs/benchmarks.md).
     Token sources (`maskgen tokenize` output) yield their grids unchanged and take no augmentation.
     """
     if augment not in AUGMENTATIONS:
@@ -147,6 +151,8 @@ def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int,
         raise ValueError(f"augmentation {augment!r} applies to images; token datasets take augment='none'")
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
+    if read_threads < 1:
+        raise ValueError(f"read_threads must be >= 1, got {read_threads}")
     if len(source) < global_batch_size:
         raise ValueError(f"dataset has {len(source)} examples, fewer than one batch of {global_batch_size}")
     local = global_batch_size // process_count
@@ -157,7 +163,7 @@ def train_dataset(source, *, seed: int, global_batch_size: int, image_size: int,
         stream = stream.map(_model_input(source, image_size))
     # Chunk c of size `local` belongs to global batch c // P and to process c % P.
     return stream.batch(local, drop_remainder=True)[process_index::process_count].to_iter_dataset(
-        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(4, 2 * read_threads))
     )
 
 
