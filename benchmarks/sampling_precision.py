@@ -65,7 +65,7 @@ def _decode_case(name, token_shape, codebook, width, depth, heads, batch, steps,
         c64 = common.compile_fn(make("float64"), *args)
         c32 = common.compile_fn(make("float32"), *args)
         times = common.alternate({"float64": lambda: c64.call(*args), "float32": lambda: c32.call(*args)},
-                                 repeats=repeats, rounds=4)
+                                 repeats=repeats, rounds=8)
     t64, t32 = common.median(times["float64"]), common.median(times["float32"])
     return {"name": name, "t64": t64, "t32": t32, "c64": c64, "c32": c32, "batch": batch, "steps": steps,
             "n": len(times["float64"])}
@@ -93,14 +93,14 @@ def _sampling_parts(token_shape, codebook, batch, repeats):
     }
     compiled = {k: common.compile_fn(f, logits, rng) for k, f in fns.items()}
     times = common.alternate({k: (lambda c=c: c.call(logits, rng)) for k, c in compiled.items()},
-                             repeats=repeats, rounds=4)
+                             repeats=repeats, rounds=8)
     return shape, {k: common.median(v) for k, v in times.items()}
 
 
 def main():
     p = common.parser(__doc__.splitlines()[0])
     args = p.parse_args()
-    repeats = args.repeats or 2  # per round; 4 rounds alternate the contenders
+    repeats = args.repeats or 2  # per round; 8 rounds alternate the contenders
     mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
     results = [_decode_case(*case, repeats=repeats, mesh=mesh) for case in CASES[args.size]]
     rows = []
