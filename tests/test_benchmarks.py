@@ -43,10 +43,15 @@ def test_runner_names_an_unknown_benchmark():
     assert proc.returncode == 2 and "B42" in proc.stderr
 
 
+# The runner's B1-B8, plus the profile behind B3 (not in the runner: it explains, it does not test a claim).
+SCRIPTS = {**{bench_id: module for bench_id, (module, _) in run.BENCHMARKS.items()},
+           "B3-profile": "profile_cpu_train_step"}
+
+
 @pytest.mark.bench
-@pytest.mark.parametrize("bench_id", sorted(run.BENCHMARKS))
+@pytest.mark.parametrize("bench_id", sorted(SCRIPTS))
 def test_benchmark_script_runs_at_smoke_size(bench_id, tmp_path):
-    module = run.BENCHMARKS[bench_id][0]
+    module = SCRIPTS[bench_id]
     path = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--size", "smoke", "--json", str(path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
