@@ -24,19 +24,22 @@ from typing import Any, Callable
 import jax
 
 
-def machine() -> dict[str, Any]:
-    """The CPU model, core count, accelerator and library versions: printed with every result."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model, core count, accelerator and library versions: printed with every result."""
     info = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{jax.device_count()}",
         "jax": jax.__version__,
@@ -82,6 +85,16 @@ def compile_fn(fn: Callable, *args, **kwargs) -> Compiled:
         cost = cost[0] if cost else {}
     cost = cost or {}
     return Compiled(compiled, compile_s, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
+
+
+def square_matmul(n: int) -> tuple[Callable[[], Any], float]:
+    """A jitted float32 [n, n] @ [n, n], ready to time, and its FLOPs (2 n^3): the machine's peak."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    compiled = compile_fn(jnp.matmul, a, b)
+    return (lambda: compiled.call(a, b)), 2.0 * n**3
 
 
 def time_once(fn: Callable[[], Any]) -> float:

@@ -32,13 +32,6 @@ CASES = {"default": (2048, (96, 4, 4, (8, 8), 256, 64)), "smoke": (256, (32, 1, 
 NUM_CLASSES = 10
 
 
-def matmul_peak(n: int):
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    compiled = common.compile_fn(jnp.matmul, a, b)
-    return compiled, (lambda: compiled.call(a, b)), 2.0 * n**3
-
-
 def maskgit_step(width, depth, heads, token_shape, codebook, batch):
     """The MaskGIT recipe's train step (loss + AdamW), jitted with params/opt state donated."""
     recipe = MaskGITRecipe(token_shape=token_shape, codebook_size=codebook, num_classes=NUM_CLASSES, width=width,
@@ -81,7 +74,7 @@ def main():
     args = p.parse_args()
     n, maskgit_shape = CASES[args.size]
     b3_shape = SHAPES[args.size]
-    mm, mm_run, mm_flops = matmul_peak(n)
+    mm_run, mm_flops = common.square_matmul(n)
     b3, b3_run = jax_contender(b3_shape, make_data(b3_shape[5], b3_shape[4], b3_shape[1]))
     mg, mg_run = maskgit_step(*maskgit_shape)
     # One matmul is ~0.1 s and a step up to a few seconds: time several matmuls per round.

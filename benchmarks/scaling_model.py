@@ -396,16 +396,9 @@ def _mesh(mesh: dict) -> str:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}"
+    from benchmarks.common import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}"
 
 
 def _versions() -> str:
