@@ -4,6 +4,19 @@ Saves are asynchronous and keep the newest `keep`. Restoring walks back from the
 checkpoint that cannot be read is moved aside to `workdir/corrupt_checkpoints/` (nothing is
 deleted) and the previous one is tried, with a warning that names the step.
 
+Every save is audited first (`audit`, one jitted pass over the arrays): a state holding a NaN or
+an inf is never written (NonFiniteStateError names the first such array), and a checksum of every
+array is stored beside it (the `checksums` item). Restoring recomputes the checksums of what it
+read and treats any difference as a damaged checkpoint, naming the step and the array.
+Why not the storage layer's checksums: Orbax 0.12 writes zarr3 arrays whose codecs it builds
+itself (`tensorstore_utils._build_zarr3_metadata`), with a crc32c on each shard's *index* but
+none on the chunk data, and offers no option to add one; a flipped byte in the data restored
+silently. A checksum of the *logical* array also survives resharding: a checkpoint written by N
+processes verifies on M. The sum is exact integer arithmetic, so it does not depend on how the
+array is split across devices: sum_i bits(x_i) * (2 i + 1) mod 2^32, where bits() is the
+element's bit pattern; a flip of any single bit changes it by an odd multiple of a power of two
+below 2^32, so it always changes the sum.
+
 Multi-process runs (see `maskgen.parallel.distributed`): every process calls `save` and `restore`
 with the same arguments, in the same order. The arrays are global `jax.Array`s: each process
 writes the shards it owns and Orbax's primary process (0) writes the shared metadata, the config
@@ -23,6 +36,7 @@ nothing is restored: the restore fails instead of silently misaligning the data)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,14 +49,78 @@ from typing import Any
 import grain
 import grain.checkpoint as grain_checkpoint
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
+
+from maskgen.parallel import to_host
 
 log = logging.getLogger("maskgen")
 
 
 class CheckpointMismatchError(ValueError):
     """A readable checkpoint that does not fit this config or run (a changed model, say)."""
+
+
+class CheckpointDamagedError(ValueError):
+    """A checkpoint that cannot be read, or whose arrays do not match their saved checksums."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, say); earlier complete checkpoints are kept."""
+
+
+class NonFiniteStateError(RuntimeError):
+    """A state about to be saved holds NaN or inf values; it is not written."""
+
+
+def _brief(err: Exception) -> str:
+    """An exception in one line; a long one keeps its start and its end, where the OS error is."""
+    text = (str(err).splitlines() or [""])[0]
+    if len(text) > 500:
+        text = text[:200] + " ... " + text[-250:]
+    return f"{type(err).__name__}: {text}"
+
+
+CHECKSUM_ALGORITHM = "sum(bits*(2i+1)) mod 2^32, v1"
+
+
+def _bits(x: jax.Array) -> jax.Array:
+    """Each element's bit pattern as uint32 (any dtype of 4 bytes or fewer)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {4: jnp.uint32, 2: jnp.uint16, 1: jnp.uint8}.get(jnp.dtype(x.dtype).itemsize)
+    if unsigned is None:
+        raise TypeError(f"cannot checksum an array of dtype {x.dtype}")
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _audit_leaves(leaves):
+    nonfinite, checksums = [], []
+    for x in leaves:
+        bits = _bits(x)
+        index = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape)  # row-major, as stored
+        checksums.append(jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32))
+        finite = jnp.isfinite(x) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.ones(x.shape, bool)
+        nonfinite.append(jnp.sum(~finite, dtype=jnp.int32))
+    return jnp.stack(nonfinite) if leaves else jnp.zeros(0, jnp.int32), (
+        jnp.stack(checksums) if leaves else jnp.zeros(0, jnp.uint32))
+
+
+_audit_jit = jax.jit(_audit_leaves)
+
+
+def audit(tree) -> tuple[dict[str, int], dict[str, int]]:
+    """`(non-finite count, checksum)` of every array of `tree`, by path, from one jitted pass.
+
+    The reduction is fused on the devices; only two small vectors come back to the host.
+    """
+    paths_leaves = jax.tree.leaves_with_path(tree)
+    nonfinite, checksums = to_host(_audit_jit([leaf for _, leaf in paths_leaves]))
+    paths = [_path(p) for p, _ in paths_leaves]
+    return (dict(zip(paths, (int(n) for n in nonfinite))), dict(zip(paths, (int(c) for c in checksums))))
 
 
 _STATE_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
@@ -135,6 +213,7 @@ class Checkpointer:
             item_handlers=dict(
                 state=ocp.StandardCheckpointHandler(), ema=ocp.StandardCheckpointHandler(),
                 config=ocp.JsonCheckpointHandler(), data=_DataIteratorHandler(),
+                checksums=ocp.JsonCheckpointHandler(),
             ),
         )
 
@@ -145,50 +224,126 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, *, state, ema, data_iterator, config_json: dict[str, Any]) -> None:
-        """Starts an asynchronous save of everything needed to resume at `step`."""
+        """Starts an asynchronous save of everything needed to resume at `step`.
+
+        Raises NonFiniteStateError, writing nothing, if any array of `state` or `ema` holds a NaN
+        or an inf: a checkpoint is only ever a state worth resuming from.
+        """
+        checksums = {}
+        for name, tree in (("state", state), ("ema", ema)):
+            nonfinite, checksums[name] = audit(tree)
+            bad = {path: n for path, n in nonfinite.items() if n}
+            if bad:
+                first = next(iter(bad))
+                raise NonFiniteStateError(
+                    f"not saving step {step}: {name}/{first} holds {bad[first]} non-finite values (NaN or inf), "
+                    f"and {len(bad)} of {len(nonfinite)} arrays of {name} are affected "
+                    f"({sum(bad.values())} values in all: {', '.join(list(bad)[:5])}{', ...' if len(bad) > 5 else ''}); "
+                    "the last saved checkpoint is kept. Lower optimizer.lr, raise optimizer.warmup_steps or "
+                    "check the data, then rerun to resume from it")
         items = dict(
             state=ocp.args.StandardSave(state),
             ema=ocp.args.StandardSave(ema),
             config=ocp.args.JsonSave(config_json),
+            checksums=ocp.args.JsonSave({"algorithm": CHECKSUM_ALGORITHM, **checksums}),
         )
         if data_iterator is not None:
             items["data"] = _DataSave(data_iterator)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with self._saving(f"step {step}"):
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    @contextlib.contextmanager
+    def _saving(self, what: str):
+        """Turns a failed write (this one, or an earlier asynchronous one surfacing now) into a
+        CheckpointSaveError that says which complete checkpoint is left to resume from."""
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - OSError, or Orbax/TensorStore wrapping it.
+            try:
+                self.manager.reload()
+                kept = self.all_steps()
+            except Exception:  # noqa: BLE001
+                kept = []
+            raise CheckpointSaveError(
+                f"writing a checkpoint failed while saving {what} ({_brief(err)}); {self.directory} keeps the complete "
+                f"checkpoints {kept or 'none'}, and a rerun resumes from the newest. If the disk is full, "
+                "free space (or lower keep_checkpoints) first") from err
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._saving("the last checkpoint"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with self._saving("the last checkpoint"):
+            self.manager.wait_until_finished()
         self.manager.close()
 
     def check_compatible(self, step: int, item: str, abstract) -> None:
-        """Raises CheckpointMismatchError if `item` at `step` lacks an array of `abstract` or has
-        another shape; any other failure to read the metadata propagates (a damaged checkpoint)."""
-        have = _shapes(self.manager.item_metadata(step)[item])
+        """Raises CheckpointMismatchError if `item` at `step` has other arrays than `abstract` (a
+        changed model: missing or extra arrays) or other shapes; a failure to read the metadata
+        raises CheckpointDamagedError."""
+        try:
+            have = _shapes(self.manager.item_metadata(step)[item])
+        except Exception as err:  # noqa: BLE001 - any read failure is damage, whatever Orbax raises.
+            raise CheckpointDamagedError(self._damage(step, f"its {item} metadata cannot be read", err)) from err
         want = _shapes(abstract)
-        missing = sorted(set(want) - set(have))
-        reshaped = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-        if missing or reshaped:
-            details = [f"missing {k}" for k in missing[:5]] + [
-                f"{k}: checkpoint {have[k]} vs config {want[k]}" for k in reshaped[:5]]
+        params_first = lambda k: (k.startswith("opt_state"), k)  # noqa: E731 - the model's arrays say most
+        missing = sorted(set(want) - set(have), key=params_first)
+        extra = sorted(set(have) - set(want), key=params_first)
+        reshaped = sorted((k for k in set(want) & set(have) if want[k] != have[k]), key=params_first)
+        if missing or extra or reshaped:
+            details = ([f"missing from the checkpoint: {k}" for k in missing[:5]]
+                       + [f"not in this config: {k}" for k in extra[:5]]
+                       + [f"{k}: checkpoint {have[k]} vs config {want[k]}" for k in reshaped[:5]])
             raise CheckpointMismatchError(
                 f"checkpoint at step {step} in {self.directory} does not match this config "
-                f"({len(missing)} arrays missing, {len(reshaped)} with other shapes: {'; '.join(details)}). "
-                "Use a new --workdir, or the config the run was started with (its workdir/config.json)."
+                f"({len(missing)} arrays missing, {len(extra)} not in this config, {len(reshaped)} with other "
+                f"shapes: {'; '.join(details)}). Use a new --workdir, or the config the run was started with "
+                "(its workdir/config.json)."
             )
 
+    def _damage(self, step: int, what: str, err: Exception | None = None) -> str:
+        cause = f" ({_brief(err)})" if err else ""
+        return f"checkpoint at step {step} in {self.directory} is damaged: {what}{cause}"
+
     def restore(self, step: int, *, abstract_state=None, abstract_ema=None, data_iterator=None):
-        """Restores the named items of one step. Returns an object with `.state`, `.ema`, ..."""
-        items = {}
+        """Restores the named items of one step. Returns an object with `.state`, `.ema`, ...
+
+        Raises CheckpointMismatchError if the checkpoint does not fit `abstract_*` (a config
+        error), CheckpointDamagedError if it cannot be read or fails its checksums.
+        """
+        items, targets = {}, {}
         for name, abstract in (("state", abstract_state), ("ema", abstract_ema)):
             if abstract is None:
                 continue
             self.check_compatible(step, name, abstract)
             items[name] = ocp.args.StandardRestore(abstract)
+            targets[name] = abstract
         if data_iterator is not None:
             items["data"] = _DataRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))
+        has_checksums = os.path.isdir(os.path.join(self.directory, str(step), "checksums"))
+        if has_checksums:
+            items["checksums"] = ocp.args.JsonRestore()
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except CheckpointMismatchError:
+            raise
+        except Exception as err:  # noqa: BLE001 - Orbax/TensorStore raise many types for unreadable files.
+            raise CheckpointDamagedError(self._damage(step, "it cannot be read", err)) from err
+        if not has_checksums:
+            log.warning("checkpoint at step %d has no checksums (written by an older maskgen); restored "
+                        "without verifying its arrays", step)
+            return restored
+        saved = restored.checksums
+        for name in targets:
+            _, actual = audit(restored[name])
+            expected = saved.get(name, {})
+            differ = [path for path in actual if expected.get(path) != actual[path]]
+            if differ:
+                raise CheckpointDamagedError(self._damage(
+                    step, f"{len(differ)} array(s) differ from the checksums saved with them, first {name}/{differ[0]} "
+                          f"(saved {expected.get(differ[0])}, read {actual[differ[0]]})"))
+        return restored
 
     def restore_latest(self, *, abstract_state=None, abstract_ema=None, data_iterator=None,
                        quarantine: bool = True):
@@ -207,12 +362,9 @@ class Checkpointer:
                 raise
             except Exception as err:  # noqa: BLE001 - any read failure means "try the previous one".
                 where = f"moved it to {self._quarantine(step)}" if quarantine else "left it in place"
-                log.warning(
-                    "checkpoint at step %d is unreadable (%s: %s); %s and falling back to the previous "
-                    "checkpoint", step, type(err).__name__, str(err).splitlines()[0][:300], where,
-                )
+                message = str(err) if isinstance(err, CheckpointDamagedError) else self._damage(step, "unreadable", err)
+                log.warning("%s; %s and falling back to the previous checkpoint", message, where)
         return None, None
-
     def _quarantine(self, step: int) -> str:
         source = os.path.join(self.directory, str(step))
         target = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", f"{step}.{int(time.time())}")

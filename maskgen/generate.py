@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ from PIL import Image
 
 from maskgen import train as train_lib
 from maskgen.evaluators.generation import (class_grid, decode_images, decode_settings, generate, grey_masked,
-                                           real_images, tokenizer_for, trajectory_rows)
+                                           tokenizer_for, trajectory_rows)
 from maskgen.evaluators.image_grid import make_grid, to_uint8
 
 log = logging.getLogger("maskgen")
@@ -111,20 +112,44 @@ def save_png(path: str, image_uint8: np.ndarray, zoom: int = 1) -> str:
     return path
 
 
+def _is_example(spec: str) -> bool:
+    return spec.startswith(("test:", "train:"))
+
+
+def _dataset_example(spec: str, tokenizer) -> tuple[np.ndarray, int]:
+    """`test:INDEX` / `train:INDEX`: that example of the tokenizer's dataset (uint8 [H, W, C]) and its label."""
+    from maskgen.data import make_source
+
+    split, _, index = spec.partition(":")
+    data = tokenizer.config.data
+    source = make_source(data.name, split, data.data_dir or None)
+    n = len(source)
+    valid = f"the {split} split has {n} examples" + (f" (0..{n - 1})" if n else "")
+    if not re.fullmatch(r"[+-]?\d+", index.strip()):
+        raise ValueError(f"{spec} is not {split}:INDEX with a whole-number INDEX: {valid}")
+    if not 0 <= int(index) < n:
+        raise ValueError(f"{spec} is out of range: {valid}")
+    example = source[int(index)]  # only this example: decoding the first INDEX + 1 would be slow for large INDEX
+    return example["image"], int(example["label"])
+
+
 def load_image(spec: str, tokenizer) -> tuple[np.ndarray, int | None]:
     """An image file (any size: centre-cropped and resized) or `test:INDEX` (an example of the
-    tokenizer's dataset), as [H, W, C] in [-1, 1]; also returns the example's label if known."""
+    tokenizer's dataset), as [H, W, C] in [-1, 1]; also returns the example's label if known.
+
+    16-bit, 32-bit and float files are scaled to 8 bits (maskgen.data.prepare.to_8bit), not clipped.
+    """
     from maskgen.data.pipeline import ToModelInput
+    from maskgen.data.prepare import to_8bit
 
     data = tokenizer.config.data
-    if spec.startswith(("test:", "train:")):
-        split, _, index = spec.partition(":")
-        images, labels = real_images(tokenizer, split, int(index) + 1)
-        return images[int(index)], int(labels[int(index)])
+    if _is_example(spec):
+        array, label = _dataset_example(spec, tokenizer)
+        return ToModelInput(data.image_size)({"image": array, "label": label})["image"], label
     channels = tokenizer.run.data_info["image_shape"][-1]
     try:
         with Image.open(spec) as pil:
-            pil = pil.convert("L" if channels == 1 else "RGB")
+            pil = to_8bit(pil).convert("L" if channels == 1 else "RGB")
             array = np.asarray(pil).reshape(pil.height, pil.width, channels)
     except FileNotFoundError:
         raise
@@ -133,22 +158,50 @@ def load_image(spec: str, tokenizer) -> tuple[np.ndarray, int | None]:
     return ToModelInput(data.image_size)({"image": array, "label": 0})["image"], None
 
 
-def load_mask(spec: str, size: int) -> np.ndarray:
-    """A mask PNG (white/non-zero = regenerate; resized to `size` with nearest neighbour) or one of
-    top|bottom|left|right (that half of the image), as bool [size, size]."""
+def image_file_shape(spec: str) -> tuple[int, int] | None:
+    """(height, width) of an image file as stored, or None for `test:INDEX` (no file)."""
+    if _is_example(spec):
+        return None
+    with Image.open(spec) as pil:  # reads the header only
+        return pil.height, pil.width
+
+
+def load_mask(spec: str, size: int, *, image_shape: tuple[int, int] | None = None,
+              resize: bool = False) -> np.ndarray:
+    """A mask PNG (white/non-zero = regenerate) or one of top|bottom|left|right (that half of the
+    image), as bool [size, size] over the model's input image.
+
+    A PNG must be as large as the image: `image_shape` (height, width) of the image file, and the
+    mask is then centre-cropped and resized (nearest neighbour) to size x size like the image; or
+    size x size when there is no file (test:INDEX). Another size is refused, because stretching
+    it would move the region off what it was drawn on; resize=True (`--resize-mask`) stretches it
+    to the image's size anyway, with nearest neighbour.
+    """
     if spec in HALVES:
         mask = np.zeros((size, size), bool)
         half = size // 2
         {"top": mask[:half], "bottom": mask[half:], "left": mask[:, :half], "right": mask[:, half:]}[spec][...] = True
         return mask
+    from maskgen.data.prepare import to_8bit
+
+    height, width = image_shape or (size, size)
     try:
         with Image.open(spec) as pil:
-            pil = pil.convert("L").resize((size, size), Image.Resampling.NEAREST)
-            return np.asarray(pil) > 127
+            pil = to_8bit(pil).convert("L")
     except FileNotFoundError:
         raise FileNotFoundError(f"mask {spec!r} not found (give a PNG, or one of {', '.join(HALVES)})") from None
     except Exception as err:  # noqa: BLE001
         raise ValueError(f"cannot read mask {spec!r}: {err}") from err
+    if pil.size != (width, height):
+        if not resize:
+            raise ValueError(f"mask {spec!r} is {pil.width}x{pil.height} pixels but the image is {width}x{height}: "
+                             "make the mask the image's size, or pass --resize-mask to resize it (nearest neighbour)")
+        pil = pil.resize((width, height), Image.Resampling.NEAREST)
+    if (height, width) != (size, size):  # the image's own centre square crop and resize
+        side = min(height, width)
+        left, top = (width - side) // 2, (height - side) // 2
+        pil = pil.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(pil) > 127
 
 
 def sample_to_png(handle: GeneratorHandle, out: str, *, num_per_class: int, classes=None, seed: int = 0,
@@ -166,9 +219,10 @@ def sample_to_png(handle: GeneratorHandle, out: str, *, num_per_class: int, clas
 
 
 def edit_to_png(handle: GeneratorHandle, image_spec: str, mask_spec: str, label: int, out: str, *, seed: int = 0,
-                start_step: int = 0, compare_out: str | None = None, zoom: int = 0, **overrides) -> dict:
+                start_step: int = 0, compare_out: str | None = None, zoom: int = 0, resize_mask: bool = False,
+                **overrides) -> dict:
     image, _ = load_image(image_spec, handle.tokenizer)
-    mask = load_mask(mask_spec, image.shape[0])
+    mask = load_mask(mask_spec, image.shape[0], image_shape=image_file_shape(image_spec), resize=resize_mask)
     result = handle.edit(image, mask, label, seed=seed, start_step=start_step, **overrides)
     zoom = zoom or max(1, 128 // image.shape[0])
     if jax.process_index() == 0:

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train (or resume) a run")
     train.add_argument("--config", required=True, help="experiments/<name>.py[:arg]")
     train.add_argument("--workdir", required=True)
+    train.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                       help="resume although config KEY (e.g. optimizer.lr) differs from the run's config.json")
 
     for name, text in (("eval", "run the config's evaluators on a checkpoint"),
                        ("sample", "write a grid of samples from a checkpoint")):
@@ -74,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest readable)")
     edit.add_argument("--config", default=None, help="default: the run's saved workdir/config.json")
+    edit.add_argument("--resize-mask", action="store_true",
+                      help="resize a mask PNG of another size to the image's (nearest neighbour) instead of refusing it")
     _decode_args(edit)
 
     insp = sub.add_parser("inspect", help="where each parameter of a config's model lives on the mesh")
@@ -102,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     prep.add_argument("--test-fraction", type=float, default=0.1)
     prep.add_argument("--num-shards", type=int, default=1)
+    prep.add_argument("--min-size", type=int, default=0,
+                      help="skip images whose shorter side is below N pixels, listing them (default 0: keep all)")
     return parser
 
 
@@ -186,12 +192,13 @@ def main(argv: list[str]) -> int:
 
             handle = GeneratorHandle(args.workdir, args.step, config)
             edit_to_png(handle, args.image, args.mask, args.label, args.out, seed=args.seed,
-                        start_step=args.start_step, compare_out=args.compare_out, **_decode_overrides(args))
+                        start_step=args.start_step, compare_out=args.compare_out, resize_mask=args.resize_mask,
+                        **_decode_overrides(args))
             print(f"wrote {args.out}" + (f" and {args.compare_out}" if args.compare_out else ""))
             return 0
 
         if args.command == "train":
-            result = train_lib.train(config, args.workdir)
+            result = train_lib.train(config, args.workdir, allow_changes=tuple(args.allow_change))
             _print_train_summary(args.workdir, result)
         elif args.command == "eval":
             step, results = train_lib.evaluate(config, args.workdir, args.step)
@@ -216,12 +223,14 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
+        from maskgen.checkpoint import CheckpointSaveError, NonFiniteStateError
         from maskgen.data.prepare import BadImageError
         from maskgen.train import NonFiniteError, WorkdirLockedError
 
-        # Bad input (a missing file, an unknown split, a corrupt image, a NaN run) gets a message,
-        # not a traceback; set MASKGEN_TRACEBACK=1 to see where it came from.
-        expected = (NonFiniteError, BadImageError, WorkdirLockedError, FileNotFoundError, ValueError, ImportError)
+        # Bad input (a missing file, an unknown split, a corrupt image, a NaN run, a full disk)
+        # gets a message, not a traceback; set MASKGEN_TRACEBACK=1 to see where it came from.
+        expected = (NonFiniteError, NonFiniteStateError, CheckpointSaveError, BadImageError, WorkdirLockedError,
+                    OSError, ValueError, ImportError)
         if isinstance(err, expected) and not os.environ.get("MASKGEN_TRACEBACK"):
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -237,14 +246,22 @@ def _prepare(args) -> int:
         if not args.input:
             raise SystemExit("error: --source folder needs --input DIR")
         meta = prepare_image_folder(args.input, args.out, args.resolution, skip_bad=args.skip_bad,
-                                    test_fraction=args.test_fraction, num_shards=args.num_shards)
+                                    test_fraction=args.test_fraction, num_shards=args.num_shards,
+                                    min_size=args.min_size)
     splits = ", ".join(f"{k}: {v['num_examples']}" for k, v in meta["splits"].items())
     print(f"wrote {args.out}: {splits}; image shape {tuple(meta['image_shape'])}, {meta['num_classes']} classes")
     skipped = meta.get("skipped", [])
     if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s):")
+        print(f"skipped {len(skipped)} unreadable{' or too small' if args.min_size else ''} file(s):")
         for item in skipped:
             print(f"  {item['path']}: {item['error']}")
+    warnings = meta.get("warnings", [])
+    if warnings:  # kept, but likely poor examples; all are in metadata.json, the first 10 here
+        print(f"warning: {len(warnings)} image(s) smaller than --resolution or elongated (all in metadata.json):")
+        for item in warnings[:10]:
+            print(f"  {item['path']}: {item['warning']}")
+        if len(warnings) > 10:
+            print(f"  ... and {len(warnings) - 10} more")
     return 0
 
 

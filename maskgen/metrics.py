@@ -29,23 +29,42 @@ class MetricWriter:
 
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-    def truncate_after(self, step: int) -> None:
-        """Drops logged rows beyond `step`, so a resumed run does not log those steps twice."""
+    def supersede_after(self, step: int) -> int:
+        """Moves logged rows beyond `step` (and lines cut short by a kill) out of `metrics.jsonl`,
+        so a run resumed at `step` does not log those steps twice. Returns how many were moved.
+
+        Nothing is deleted: the rows are appended, verbatim, to `metrics.superseded.jsonl`, after a
+        header row `{"superseded": {"resumed_from": step, "time": ..., "rows": n}}`, before
+        `metrics.jsonl` is rewritten (atomically) without them.
+        """
         if not self.is_primary or not os.path.exists(self.jsonl_path):
-            return
+            return 0
         with open(self.jsonl_path) as f:
-            rows = [line for line in f if line.strip()]
-        kept = []
+            rows = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+        kept, moved = [], []
         for line in rows:
             try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (ValueError, KeyError):
-                continue  # A line cut short by a kill; drop it.
+                (kept if json.loads(line)["step"] <= step else moved).append(line)
+            except (ValueError, KeyError, TypeError):
+                moved.append(line)  # A line cut short by a kill: kept verbatim beside the others.
+        if not moved:
+            return 0
+        superseded = os.path.join(self.workdir, "metrics.superseded.jsonl")
+        header = {"superseded": {"resumed_from": int(step), "time": time.time(), "rows": len(moved)}}
+        with open(superseded, "a") as f:
+            f.write(json.dumps(header) + "\n")
+            f.writelines(moved)
+            f.flush()
+            os.fsync(f.fileno())
         tmp = self.jsonl_path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.jsonl_path)
+        log.warning("resuming at step %d: moved %d metrics row(s) logged after it from %s to %s (kept, not "
+                    "deleted; those steps are logged again)", step, len(moved), self.jsonl_path, superseded)
+        return len(moved)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         if not self.is_primary:

@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from maskgen import parallel
-from maskgen.checkpoint import Checkpointer
+from maskgen.checkpoint import Checkpointer, CheckpointDamagedError
 from maskgen.config import ConfigError, config_to_json, validate_common
 from maskgen.data import make_source, source_info
 from maskgen.data.pipeline import eval_batches, train_dataset
@@ -357,7 +357,10 @@ class _finish_saves_on_error:
 
     def __exit__(self, exc_type, *exc):
         if exc_type is not None:
-            self.checkpointer.close()
+            try:
+                self.checkpointer.close()
+            except Exception as err:  # noqa: BLE001 - the first error is the one to report.
+                log.error("while stopping: %s", err)
 
 
 class WorkdirLockedError(RuntimeError):
@@ -414,24 +417,113 @@ def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | N
             )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) the run in `workdir`. Returns the last logged metrics and eval results.
+# Settings a resumed run may change: they decide how long to train, what to log and evaluate, and
+# how the same computation is laid out on devices, not what the model, data or updates are. Any
+# other difference from the workdir's config.json stops the resume (ConfigError) unless named in
+# `allow_changes` (`maskgen train --allow-change KEY`): an optimizer setting, say, changes the
+# run from that step on, which a researcher may mean but should say. A prefix covers its subtree.
+RESUME_SAFE_KEYS = (
+    "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "evals", "eval_params",
+    "mesh", "sharding_rules", "remat", "data.read_threads", "data.data_dir",
+)
 
-    Raises WorkdirLockedError if another run holds the workdir.
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ between a saved config (JSON dict) and `config`: key -> (saved, now)."""
+    old, new = _flatten(saved), _flatten(json.loads(config_to_json(config)))
+    missing = object()
+    return {key: (old.get(key, missing), new.get(key, missing)) for key in sorted(set(old) | set(new))
+            if old.get(key, missing) != new.get(key, missing)}
+
+
+def _covered(key: str, prefixes) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow_changes=()) -> None:
+    """Refuses to resume a run whose checkpoints were made under other settings (see RESUME_SAFE_KEYS).
+
+    Called before anything in the workdir is touched; a fresh workdir, or one with no checkpoint
+    yet, passes. Raises ConfigError listing every changed key with its saved and new values.
     """
+    path = os.path.join(workdir, "config.json")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    has_checkpoints = os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))
+    if not (has_checkpoints and os.path.exists(path)):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path} ({err}), which records the settings of the run in {workdir}; "
+                          "restore it, or use a new --workdir") from err
+    changes = config_changes(saved, config)
+    unsafe = {k: v for k, v in changes.items() if not _covered(k, RESUME_SAFE_KEYS) and not _covered(k, allow_changes)}
+    for key, (before, after) in changes.items():
+        if key not in unsafe:
+            log.info("resume: config.%s changed from %r to %r", key, before, after)
+    if unsafe:
+        shown = lambda v: "(absent)" if not isinstance(v, (str, int, float, bool, list, type(None))) else repr(v)  # noqa: E731
+        lines = "\n".join(f"  - config.{k}: {shown(a)} in the run, {shown(b)} now" for k, (a, b) in unsafe.items())
+        raise ConfigError(
+            f"{workdir} holds checkpoints of a run with other settings, which cannot resume under this config:\n{lines}\n"
+            f"Nothing was changed in {workdir}. Rerun with the run's settings (its config.json; to train longer, "
+            "change only --config.total_steps), use a new --workdir, or name each change you mean with "
+            f"--allow-change KEY (allowed without it: {', '.join(RESUME_SAFE_KEYS)}). A change of the model's "
+            "arrays is refused even then.")
+
+
+def check_workdir(workdir: str) -> None:
+    """A workdir must be a local directory (or a path where one can be made) that this process can
+    write; raises ConfigError naming the problem before anything runs."""
     if "://" in workdir:
         # Checkpoints, metrics and the lock use local-filesystem calls; a URL would silently become
         # a local directory named "gs:" on every host, and the run would be lost with the hosts.
-        raise ValueError(f"workdir {workdir!r} is a URL; maskgen writes workdirs through the file system: mount "
-                         "the bucket on every host (e.g. gcsfuse at /gcs/BUCKET) and pass that path")
+        raise ConfigError(f"workdir {workdir!r} is a URL; maskgen writes workdirs through the file system: mount "
+                          "the bucket on every host (e.g. gcsfuse at /gcs/BUCKET) and pass that path")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file, not a directory; pass a directory (new or a run's)")
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--workdir {workdir}: {existing} is a file, so the directory cannot be made")
+    # os.access ignores read-only mounts' details and root's privileges; a real write is the test.
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".maskgen_write_test_"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--workdir {workdir} is not writable ({existing}: {err.strerror or err}); "
+                          "pass a directory this user can write") from None
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, allow_changes=()) -> dict[str, Any]:
+    """Trains (or resumes) the run in `workdir`. Returns the last logged metrics and eval results.
+
+    Raises WorkdirLockedError if another run holds the workdir, ConfigError if the workdir cannot
+    be written or holds a run with other settings (`allow_changes`: see check_resume_config).
+    """
+    if jax.process_index() == 0:
+        check_workdir(workdir)
     with _WorkdirLock(workdir, jax.process_index() == 0):
+        check_resume_config(workdir, config, allow_changes)
         return _train(config, workdir)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = setup(config)
     is_primary = jax.process_index() == 0
-    writer = MetricWriter(workdir, is_primary)
     if config.eval_params == "ema" and config.ema_decay ** config.total_steps > 0.05:
         log.warning("config.ema_decay=%s over %d steps leaves %.0f%% of the initial weights in the EMA that "
                     "evaluation uses; lower the decay or set config.eval_params=params", config.ema_decay,
@@ -464,8 +556,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             state, ema = jit_init(init_key)
         log.info("initialised a new run (%d parameters)",
                  sum(x.size for x in jax.tree.leaves(state["params"])))
-    writer.truncate_after(start_step)
-    if is_primary:  # Written once the checkpoint (if any) is known to fit this config.
+    # Files are only written once the checkpoint (if any) is known to fit this config.
+    writer = MetricWriter(workdir, is_primary)
+    writer.supersede_after(start_step)
+    if is_primary:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_to_json(config))
 
@@ -568,7 +662,12 @@ def restore_variables(run: Run, workdir: str, step: int | None = None, which: st
         else:
             if step not in checkpointer.all_steps():
                 raise FileNotFoundError(f"no checkpoint at step {step}; available: {checkpointer.all_steps()}")
-            restored = checkpointer.restore(step, **targets)
+            try:
+                restored = checkpointer.restore(step, **targets)
+            except CheckpointDamagedError as err:
+                others = [s for s in checkpointer.all_steps() if s != step]
+                raise CheckpointDamagedError(f"{err}. Other checkpoints: {others or 'none'} (without --step, "
+                                             "the newest readable one is used)") from err
     finally:
         checkpointer.close()
     params = restored.ema if which == "ema" else restored.state["params"]

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -72,8 +73,8 @@ def test_truncated_checkpoint_falls_back_to_previous(workdir, caplog):
     with open(biggest, "r+b") as f:
         f.truncate(os.path.getsize(biggest) // 2)
     with caplog.at_level(logging.INFO, logger="maskgen"):
-        train_lib.train(tiny_mae_config("checkpoint_every=10", steps=40), workdir)
-    assert "checkpoint at step 30 is unreadable" in caplog.text
+        train_lib.train(tiny_mae_config("checkpoint_every=10", "total_steps=40", steps=30), workdir)
+    assert re.search(r"checkpoint at step 30 in \S+ is damaged", caplog.text)
     assert "resumed from checkpoint at step 20" in caplog.text
     assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))[0].startswith("30.")
     steps = [row["step"] for row in read_metrics(workdir) if "loss" in row]
@@ -192,8 +193,13 @@ def test_changed_model_is_an_error_not_a_silent_restart(workdir):
     train_lib.train(tiny_mae_config(steps=10), workdir)
     from maskgen.checkpoint import CheckpointMismatchError
 
+    from maskgen.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config.model.width: 32 in the run, 64 now"):
+        train_lib.train(tiny_mae_config("model.width=64", "total_steps=20", steps=10), workdir)
     with pytest.raises(CheckpointMismatchError, match=r"step 10 .* does not match this config .*\(32,\) vs config \(64,\)"):
-        train_lib.train(tiny_mae_config("model.width=64", steps=20), workdir)
+        train_lib.train(tiny_mae_config("model.width=64", "total_steps=20", steps=10), workdir,
+                        allow_changes=("model.width",))
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "10"))  # nothing moved or deleted
     assert not os.path.exists(os.path.join(workdir, "corrupt_checkpoints"))
     with open(os.path.join(workdir, "config.json")) as f:

@@ -17,8 +17,10 @@ Image folder layout (class names sorted; label = index in that order):
   one class named after in_dir's folder name (num_classes 1).
 
 Images are files ending in .png/.jpg/.jpeg/.bmp/.gif/.webp (any case); hidden files and
-folders are ignored. Each is fully decoded with PIL, EXIF-rotated, converted to RGB,
-center-cropped to a square and resized to resolution x resolution with Lanczos (antialiased).
+folders are ignored. Each is fully decoded with PIL, EXIF-rotated, converted to RGB (16-bit,
+32-bit and float images scaled to 8 bits first, see to_8bit), center-cropped to a square and
+resized to resolution x resolution with Lanczos (antialiased). Images smaller than the resolution
+or more elongated than MAX_ASPECT are kept and listed under "warnings"; min_size skips small ones.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 from maskgen.data import digits, records
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+MAX_ASPECT = 4  # a longer side over 4x the shorter one gets a warning: the square crop drops most of it
 
 
 class BadImageError(ValueError):
@@ -47,14 +50,45 @@ class BadImageError(ValueError):
         )
 
 
-def load_image(path: str, resolution: int) -> np.ndarray:
-    """Decodes one file to uint8 [resolution, resolution, 3]; raises BadImageError if unreadable."""
+def to_8bit(img):
+    """A PIL image whose pixels fit 0..255, so PIL's convert("L"/"RGB") does not clip them.
+
+    PIL converts 16-bit ("I;16*"), 32-bit ("I") and float ("F") images to 8 bits by clipping,
+    which turns most 16-bit pictures white. Here they are scaled instead, to a greyscale "L" image:
+    16-bit values by 1/257 (65535 -> 255); "I" images whose values fit 0..65535 the same way (PIL
+    opens some 16-bit files as "I"), other "I" images from 0..2**31-1 (negatives become 0); floats
+    from 0..1 (values outside are clipped, NaN becomes 0). Other modes are returned unchanged.
+    """
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img).astype(np.float64)
+        fits_16_bits = values.min(initial=0) >= 0 and values.max(initial=0) <= 65535
+        values = values * (255.0 / (65535.0 if fits_16_bits else 2.0**31 - 1))
+    elif img.mode == "F":
+        values = np.nan_to_num(np.asarray(img, np.float64), nan=0.0) * 255.0
+    else:
+        return img
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
+def _open_rgb(path: str):
+    """Decodes one file fully to an EXIF-rotated RGB PIL image; raises BadImageError if unreadable."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
             img.load()  # decode everything now, so truncated files fail here
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            return to_8bit(ImageOps.exif_transpose(img)).convert("RGB")
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, EOFError, ...
+        raise BadImageError(path, f"{type(e).__name__}: {e}") from e
+
+
+def _square(img, resolution: int, path: str) -> np.ndarray:
+    """Centre square crop of an RGB PIL image, resized (Lanczos) to uint8 [resolution, resolution, 3]."""
+    from PIL import Image
+
+    try:
         w, h = img.size
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
@@ -62,8 +96,28 @@ def load_image(path: str, resolution: int) -> np.ndarray:
         if side != resolution:
             img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
         return np.asarray(img, dtype=np.uint8)
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, EOFError, ...
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
         raise BadImageError(path, f"{type(e).__name__}: {e}") from e
+
+
+def load_image(path: str, resolution: int) -> np.ndarray:
+    """Decodes one file to uint8 [resolution, resolution, 3]; raises BadImageError if unreadable."""
+    return _square(_open_rgb(path), resolution, path)
+
+
+def size_warning(width: int, height: int, resolution: int) -> str | None:
+    """Why an image of width x height makes a poor `resolution` example (None if it does not).
+
+    Smaller than the resolution: it is upscaled, so the example is blurry. An aspect ratio above
+    MAX_ASPECT: the centre square crop keeps under 1/MAX_ASPECT of it.
+    """
+    problems = []
+    short, long = min(width, height), max(width, height)
+    if short < resolution:
+        problems.append(f"smaller than --resolution {resolution}: upscaled {resolution / short:.1f}x")
+    if long > MAX_ASPECT * short:
+        problems.append(f"aspect ratio {long / short:.1f} > {MAX_ASPECT}: the centre crop keeps {short / long:.0%} of it")
+    return f"{width}x{height}, " + "; ".join(problems) if problems else None
 
 
 def _is_image(name: str) -> bool:
@@ -139,25 +193,35 @@ def find_images(in_dir: str, test_fraction: float) -> tuple[list[str], dict[str,
     return class_names, items
 
 
-def _decoded(items, resolution, skip_bad, skipped, num_workers):
-    """Yields examples for items in order, decoding on threads; bad files raise or go to `skipped`."""
+def _decoded(items, resolution, skip_bad, min_size, skipped, warnings, num_workers):
+    """Yields examples for items in order, decoding on threads. Unreadable files raise or go to
+    `skipped`; files with a shorter side below min_size go to `skipped`; small or very elongated
+    ones are kept and listed in `warnings` (see size_warning)."""
 
-    def load(path):
+    def load(path):  # -> (image, error, note): error is a BadImageError, or a reason to skip
         try:
-            return load_image(path, resolution), None
+            img = _open_rgb(path)
         except BadImageError as e:
-            return None, e
+            return None, e, None
+        width, height = img.size
+        if min(width, height) < min_size:
+            return None, f"{width}x{height}, shorter side below --min-size {min_size}", None
+        return _square(img, resolution, path), None, size_warning(width, height, resolution)
 
     chunk = 32 * num_workers
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
         for start in range(0, len(items), chunk):
             batch = items[start:start + chunk]
-            for (path, label), (image, error) in zip(batch, pool.map(load, [p for p, _ in batch])):
-                if error is not None:
+            for (path, label), (image, error, note) in zip(batch, pool.map(load, [p for p, _ in batch])):
+                if isinstance(error, BadImageError):
                     if not skip_bad:
                         raise error
-                    skipped.append({"path": path, "error": error.reason})
+                    error = error.reason
+                if error is not None:
+                    skipped.append({"path": path, "error": error})
                     continue
+                if note is not None:
+                    warnings.append({"path": path, "warning": note})
                 yield {"image": image, "label": np.int32(label)}
 
 
@@ -168,7 +232,7 @@ def _start(out_dir: str) -> None:
         os.remove(stale)
 
 
-def _finish(out_dir, source, image_shape, class_names, splits, skipped) -> dict:
+def _finish(out_dir, source, image_shape, class_names, splits, skipped, warnings) -> dict:
     metadata = {
         "format": records.FORMAT,
         "source": source,
@@ -177,6 +241,7 @@ def _finish(out_dir, source, image_shape, class_names, splits, skipped) -> dict:
         "class_names": list(class_names),
         "splits": splits,
         "skipped": skipped,
+        "warnings": warnings,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     records.write_metadata(out_dir, metadata)
@@ -197,7 +262,7 @@ def prepare_digits(out_dir: str, num_shards: int = 1) -> dict:
         for split in digits.SPLITS:
             records.remove_shards(out_dir, split)
         raise
-    return _finish(out_dir, "digits", digits.IMAGE_SHAPE, digits.CLASS_NAMES, splits, [])
+    return _finish(out_dir, "digits", digits.IMAGE_SHAPE, digits.CLASS_NAMES, splits, [], [])
 
 
 def prepare_image_folder(
@@ -208,26 +273,32 @@ def prepare_image_folder(
     test_fraction: float = 0.1,
     num_shards: int = 1,
     num_workers: int | None = None,
+    min_size: int = 0,
 ) -> dict:
     """Writes an image folder (layout in the module docstring) to out_dir; returns the metadata.
 
     Raises BadImageError on the first unreadable image unless skip_bad, in which case
     unreadable files are listed under "skipped" ({"path", "error"}) in the metadata.
+    Images whose shorter side is below min_size (default 0: none) are skipped and listed there
+    too. Images kept although smaller than `resolution` or with an aspect ratio above MAX_ASPECT
+    are listed under "warnings" ({"path", "warning"}).
     num_workers decoding threads (default: min(8, CPU count)); output order is fixed.
     """
     if not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    if not isinstance(min_size, int) or min_size < 0:
+        raise ValueError(f"min_size must be a non-negative integer, got {min_size!r}")
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
     class_names, items = find_images(in_dir, test_fraction)
     _start(out_dir)
-    splits, skipped = {}, []
+    splits, skipped, warnings = {}, [], []
     try:
         for split, split_items in items.items():
             before = len(skipped)
-            examples = _decoded(split_items, resolution, skip_bad, skipped, num_workers)
+            examples = _decoded(split_items, resolution, skip_bad, min_size, skipped, warnings, num_workers)
             names = records.write_shards(examples, out_dir, split, num_shards, expected_count=len(split_items))
             count = len(split_items) - (len(skipped) - before)
             splits[split] = {"num_examples": count, "shards": names}
@@ -238,4 +309,4 @@ def prepare_image_folder(
             records.remove_shards(out_dir, split)
         raise
     source = "folder:" + os.path.abspath(in_dir)
-    return _finish(out_dir, source, (resolution, resolution, 3), class_names, splits, skipped)
+    return _finish(out_dir, source, (resolution, resolution, 3), class_names, splits, skipped, warnings)

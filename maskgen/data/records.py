@@ -131,6 +131,81 @@ def write_shards(
     return names
 
 
+# array_record's C++ reader raises RuntimeError (on a truncated file, one with no message) that
+# names neither the file nor the record. The helpers below add both; they run only once a read
+# has failed, so the per-record path stays a plain read + decode.
+SHARD_ERRORS = (RuntimeError, OSError, ValueError)
+
+
+def _reason(err: BaseException) -> str:
+    if str(err):
+        return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__} with no message (the reader fails this way on a truncated file)"
+
+
+def _shard_failure(path: str) -> str | None:
+    """Why `path` cannot be opened as an ArrayRecord file, or None if it can."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    try:
+        reader = ArrayRecordReader(path)
+        reader.num_records()
+        reader.close()
+    except SHARD_ERRORS as err:
+        return _reason(err)
+    return None
+
+
+def open_shards(paths: list[str], remedy: str):
+    """array_record's ArrayRecordDataSource over `paths` (in order); a shard that cannot be opened
+    raises ValueError naming it, its size and what is wrong, followed by `remedy`."""
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+    try:
+        return ArrayRecordDataSource(paths)
+    except SHARD_ERRORS as err:
+        for path in paths:  # the data source opens shards on threads and does not say which failed
+            failure = _shard_failure(path)
+            if failure:
+                raise ValueError(f"corrupt ArrayRecord shard {path} ({os.path.getsize(path)} bytes): cannot open it: "
+                                 f"{failure}; {remedy}") from err
+        raise ValueError(f"cannot open the ArrayRecord shards {paths}: {_reason(err)}; {remedy}") from err
+
+
+def _locate(paths: list[str], index: int) -> tuple[str, int] | None:
+    """(shard path, position in it) of record `index` counted over `paths` in order."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    try:
+        for path in paths:
+            reader = ArrayRecordReader(path)
+            count = reader.num_records()
+            reader.close()
+            if index < count:
+                return path, index
+            index -= count
+    except SHARD_ERRORS:  # a shard changed since it was opened
+        pass
+    return None
+
+
+def read_error(paths: list[str], indices: list[int], read_one, err: BaseException, what,
+               remedy: str) -> ValueError:
+    """The error to raise after reading `indices` (over all shards of `paths`) failed with `err`.
+
+    Finds the first of `indices` that `read_one(index)` (read + decode one record) fails on and
+    names its shard, its position there and `what(index)` it is (e.g. "example 5 of split 'test'").
+    """
+    for index in indices:
+        try:
+            read_one(index)
+        except SHARD_ERRORS as one_err:
+            path, position = _locate(paths, index) or (f"among {paths}", index)
+            return ValueError(f"corrupt ArrayRecord shard {path}: cannot read its record {position} "
+                              f"({what(index)}): {_reason(one_err)}; {remedy}")
+    return ValueError(f"cannot read records {list(indices)[:8]} of the shards {paths}: {_reason(err)}; {remedy}")
+
+
 def write_metadata(out_dir: str, metadata: dict) -> str:
     """Writes metadata.json atomically (temp file + rename); returns its path."""
     path = os.path.join(out_dir, METADATA_FILE)

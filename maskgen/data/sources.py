@@ -37,11 +37,10 @@ class ArrayRecordSource:
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(f"shards listed in {data_dir}/metadata.json are missing: {missing}")
-        from array_record.python.array_record_data_source import ArrayRecordDataSource
-
         self.data_dir = data_dir
         self.split = split
-        self._source = ArrayRecordDataSource(paths)
+        self._paths = paths
+        self._source = records.open_shards(paths, self._remedy())
         expected = splits[split]["num_examples"]
         if len(self._source) != expected:
             raise ValueError(
@@ -52,13 +51,30 @@ class ArrayRecordSource:
     def __len__(self) -> int:
         return len(self._source)
 
+    def _remedy(self) -> str:
+        return f"re-run the `maskgen prepare` that wrote {self.data_dir} to rewrite it"
+
+    def _read_one(self, index: int) -> dict:
+        return records.decode_example(self._source[index])
+
+    def _read_error(self, indices: list[int], err: BaseException) -> ValueError:
+        return records.read_error(self._paths, indices, self._read_one, err,
+                                  lambda i: f"example {i} of split {self.split!r}", self._remedy())
+
     def __getitem__(self, index) -> dict:
-        return records.decode_example(self._source[_check_index(index, len(self))])
+        index = _check_index(index, len(self))
+        try:
+            return records.decode_example(self._source[index])
+        except records.SHARD_ERRORS as err:  # a corrupt shard: name the file and the record
+            raise self._read_error([index], err) from err
 
     def __getitems__(self, indices) -> list[dict]:
         n = len(self)
-        raw = self._source.__getitems__([_check_index(i, n) for i in indices])
-        return [records.decode_example(r) for r in raw]
+        keys = [_check_index(i, n) for i in indices]
+        try:
+            return [records.decode_example(r) for r in self._source.__getitems__(keys)]
+        except records.SHARD_ERRORS as err:
+            raise self._read_error(keys, err) from err
 
     def __repr__(self) -> str:
         return f"ArrayRecordSource(data_dir={self.data_dir!r}, split={self.split!r}, num_examples={len(self)})"
