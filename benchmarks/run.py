@@ -1,4 +1,4 @@
-"""Runs every benchmark (B1-B8) and prints one summary table: `python -m benchmarks.run`.
+"""Runs every benchmark (B1-B9) and prints one summary table: `python -m benchmarks.run`.
 
 Each benchmark runs in its own child process (its own XLA flags, thread pools and memory peak),
 prints its full table as it goes, and leaves a JSON result that this runner collects. On a 2-core
@@ -34,6 +34,7 @@ BENCHMARKS = {
     "B6": ("input_pipeline", "grain input pipeline vs train-step consumption"),
     "B7": ("tokenizer_throughput", "tokenizer encode+decode images/s per quantizer"),
     "B8": ("memory", "train-step memory with/without remat; the demo's peak RSS"),
+    "B9": ("save_guard", "checkpoint guard (finite check + checksums) vs the train step"),
 }
 
 

@@ -82,6 +82,13 @@ def _brief(err: Exception) -> str:
     return f"{type(err).__name__}: {text}"
 
 
+def _data_digest(iterator) -> str:
+    """SHA-256 of a grain iterator's state (a small JSON dict: its position in the data)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(iterator.get_state(), sort_keys=True).encode()).hexdigest()
+
+
 CHECKSUM_ALGORITHM = "sum(bits*(2i+1)) mod 2^32, v1"
 
 
@@ -241,6 +248,8 @@ class Checkpointer:
                     f"({sum(bad.values())} values in all: {', '.join(list(bad)[:5])}{', ...' if len(bad) > 5 else ''}); "
                     "the last saved checkpoint is kept. Lower optimizer.lr, raise optimizer.warmup_steps or "
                     "check the data, then rerun to resume from it")
+        if isinstance(data_iterator, grain.DatasetIterator):
+            checksums["data"] = _data_digest(data_iterator)
         items = dict(
             state=ocp.args.StandardSave(state),
             ema=ocp.args.StandardSave(ema),
@@ -335,6 +344,10 @@ class Checkpointer:
                         "without verifying its arrays", step)
             return restored
         saved = restored.checksums
+        if isinstance(data_iterator, grain.DatasetIterator) and "data" in saved:
+            if _data_digest(data_iterator) != saved["data"]:
+                raise CheckpointDamagedError(self._damage(
+                    step, f"the data-iterator state read back ({data_iterator.get_state()!r}) differs from the one saved"))
         for name in targets:
             _, actual = audit(restored[name])
             expected = saved.get(name, {})

@@ -9,6 +9,7 @@ tests/test_config_validation.py; bad input files in tests/test_bad_inputs.py.
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,13 @@ def damage(workdir, step, kind):
             f.write('{"tree_metadata": {"params": ')  # cut short
     elif kind == "missing_file":
         os.remove(biggest)
+    elif kind == "data_position":  # a digit changed in the data iterator's JSON: still valid JSON
+        path = os.path.join(workdir, "checkpoints", str(step), "data", "process_0-of-1.json")
+        with open(path) as f:
+            position = json.load(f)
+        position["next_index"] += 1
+        with open(path, "w") as f:
+            json.dump(position, f)
     elif kind == "checksums_edited":  # the arrays are intact, the record of them is not: still refused
         path = os.path.join(workdir, "checkpoints", str(step), "checksums", "metadata")
         with open(path) as f:
@@ -141,12 +149,13 @@ def test_every_single_byte_flip_in_the_arrays_is_caught(clean_run, tmp_path):
 
 def test_training_resumes_past_damage_and_matches_an_undamaged_run(clean_run, tmp_path, caplog):
     workdir = copy_run(clean_run, tmp_path)
-    for step in (30, 20):
-        damage(workdir, step, "bit_flipped")
+    damage(workdir, 30, "bit_flipped")
+    damage(workdir, 20, "data_position")  # only a resume reads the data position
     before = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
     with caplog.at_level(logging.INFO, logger="maskgen"):
         train_lib.train(damaged_config(), workdir)
     assert "resumed from checkpoint at step 10" in caplog.text
+    assert re.search(r"step 20 .* the data-iterator state read back .* differs from the one saved", caplog.text)
     moved = sorted(os.listdir(os.path.join(tmp_path, "run", "corrupt_checkpoints")))
     assert [name.split(".")[0] for name in moved] == ["20", "30"]  # moved aside, not deleted
     for item in ("state", "ema"):
