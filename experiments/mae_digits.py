@@ -8,12 +8,10 @@ Launch (2-core CPU, a few minutes):
   maskgen eval --workdir /tmp/mae_digits
   maskgen sample --workdir /tmp/mae_digits --out /tmp/mae_digits/recon.png
 
-Arguments (`--config experiments/mae_digits.py:size=tiny,steps=50`):
-  size:  tiny | small (default) | base   -- see SIZES
-  steps: total training steps (default per size)
+Arguments (`--config experiments/mae_digits.py:size=tiny,steps=50`): ARGS below; any other is refused.
 """
 
-from maskgen.config import base_config, parse_config_arg
+from maskgen.config import Arg, base_config, choice, integer, parse_config_arg
 
 # size: (width, depth, heads, decoder_width, decoder_depth, decoder_heads, steps, batch)
 SIZES = {
@@ -21,18 +19,23 @@ SIZES = {
     "small": (96, 3, 3, 64, 1, 4, 1500, 128),  # the README demo: ~4 min on 2 CPU cores
     "base": (192, 6, 6, 128, 2, 4, 6000, 256),
 }
+ARGS = {
+    "size": choice("small", "model size and batch (SIZES); tiny is for tests", *SIZES),
+    "steps": Arg(None, "total training steps (default per size)", integer(min=1)),
+}
 
 
 def get_config(arg=None):
-    args = {"size": "small", **parse_config_arg(arg)}
+    args = parse_config_arg(arg, ARGS)
     width, depth, heads, dec_width, dec_depth, dec_heads, steps, batch = SIZES[args["size"]]
     config = base_config()
     config.recipe = "mae"
-    config.total_steps = int(args.get("steps", steps))
+    config.total_steps = args["steps"] or steps
     config.batch_size = batch
     # Digits are not flipped or cropped: a mirrored 2 is not a 2. See docs/data.md for the split.
+    # The 8x8 scans are upsampled to 16x16 on purpose (max_upscale=2); 32 would be refused.
     config.data = dict(name="digits", data_dir="", image_size=16, augment="none", train_split="train",
-                       read_threads=1)
+                       read_threads=1, max_upscale=2.0)
     config.model = dict(
         patch_size=2, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
         decoder_width=dec_width, decoder_depth=dec_depth, decoder_heads=dec_heads,

@@ -15,10 +15,10 @@ Tiny CPU smoke test on a local TFDS-format copy:
   maskgen train --config experiments/mae_imagenet.py:size=tiny --workdir /tmp/mae_in \
       --config.data.data_dir=/path/to/tfds
 
-Arguments: size = tiny | B | L | H (see SIZES); epochs (default 800).
+Arguments (`:size=L,epochs=400`): ARGS below; any other is refused.
 """
 
-from maskgen.config import base_config, parse_config_arg
+from maskgen.config import Arg, base_config, choice, integer, parse_config_arg
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
@@ -29,17 +29,21 @@ SIZES = {
     "L": (1024, 24, 16, 16, 224, 4096),
     "H": (1280, 32, 16, 14, 224, 4096),
 }
+ARGS = {
+    "size": choice("B", "ViT size (SIZES); tiny is a 20-step CPU smoke test", *SIZES),
+    "epochs": Arg(800, "training epochs (the paper: 800; ignored by size=tiny)", integer(min=1)),
+}
 
 
 def get_config(arg=None):
-    args = {"size": "B", "epochs": 800, **parse_config_arg(arg)}
+    args = parse_config_arg(arg, ARGS)
     width, depth, heads, patch, image_size, batch = SIZES[args["size"]]
     tiny = args["size"] == "tiny"
     steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // batch
     config = base_config()
     config.recipe = "mae"
     config.batch_size = batch
-    config.total_steps = 20 if tiny else int(args["epochs"] * steps_per_epoch)
+    config.total_steps = 20 if tiny else args["epochs"] * steps_per_epoch
     config.data = dict(name="tfds:imagenet2012", data_dir="", image_size=image_size, augment="crop_flip",
                        train_split="train", read_threads=16)
     config.model = dict(

@@ -11,33 +11,36 @@ Launch (2-core CPU):
   maskgen train --config experiments/maskgit_digits.py:tokens=runs/tokens --workdir runs/maskgit
   maskgen sample --workdir runs/maskgit --num 10 --steps 8 --out grid.png
 
-Arguments (`:tokens=DIR,size=tiny,steps=100,model=ar`):
-  tokens: the token dataset directory (default runs/demo/tokens, where `maskgen demo` writes it)
-  size: tiny (tests) | small (default)
-  steps: training steps (default per size)
-  model: maskgit (default) | ar (the causal, KV-cached baseline on the same backbone)
-  conditioning: adaln (default) | prefix;  positions: learned (default) | rope2d
+Arguments (`:tokens=DIR,size=tiny,steps=100,model=ar`): ARGS below; any other is refused.
 """
 
-from maskgen.config import base_config, parse_config_arg
+from maskgen.config import Arg, base_config, choice, integer, parse_config_arg
 
 # size: (width, depth, heads, steps, batch). "small" trains in about 3.5 minutes on 2 CPU cores.
 SIZES = {"tiny": (32, 2, 2, 20, 32), "small": (96, 4, 4, 1000, 64)}
+ARGS = {
+    "tokens": Arg("runs/demo/tokens", "the token dataset directory (`maskgen tokenize --out`; the default is where "
+                  "`maskgen demo` writes it)"),
+    "size": choice("small", "model size and batch (SIZES); tiny is for tests", *SIZES),
+    "steps": Arg(None, "training steps (default per size)", integer(min=1)),
+    "model": choice("maskgit", "maskgit, or ar: the causal, KV-cached baseline on the same backbone", "maskgit", "ar"),
+    "conditioning": choice("adaln", "how the class enters the transformer", "adaln", "prefix"),
+    "positions": choice("learned", "position embeddings", "learned", "rope2d"),
+}
 
 
 def get_config(arg=None):
-    args = {"tokens": "runs/demo/tokens", "size": "small", "model": "maskgit", "conditioning": "adaln",
-            "positions": "learned", **parse_config_arg(arg)}
+    args = parse_config_arg(arg, ARGS)
     width, depth, heads, steps, batch = SIZES[args["size"]]
     config = base_config()
     config.recipe = {"maskgit": "maskgit", "ar": "autoregressive"}[args["model"]]
-    config.total_steps = int(args.get("steps", steps))
+    config.total_steps = args["steps"] or steps
     config.batch_size = batch
-    config.data = dict(name="tokens", data_dir=str(args["tokens"]), image_size=0, augment="none",
+    config.data = dict(name="tokens", data_dir=args["tokens"], image_size=0, augment="none",
                        train_split="train", read_threads=1)
     config.model = dict(
         token_shape=(8, 8), codebook_size=256, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
-        conditioning=str(args["conditioning"]), positions=str(args["positions"]), qk_norm=False, tie_head=True,
+        conditioning=args["conditioning"], positions=args["positions"], qk_norm=False, tie_head=True,
     )
     config.loss = dict(mask_schedule="cosine", label_smoothing=0.1, class_dropout=0.1)
     # Decoding defaults for `maskgen sample`, `maskgen edit` and the evaluator (MaskGIT: 8 steps,

@@ -17,23 +17,28 @@ FID needs the FID InceptionV3 weights, which maskgen never downloads (see docs/m
       --config.evals.fid.inception_weights=/path/pt_inception-2015-12-05.npz \
       --config.evals.fid.reference_stats=/path/VIRTUAL_imagenet256_labeled.npz
 
-Arguments: tokens = the token dataset; size = tiny (CPU smoke test: a 1-block model on the 16x16 tokens
-of `tokenizer_imagenet.py:size=tiny`, i.e. 32 px images) | full.
+Arguments (`:tokens=DIR,size=tiny`): ARGS below; any other is refused.
 """
 
-from maskgen.config import base_config, parse_config_arg
+from maskgen.config import Arg, base_config, choice, integer, parse_config_arg
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
+ARGS = {
+    "tokens": Arg("", "the token dataset directory (`maskgen tokenize --out` of the ImageNet tokenizer)"),
+    "size": choice("full", "full: the paper's 24 x 768 model; tiny: a 1-block CPU smoke test on the 16x16 tokens "
+                   "of `tokenizer_imagenet.py:size=tiny` (32 px images)", "full", "tiny"),
+    "epochs": Arg(300, "training epochs (the paper: 300; ignored by size=tiny)", integer(min=1)),
+}
 
 
 def get_config(arg=None):
-    args = {"tokens": "", "size": "full", "epochs": 300, **parse_config_arg(arg)}
+    args = parse_config_arg(arg, ARGS)
     tiny = args["size"] == "tiny"
     config = base_config()
     config.recipe = "maskgit"
     config.batch_size = 8 if tiny else 256
-    config.total_steps = 10 if tiny else int(args["epochs"]) * (IMAGENET_TRAIN_EXAMPLES // 256)
-    config.data = dict(name="tokens", data_dir=str(args["tokens"]), image_size=0, augment="none",
+    config.total_steps = 10 if tiny else args["epochs"] * (IMAGENET_TRAIN_EXAMPLES // 256)
+    config.data = dict(name="tokens", data_dir=args["tokens"], image_size=0, augment="none",
                        train_split="train", read_threads=1)
     config.model = dict(
         token_shape=(16, 16), codebook_size=1024, width=32 if tiny else 768,

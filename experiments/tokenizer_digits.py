@@ -10,33 +10,36 @@ Launch (2-core CPU, a few minutes each):
   maskgen eval --workdir /tmp/tok_vq
   maskgen tokenize --tokenizer-workdir /tmp/tok_vq --data digits --out /tmp/tokens_vq
 
-Arguments (`:quantizer=lfq,steps=100,gan=1,perceptual=1,size=tiny`):
-  quantizer: vq | fsq | lfq | rvq (default vq)
-  size: tiny (tests) | small (default)
-  steps: training steps (default per size)
-  gan: 1 adds the adversarial loss (patch discriminator, hinge, LeCam) from mid-training
-  perceptual: 1 adds a perceptual loss on the features of the digit classifier trained in maskgen
+Arguments (`:quantizer=lfq,steps=100,gan=1,perceptual=1,size=tiny`): ARGS below; any other is refused.
 """
 
-from maskgen.config import base_config, parse_config_arg
+from maskgen.config import Arg, base_config, choice, flag, integer, parse_config_arg
 
 # size: (base_channels, num_res_blocks, steps, batch)
 SIZES = {"tiny": (8, 1, 20, 16), "small": (32, 1, 1000, 64)}
+ARGS = {
+    "quantizer": choice("vq", "the quantizer, each with 256 codes per level", "vq", "fsq", "lfq", "rvq"),
+    "size": choice("small", "model size and batch (SIZES); tiny is for tests", *SIZES),
+    "steps": Arg(None, "training steps (default per size)", integer(min=1)),
+    "gan": flag(0, "1 adds the adversarial loss (patch discriminator, hinge, LeCam) from mid-training"),
+    "perceptual": flag(0, "1 adds a perceptual loss on the features of the digit classifier trained in maskgen"),
+}
 
 
 def get_config(arg=None):
-    args = {"quantizer": "vq", "size": "small", "gan": 0, "perceptual": 0, **parse_config_arg(arg)}
+    args = parse_config_arg(arg, ARGS)
     channels, res_blocks, steps, batch = SIZES[args["size"]]
     config = base_config()
     config.recipe = "tokenizer"
-    config.total_steps = int(args.get("steps", steps))
+    config.total_steps = args["steps"] or steps
     config.batch_size = batch
     # The digits are 8x8 scans; 16x16 inputs with one 2x downsampling give an 8x8 token grid.
+    # The 8x8 scans are upsampled to 16x16 on purpose (max_upscale=2); 32 would be refused.
     config.data = dict(name="digits", data_dir="", image_size=16, augment="none", train_split="train",
-                       read_threads=1)
+                       read_threads=1, max_upscale=2.0)
     config.model = dict(
         base_channels=channels, channel_multipliers=(1, 2), num_res_blocks=res_blocks,
-        quantizer=str(args["quantizer"]), embed_dim=16, codebook_size=256,
+        quantizer=args["quantizer"], embed_dim=16, codebook_size=256,
         vq=dict(l2_normalize=True, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
                 kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=0.1),
         fsq_levels=(4, 4, 4, 4),  # 256 codes

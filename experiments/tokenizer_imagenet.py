@@ -12,14 +12,19 @@ Launch (TPU pod slice, data on an on-disk TFDS copy):
       --config.data.data_dir=/mnt/tfds
 Tiny CPU smoke test: `:size=tiny` (32 px, 2 levels, 20 steps).
 
-Arguments: quantizer = vq | fsq | lfq | rvq (default vq); size = tiny | full.
+Arguments (`:quantizer=fsq,size=tiny`): ARGS below; any other is refused.
 """
 
-from maskgen.config import base_config, parse_config_arg
+from maskgen.config import base_config, choice, parse_config_arg
+
+ARGS = {
+    "quantizer": choice("vq", "the quantizer", "vq", "fsq", "lfq", "rvq"),
+    "size": choice("full", "full: the paper's VQGAN at 256 px; tiny: a 20-step CPU smoke test at 32 px", "full", "tiny"),
+}
 
 
 def get_config(arg=None):
-    args = {"quantizer": "vq", "size": "full", **parse_config_arg(arg)}
+    args = parse_config_arg(arg, ARGS)
     tiny = args["size"] == "tiny"
     config = base_config()
     config.recipe = "tokenizer"
@@ -29,7 +34,7 @@ def get_config(arg=None):
                        train_split="train", read_threads=16)
     config.model = dict(
         base_channels=8 if tiny else 128, channel_multipliers=(1, 2) if tiny else (1, 1, 2, 2, 4),
-        num_res_blocks=1 if tiny else 2, quantizer=str(args["quantizer"]), embed_dim=256, codebook_size=1024,
+        num_res_blocks=1 if tiny else 2, quantizer=args["quantizer"], embed_dim=256, codebook_size=1024,
         vq=dict(l2_normalize=False, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
                 kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=0.1),
         fsq_levels=(8, 8, 8, 5, 5, 5),  # 64,000 codes (FSQ paper's large setting)

@@ -3,17 +3,28 @@
 A config file defines `get_config(arg: str | None) -> ml_collections.ConfigDict`. The returned
 config is locked before overrides are applied, so a mistyped key or a value of the wrong type is
 an error that names the key and lists the valid ones, raised before anything heavy runs.
+
+What each value may be is declared once, as a table `key -> Rule` next to where the keys are
+declared: `COMMON_SPEC` here (the keys `base_config` and every experiment's `data` share), and a
+`CONFIG_SPEC` beside each recipe's `validate` (its `model`, `loss`, `sampling` keys). `check_spec`
+checks a table and returns every problem as "config.optimizer.lr=-1.0: must be a number > 0";
+cross-key checks (patch size divides image size) run only on keys that passed. The arguments of
+an experiment file (`:size=tiny,steps=50`) are declared the same way, as `Arg`s for
+`parse_config_arg`, which refuses unknown arguments and values outside their choices.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
 import math
+import numbers
 import os
-from typing import Any, Iterable, Sequence
+import traceback
+from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
@@ -22,24 +33,220 @@ class ConfigError(ValueError):
     """A config file, override or combination of settings that cannot run."""
 
 
-def parse_config_arg(arg_string: str | None) -> dict[str, Any]:
-    """Parses big_vision-style `"size=S,runlocal=True"` into a dict of Python values."""
+# --------------------------------------------------------------------------------------------
+# Rules: what a config value (or an experiment argument) may be, declared once per key.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A value is valid when `test(value)` is true; `allowed` says what that means in words."""
+
+    allowed: str  # completes "must be ...", e.g. "an int >= 1"
+    test: Callable[[Any], bool]
+    optional: bool = False  # the key may be absent (older configs, recipe-specific groups)
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """`"{name}={value}: must be {allowed}"`, or None if the value is valid."""
+        try:
+            valid = bool(self.test(value))
+        except (TypeError, ValueError, ArithmeticError):
+            valid = False
+        return None if valid else f"{name}={_show(value)}: must be {self.allowed}"
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounds(lo, hi, lo_open: bool, hi_open: bool) -> tuple[Callable[[Any], bool], str]:
+    def inside(v):
+        return ((lo is None or (v > lo if lo_open else v >= lo))
+                and (hi is None or (v < hi if hi_open else v <= hi)))
+
+    if lo is not None and hi is not None:
+        words = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    elif lo is not None:
+        words = f"{'>' if lo_open else '>='} {lo}"
+    elif hi is not None:
+        words = f"{'<' if hi_open else '<='} {hi}"
+    else:
+        words = ""
+    return inside, words
+
+
+def integer(min: int | None = None, max: int | None = None, *, why: str = "", optional: bool = False) -> Rule:
+    """An int (not a bool) in [min, max]; `why` is appended to the message in parentheses."""
+    inside, words = _bounds(min, max, False, False)
+    return Rule(f"an int {words}".rstrip() + (f" ({why})" if why else ""),
+                lambda v: _is_int(v) and inside(v), optional)
+
+
+def number(min: float | None = None, max: float | None = None, *, min_open: bool = False,
+           max_open: bool = False, why: str = "", optional: bool = False) -> Rule:
+    """A finite int or float (not a bool) in the given interval."""
+    inside, words = _bounds(min, max, min_open, max_open)
+    return Rule(f"a number {words}".rstrip() + (f" ({why})" if why else ""),
+                lambda v: _is_real(v) and inside(v), optional)
+
+
+def one_of(*choices: Any, optional: bool = False) -> Rule:
+    return Rule("one of " + ", ".join(_show(c) for c in choices),
+                lambda v: not isinstance(v, bool) and v in choices, optional)
+
+
+def boolean(optional: bool = False) -> Rule:
+    return Rule("True or False", lambda v: isinstance(v, bool), optional)
+
+
+def string(*, nonempty: bool = False, why: str = "", optional: bool = False) -> Rule:
+    words = "a non-empty string" if nonempty else "a string"
+    return Rule(words + (f" ({why})" if why else ""), lambda v: isinstance(v, str) and (v or not nonempty), optional)
+
+
+def int_tuple(min: int | None = None, *, length: int | None = None, why: str = "", optional: bool = False) -> Rule:
+    """A non-empty tuple of ints (each >= min), of exactly `length` items if given."""
+    inside, words = _bounds(min, None, False, False)
+    size = f"a tuple of {length}" if length else "a non-empty tuple of"
+    return Rule(f"{size} ints {words}".rstrip() + (f" ({why})" if why else ""),
+                lambda v: (isinstance(v, (tuple, list)) and len(v) > 0 and (length is None or len(v) == length)
+                           and all(_is_int(x) and inside(x) for x in v)), optional)
+
+
+def _axis_pairs(value: Any, size_ok: Callable[[Any], bool]) -> bool:
+    return isinstance(value, (tuple, list)) and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) and size_ok(p[1]) for p in value)
+
+
+class Problems(list):
+    """The problems found so far (strings), and which keys they were about (for `ok`)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.bad_keys: set[str] = set()
+
+    def add(self, key: str, message: str) -> None:
+        self.bad_keys.add(key)
+        self.append(message)
+
+    def ok(self, *keys: str) -> bool:
+        """True if none of `keys` (dotted, without `config.`) had a problem: safe to combine them."""
+        return not any(k in self.bad_keys for k in keys)
+
+
+_MISSING = object()
+
+
+def _values(config: ml_collections.ConfigDict, key: str) -> list[tuple[str, Any]]:
+    """`(dotted key, value)` for a spec key; `*` matches every key of a group; absent -> _MISSING."""
+    nodes = [("", config)]
+    for part in key.split("."):
+        nxt = []
+        for where, node in nodes:
+            if not isinstance(node, ml_collections.ConfigDict):
+                nxt.append((f"{where}{part}", _MISSING))
+            elif part == "*":
+                nxt.extend((f"{where}{k}", node[k]) for k in node.keys())
+            else:
+                nxt.append((f"{where}{part}", node[part] if part in node else _MISSING))
+        nodes = [(f"{w}.", n) for w, n in nxt]
+    return [(w[:-1], n) for w, n in nodes]
+
+
+def check_spec(config: ml_collections.ConfigDict, spec: dict[str, Rule],
+               problems: Problems | None = None) -> Problems:
+    """Checks every `key -> Rule` of `spec` against `config`; returns (and extends) `problems`."""
+    problems = Problems() if problems is None else problems
+    for key, rule in spec.items():
+        for dotted, value in _values(config, key):
+            if value is _MISSING:
+                if not rule.optional:
+                    problems.add(dotted, f"config.{dotted} is missing: it must be {rule.allowed}")
+                continue
+            message = rule.problem(f"config.{dotted}", value)
+            if message:
+                problems.add(dotted, message)
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment-file arguments: `experiments/x.py:size=tiny,steps=50`.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Arg:
+    """One argument an experiment file accepts. `rule=None` takes any text (e.g. a directory);
+    otherwise the value is parsed as a Python literal (text for rules whose choices are strings)."""
+
+    default: Any
+    help: str
+    rule: Rule | None = None
+    text: bool = False  # keep the value as the text given (choices that are names)
+
+
+def choice(default: str, help: str, *choices: str) -> Arg:
+    """An argument naming one of `choices` (kept as text, so `size=B` is the string "B")."""
+    return Arg(default, help, one_of(*choices), text=True)
+
+
+def flag(default: int, help: str) -> Arg:
+    """A 0/1 switch; a bare `name` (no `=`) or `name=true` means 1."""
+    return Arg(default, help, Rule("0 or 1", lambda v: v in (0, 1)))
+
+
+def _describe_args(args: dict[str, Arg]) -> str:
+    lines = []
+    for name, a in args.items():
+        allowed = "any text" if a.rule is None else a.rule.allowed
+        default = "" if a.default is None else f"; default {_show(a.default)}"
+        lines.append(f"  {name}: {a.help} ({allowed}{default})")
+    return "\n".join(lines)
+
+
+def parse_config_arg(arg_string: str | None, args: dict[str, Arg] | None = None) -> dict[str, Any]:
+    """Parses big_vision-style `"size=S,runlocal=True"` into a dict of Python values.
+
+    With `args` (the file's declared arguments), an unknown name or a value its rule refuses
+    raises ConfigError naming the valid arguments, and missing arguments take their defaults.
+    """
     out: dict[str, Any] = {}
-    if not arg_string:
-        return out
-    for part in arg_string.split(","):
+    for part in (arg_string or "").split(","):
         if not part:
             continue
-        if "=" not in part:
-            out[part.strip()] = True
-            continue
-        key, value = part.split("=", 1)
-        out[key.strip()] = _parse_value(value.strip())
-    return out
+        key, has_value, raw = part.partition("=")
+        key, raw = key.strip(), raw.strip()
+        declared = (args or {}).get(key)
+        if args is not None and declared is None:
+            close = difflib.get_close_matches(key, list(args), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown argument {key!r}.{hint} Valid arguments:\n{_describe_args(args)}")
+        if not has_value:
+            out[key] = True
+        elif declared is not None and (declared.rule is None or declared.text):
+            out[key] = raw
+        else:
+            out[key] = _parse_value(raw)
+    if args is None:
+        return out
+    for key, value in out.items():
+        rule = args[key].rule
+        message = rule.problem(f"argument {key}", value) if rule is not None else None
+        if message:
+            raise ConfigError(f"{message}. Valid arguments:\n{_describe_args(args)}")
+    return {**{k: a.default for k, a in args.items()}, **out}
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`, and locks the result."""
+    """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`, and locks the result.
+
+    A syntax error, an exception in the file or a refused argument is a ConfigError that names
+    the file (and the line in it), not a traceback through maskgen.
+    """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path!r}")
@@ -47,14 +254,36 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         "maskgen_config_" + os.path.basename(path).removesuffix(".py"), path
     )
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path} has no get_config(arg) function")
-    config = module.get_config(arg or None)
+    try:
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path} has no get_config(arg) function")
+        config = module.get_config(arg or None)
+    except ConfigError as err:
+        raise ConfigError(str(err) if str(err).startswith(path) else f"{spec}: {err}") from None
+    except SyntaxError as err:
+        if os.path.abspath(err.filename or "") == os.path.abspath(path):
+            raise ConfigError(_located(path, err.lineno, err.text, f"SyntaxError: {err.msg}")) from None
+        raise ConfigError(_file_error(path, err)) from None
+    except Exception as err:  # noqa: BLE001 - any error in user code becomes a message about that code
+        raise ConfigError(_file_error(path, err)) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
     config.lock()
     return config
+
+
+def _located(path: str, lineno: int | None, line: str | None, what: str) -> str:
+    source = (line or "").strip()
+    return f"{path}:{lineno or '?'}: {what}" + (f"\n    {source}" if source else "")
+
+
+def _file_error(path: str, err: BaseException) -> str:
+    """`path:line: Type: message` and the source line, for the deepest traceback frame in `path`."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    frame = frames[-1] if frames else None
+    return _located(path, frame and frame.lineno, frame and frame.line, f"{type(err).__name__}: {err}")
 
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
@@ -122,6 +351,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             value = raw  # `--config.name=123` means the string "123".
         if isinstance(current, ml_collections.ConfigDict):
             raise ConfigError(f"{where}.{leaf} is a group of settings; set one of its keys instead")
+        if isinstance(value, bool) != isinstance(current, bool) and isinstance(current, (bool, int, float)):
+            # ml_collections takes True for an int or float field (bool is an int); a flag is not a count.
+            raise ConfigError(
+                f"--config.{override}: {where}.{leaf} expects a {type(current).__name__} "
+                f"(current value {current!r}); got {value!r}"
+            )
         try:
             node[leaf] = value
         except TypeError as err:
@@ -167,53 +402,140 @@ def batch_axes(sharding_rules: Sequence[Sequence[Any]]) -> tuple[str, ...]:
 
 
 def validate_common(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
-    """Checks the settings every recipe shares; recipes check their own in `Recipe.validate`."""
-    problems = []
-    sizes = mesh_shape(config.mesh, num_devices)
-    for logical, physical in config.sharding_rules:
-        physicals = () if physical is None else (physical,) if isinstance(physical, str) else physical
-        for axis in physicals:
-            if axis not in sizes:
-                problems.append(
-                    f"config.sharding_rules maps {logical!r} to mesh axis {axis!r}, "
-                    f"which is not in config.mesh {tuple(sizes)}"
-                )
-    data_parallel = math.prod(sizes.get(a, 1) for a in batch_axes(config.sharding_rules))
-    if config.batch_size % data_parallel:
-        problems.append(
-            f"config.batch_size={config.batch_size} is not divisible by the {data_parallel} "
-            f"data-parallel devices (mesh {sizes}, batch over {batch_axes(config.sharding_rules)})"
-        )
-    if config.batch_size % num_processes:
-        problems.append(
-            f"config.batch_size={config.batch_size} is not divisible by {num_processes} processes"
-        )
-    if config.total_steps <= 0:
-        problems.append(f"config.total_steps must be positive, got {config.total_steps}")
-    if not 0 <= config.optimizer.warmup_steps <= config.total_steps:
-        problems.append(
-            f"config.optimizer.warmup_steps={config.optimizer.warmup_steps} must be in "
-            f"[0, total_steps={config.total_steps}]"
-        )
-    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
-        if config[key] <= 0:
-            problems.append(f"config.{key} must be positive, got {config[key]}")
-    if not 0.0 <= config.ema_decay < 1.0:
-        problems.append(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
-    if config.get("remat", "none") not in ("none", "block", "block_save_dots"):
-        problems.append(f"config.remat must be 'none', 'block' or 'block_save_dots', got {config.remat!r}")
-    if config.compute_dtype not in ("float32", "bfloat16"):
-        problems.append(f"config.compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
-    if config.eval_params not in ("params", "ema"):
-        problems.append(f"config.eval_params must be 'params' or 'ema', got {config.eval_params!r}")
-    for name, spec in config.evals.items():
-        if "type" not in spec or "every" not in spec:
+    """Checks the settings every recipe shares (COMMON_SPEC, then the mesh, batch and step counts
+    together); recipes check their own in `Recipe.validate`. Raises one ConfigError listing all."""
+    problems = check_spec(config, COMMON_SPEC)
+    if "recipe" not in problems.bad_keys:
+        from maskgen.recipes import recipe_names  # here, not at the top: recipes import this module
+
+        message = one_of(*recipe_names()).problem("config.recipe", config.recipe)
+        if message:
+            problems.add("recipe", message)
+    if problems.ok("mesh", "sharding_rules"):
+        try:
+            sizes = mesh_shape(config.mesh, num_devices)
+        except ConfigError as err:
+            problems.add("mesh", str(err))
+    if problems.ok("mesh", "sharding_rules"):
+        for logical, physical in config.sharding_rules:
+            physicals = () if physical is None else (physical,) if isinstance(physical, str) else physical
+            for axis in physicals:
+                if axis not in sizes:
+                    problems.add("sharding_rules",
+                                 f"config.sharding_rules maps {logical!r} to mesh axis {axis!r}, "
+                                 f"which is not in config.mesh {tuple(sizes)}")
+    if problems.ok("mesh", "sharding_rules", "batch_size"):
+        data_parallel = math.prod(sizes.get(a, 1) for a in batch_axes(config.sharding_rules))
+        if config.batch_size % data_parallel:
             problems.append(
-                f"config.evals.{name} needs a 'type' and an 'every' "
-                "(N > 0: every N steps and at the end; 0: only at the end; -1: only via `maskgen eval`)"
+                f"config.batch_size={config.batch_size} is not divisible by the {data_parallel} "
+                f"data-parallel devices (mesh {sizes}, batch over {batch_axes(config.sharding_rules)})"
             )
+    if problems.ok("batch_size") and config.batch_size % num_processes:
+        problems.append(f"config.batch_size={config.batch_size} is not divisible by {num_processes} processes")
+    if problems.ok("optimizer.warmup_steps", "total_steps") and config.optimizer.warmup_steps > config.total_steps:
+        problems.append(f"config.optimizer.warmup_steps={config.optimizer.warmup_steps}: must be in "
+                        f"[0, total_steps={config.total_steps}]")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def data_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any], needs: str,
+                  problems: Problems | None = None) -> Problems:
+    """Checks config.data (and the evaluators' splits) against the dataset `source_info` describes.
+
+    needs: "images" or "tokens", what the recipe trains on. The pipeline centre-crops images to a
+    square and resizes them (bilinearly) to config.data.image_size. Downsampling is what every
+    image pipeline does; upsampling invents no detail, so it must be asked for: at most
+    `config.data.max_upscale` times the stored size (default 1; the digits configs upsample their
+    8x8 scans to 16x16 on purpose, with 2). A token dataset's images are the tokenizer run's
+    size, so its image_size is 0.
+    """
+    problems = Problems() if problems is None else problems
+    data, is_tokens = config.data, "token_shape" in data_info
+    if needs == "tokens" and not is_tokens:
+        problems.add("data.name", f"recipe {config.recipe!r} trains on token grids: set config.data.name='tokens' "
+                                  f"and config.data.data_dir to the output of `maskgen tokenize` (got "
+                                  f"data.name={data.name!r})")
+        return problems
+    if needs == "images" and is_tokens:
+        problems.add("data.name", f"recipe {config.recipe!r} trains on images, but config.data.name={data.name!r} "
+                                  "is a token dataset; use 'digits', 'array_record' or 'tfds:<name>'")
+        return problems
+    if not problems.ok("data.image_size"):
+        pass
+    elif is_tokens and data.image_size != 0:
+        problems.add("data.image_size", f"config.data.image_size={data.image_size}: must be 0 for a token dataset "
+                                        "(its images are the size the tokenizer run was trained at)")
+    elif not is_tokens:
+        stored = tuple(data_info.get("image_shape") or (None, None))[:2]
+        side = None if None in stored else min(stored)
+        max_upscale = data.get("max_upscale", 1.0)
+        if data.image_size < 1:
+            problems.add("data.image_size", f"config.data.image_size={data.image_size}: must be an int >= 1")
+        elif side is not None and _is_real(max_upscale) and data.image_size > side * max(max_upscale, 1):
+            largest = int(side * max_upscale)
+            problems.add("data.image_size",
+                         f"config.data.image_size={data.image_size}: the {data.name!r} images are "
+                         f"{stored[0]}x{stored[1]}, so this upsamples them {data.image_size / side:g}x, more than "
+                         f"config.data.max_upscale={max_upscale:g} allows (at most {largest}). Use an image_size "
+                         f"<= {largest}, prepare the data at this size, or raise config.data.max_upscale if "
+                         "you mean to train on upsampled images")
+    if is_tokens and problems.ok("data.augment") and data.augment != "none":
+        problems.add("data.augment", f"config.data.augment={data.augment!r}: must be 'none' for a token dataset")
+    splits = sorted(data_info.get("splits", {}))
+    wanted = [("data.train_split", data.train_split)] + [
+        (f"evals.{name}.{key}", spec[key]) for name, spec in config.evals.items()
+        for key in ("split", "train_split", "test_split") if isinstance(spec.get(key), str)]
+    for key, split in wanted:
+        if problems.ok(key) and splits and split.split("[")[0] not in splits:  # tfds slices: "train[:10%]"
+            problems.add(key, f"config.{key}={split!r}: the {data.name!r} dataset has no such split; "
+                              f"its splits are {', '.join(map(repr, splits))}")
+    return problems
+
+
+def recipe_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any], spec: dict[str, Rule],
+                    needs: str) -> Problems:
+    """What every `Recipe.validate` starts with: its CONFIG_SPEC, then the data checks."""
+    return data_problems(config, data_info, needs, check_spec(config, spec))
+
+
+_EVERY = "N > 0: every N steps and at the end; 0: only at the end; -1: only via `maskgen eval`"
+
+# The keys `base_config` declares, and the `data` group every experiment file fills in.
+COMMON_SPEC: dict[str, Rule] = {
+    "recipe": string(nonempty=True),
+    "seed": integer(min=0),
+    "total_steps": integer(min=1),
+    "batch_size": integer(min=1, why="global, over all devices and processes"),
+    "compute_dtype": one_of("float32", "bfloat16"),
+    "remat": one_of("none", "block", "block_save_dots", optional=True),
+    "ema_decay": number(0, 1, max_open=True),
+    "eval_params": one_of("params", "ema"),
+    "optimizer.lr": number(0, min_open=True),
+    "optimizer.b1": number(0, 1, max_open=True),
+    "optimizer.b2": number(0, 1, max_open=True),
+    "optimizer.weight_decay": number(0),
+    "optimizer.warmup_steps": integer(min=0, why="at most total_steps"),
+    "optimizer.min_lr_ratio": number(0, 1, why="the final learning rate over the peak"),
+    "optimizer.grad_clip_norm": number(0, why="0 turns clipping off"),
+    "mesh": Rule("a tuple of (axis name, size) pairs, size > 0 or -1",
+                 lambda v: _axis_pairs(v, lambda n: _is_int(n) and (n > 0 or n == -1))),
+    "sharding_rules": Rule("a tuple of (logical axis, mesh axis or axes or None) pairs",
+                           lambda v: _axis_pairs(v, lambda p: p is None or isinstance(p, (str, tuple, list)))),
+    "log_every": integer(min=1),
+    "checkpoint_every": integer(min=1),
+    "keep_checkpoints": integer(min=1),
+    "data.name": string(nonempty=True, why="digits, array_record, tfds:<name> or tokens"),
+    "data.data_dir": string(),
+    "data.image_size": integer(min=0, why="the side images are resized to; 0 for token datasets"),
+    "data.augment": one_of("none", "crop_flip"),  # maskgen.data.pipeline.AUGMENTATIONS (a test keeps them equal)
+    "data.train_split": string(nonempty=True),
+    "data.read_threads": integer(min=1, optional=True),
+    "data.max_upscale": number(1, optional=True, why="how far image_size may exceed the stored images' side"),
+    "evals.*.type": string(nonempty=True),
+    "evals.*.every": integer(min=-1, why=_EVERY),
+}
 
 
 # Logical axis -> mesh axes. Batch is split over data and fsdp; with fsdp > 1 the `embed` axis of

@@ -76,8 +76,8 @@ def setup(config: ml_collections.ConfigDict, data_info: dict | None = None) -> R
     `data_info` (the dataset's shapes, as `source_info` returns them) is read from the data source
     unless given, e.g. by tools that only compile the model for a dataset that is not on this machine.
     """
+    validate_common(config, jax.device_count(), jax.process_count())  # names an unknown recipe too
     recipe_cls = get_recipe(config.recipe)
-    validate_common(config, jax.device_count(), jax.process_count())
     if data_info is None:
         data_info = source_info(config.data.name, config.data.data_dir or None)
     problems = recipe_cls.validate(config, data_info)
@@ -437,12 +437,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+class _Absent:
+    def __repr__(self):
+        return "(absent)"
+
+
+_ABSENT = _Absent()  # a key one of two configs does not have
+
+
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """Settings that differ between a saved config (JSON dict) and `config`: key -> (saved, now)."""
+    """Settings that differ between a saved config (JSON dict) and `config`: key -> (saved, now),
+    where a key only one side has is `_ABSENT` on the other."""
     old, new = _flatten(saved), _flatten(json.loads(config_to_json(config)))
-    missing = object()
-    return {key: (old.get(key, missing), new.get(key, missing)) for key in sorted(set(old) | set(new))
-            if old.get(key, missing) != new.get(key, missing)}
+    return {key: (old.get(key, _ABSENT), new.get(key, _ABSENT)) for key in sorted(set(old) | set(new))
+            if old.get(key, _ABSENT) != new.get(key, _ABSENT)}
 
 
 def _covered(key: str, prefixes) -> bool:
@@ -467,13 +475,19 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow_c
         raise ConfigError(f"cannot read {path} ({err}), which records the settings of the run in {workdir}; "
                           "restore it, or use a new --workdir") from err
     changes = config_changes(saved, config)
-    unsafe = {k: v for k, v in changes.items() if not _covered(k, RESUME_SAFE_KEYS) and not _covered(k, allow_changes)}
+    # A key only one side has comes from a newer or older maskgen (configs are locked: a user cannot
+    # add one), so it is reported, not refused; the checkpoint's arrays are still checked.
+    schema = {k: v for k, v in changes.items() if _ABSENT in v}
+    unsafe = {k: v for k, v in changes.items() if k not in schema and not _covered(k, RESUME_SAFE_KEYS)
+              and not _covered(k, allow_changes)}
     for key, (before, after) in changes.items():
-        if key not in unsafe:
+        if key in schema:
+            log.warning("resume: config.%s is %s (the run was started by another version of maskgen or of its "
+                        "experiment file)", key, f"new, now {after!r}" if before is _ABSENT else "no longer used")
+        elif key not in unsafe:
             log.info("resume: config.%s changed from %r to %r", key, before, after)
     if unsafe:
-        shown = lambda v: "(absent)" if not isinstance(v, (str, int, float, bool, list, type(None))) else repr(v)  # noqa: E731
-        lines = "\n".join(f"  - config.{k}: {shown(a)} in the run, {shown(b)} now" for k, (a, b) in unsafe.items())
+        lines = "\n".join(f"  - config.{k}: {a!r} in the run, {b!r} now" for k, (a, b) in unsafe.items())
         raise ConfigError(
             f"{workdir} holds checkpoints of a run with other settings, which cannot resume under this config:\n{lines}\n"
             f"Nothing was changed in {workdir}. Rerun with the run's settings (its config.json; to train longer, "

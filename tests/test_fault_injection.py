@@ -250,6 +250,21 @@ def test_config_changes_lists_added_and_removed_keys():
     assert set(changes) == {"model.old_key", "model.depth"} and changes["model.depth"][1] == 1
 
 
+def test_keys_of_another_maskgen_version_are_reported_not_refused(depth2_run, tmp_path, caplog):
+    """A run started before a config key existed (or after one was retired) still resumes."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(depth2_run, workdir)
+    path = os.path.join(workdir, "config.json")
+    saved = json.load(open(path))
+    del saved["data"]["max_upscale"]
+    saved["model"]["retired_key"] = 3
+    json.dump(saved, open(path, "w"))
+    with caplog.at_level(logging.WARNING, logger="maskgen"):
+        train_lib.check_resume_config(workdir, tiny_mae_config("model.depth=2", steps=10))
+    assert "config.data.max_upscale is new, now 2.0" in caplog.text
+    assert "config.model.retired_key is no longer used" in caplog.text
+
+
 # ---- Non-finite states are never written.
 def poisoned_train_step(monkeypatch, at_step, where):
     """Makes the update that finishes step `at_step` leave NaNs in `where` with finite metrics."""

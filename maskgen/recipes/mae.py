@@ -13,11 +13,26 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from maskgen.config import boolean, integer, number, recipe_problems
 from maskgen.masking import num_masked, random_mask
 from maskgen.models.vit import MAE, patchify, unpatchify
 from maskgen.recipes.base import Recipe, register
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# What each MAE setting may be (maskgen.config.check_spec); `validate` adds the cross-key checks.
+CONFIG_SPEC = {
+    "model.patch_size": integer(min=1),
+    "model.width": integer(min=1),
+    "model.depth": integer(min=1, why="encoder blocks"),
+    "model.num_heads": integer(min=1),
+    "model.decoder_width": integer(min=1),
+    "model.decoder_depth": integer(min=1, why="masked patches see the visible ones only through decoder blocks"),
+    "model.decoder_heads": integer(min=1),
+    "model.mlp_ratio": number(0, min_open=True),
+    "model.mask_ratio": number(0, 1, min_open=True, max_open=True),
+    "model.norm_pix_loss": boolean(),
+}
 
 
 def normalized_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -60,18 +75,24 @@ class MAERecipe(Recipe):
 
     @staticmethod
     def validate(config: ml_collections.ConfigDict, data_info: dict[str, Any]) -> list[str]:
-        m, problems = config.model, []
-        if config.data.image_size % m.patch_size:
+        m, problems = config.model, recipe_problems(config, data_info, CONFIG_SPEC, needs="images")
+        if problems.ok("model.patch_size", "data.image_size") and config.data.image_size % m.patch_size:
             problems.append(
                 f"config.model.patch_size={m.patch_size} does not divide config.data.image_size={config.data.image_size}"
             )
+        elif problems.ok("model.patch_size", "data.image_size", "model.mask_ratio"):
+            patches = (config.data.image_size // m.patch_size) ** 2
+            masked = num_masked(patches, m.mask_ratio)
+            if not 0 < masked < patches:
+                problems.append(f"config.model.mask_ratio={m.mask_ratio} masks {masked} of the {patches} patches; "
+                                "at least one must be masked and one visible")
         for width_key, heads_key in (("width", "num_heads"), ("decoder_width", "decoder_heads")):
+            if not problems.ok(f"model.{width_key}", f"model.{heads_key}"):
+                continue
             if m[width_key] % m[heads_key]:
                 problems.append(f"config.model.{width_key}={m[width_key]} is not divisible by {heads_key}={m[heads_key]}")
             if m[width_key] % 4:
                 problems.append(f"config.model.{width_key}={m[width_key]} must be divisible by 4 (2D sin-cos positions)")
-        if not 0.0 < m.mask_ratio < 1.0:
-            problems.append(f"config.model.mask_ratio must be in (0, 1), got {m.mask_ratio}")
         return problems
 
     def make_model(self, rngs: nnx.Rngs) -> MAE:

@@ -27,12 +27,14 @@ import ml_collections
 import optax
 from flax import nnx
 
+from maskgen.config import Problems, boolean, int_tuple, integer, number, one_of, recipe_problems, string
 from maskgen.data.tokens import TokenMetadataError, check_token_metadata
 from maskgen.masking.schedules import mask_ratio, num_to_mask
 from maskgen.models.token_transformer import TokenTransformer
 from maskgen.recipes.base import Recipe, register
 from maskgen.sampling.autoregressive import autoregressive_decode
-from maskgen.sampling.iterative import iterative_decode
+from maskgen.sampling.iterative import CFG_SCHEDULES, POLICIES, TEMPERATURE_SCHEDULES, iterative_decode
+from maskgen.sampling.categorical import PRECISIONS
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONDITIONINGS = ("adaln", "prefix")
@@ -53,37 +55,64 @@ def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothin
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
 
 
-def _token_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any]) -> list[str]:
-    """Checks shared by MaskGIT and the AR baseline: the data must be a token dataset that fits."""
-    m, problems = config.model, []
-    if "token_shape" not in data_info:
-        return [f"recipe {config.recipe!r} trains on token grids: set config.data.name='tokens' and "
-                f"config.data.data_dir to the output of `maskgen tokenize` (got data.name={config.data.name!r})"]
-    try:
-        check_token_metadata(
-            {"codebook_size": data_info["codebook_size"], "token_shape": data_info["token_shape"],
-             "tokenizer": data_info.get("tokenizer", {})},
-            codebook_size=m.codebook_size, token_shape=tuple(m.token_shape), where="config.model",
-        )
-    except TokenMetadataError as err:
-        problems.append(str(err))
+# What each MaskGIT / AR setting may be (maskgen.config.check_spec). `sampling` holds the decoding
+# defaults of `maskgen sample` and the generation evaluator (`iterative_decode` arguments).
+CONFIG_SPEC = {
+    "model.token_shape": int_tuple(1, length=2, why="(h, w) of the token grid"),
+    "model.codebook_size": integer(min=2),
+    "model.width": integer(min=1),
+    "model.depth": integer(min=1),
+    "model.num_heads": integer(min=1),
+    "model.mlp_ratio": number(0, min_open=True),
+    "model.conditioning": one_of(*CONDITIONINGS),
+    "model.positions": one_of(*POSITIONS),
+    "model.qk_norm": boolean(),
+    "model.tie_head": boolean(),
+    "loss.label_smoothing": number(0, 1, max_open=True),
+    "loss.class_dropout": number(0, 1),
+    "sampling.num_steps": integer(min=1, optional=True),
+    "sampling.schedule": string(nonempty=True, optional=True),
+    "sampling.choice_temperature": number(0, optional=True),
+    "sampling.temperature": number(0, optional=True),
+    "sampling.temperature_schedule": one_of(*TEMPERATURE_SCHEDULES, optional=True),
+    "sampling.policy": one_of(*POLICIES, optional=True),
+    "sampling.cfg_scale": number(0, optional=True),
+    "sampling.cfg_schedule": one_of(*CFG_SCHEDULES, optional=True),
+    "sampling.precision": one_of(*PRECISIONS, optional=True),
+}
+
+
+def _token_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any],
+                   spec: dict = CONFIG_SPEC) -> Problems:
+    """Checks shared by MaskGIT and the AR baseline: the spec, and a token dataset that fits."""
+    m, problems = config.model, recipe_problems(config, data_info, spec, needs="tokens")
+    for key in ("loss.mask_schedule", "sampling.schedule"):
+        group, name = key.split(".")
+        if key in spec and problems.ok(key) and name in config.get(group, {}):
+            try:
+                mask_ratio(config[group][name], 0.5, 2)
+            except ValueError as err:
+                problems.add(key, f"config.{key}={config[group][name]!r}: {err}")
+    if not problems.ok("data.name"):
+        return problems
+    if problems.ok("model.codebook_size", "model.token_shape"):
+        try:
+            check_token_metadata(
+                {"codebook_size": data_info["codebook_size"], "token_shape": data_info["token_shape"],
+                 "tokenizer": data_info.get("tokenizer", {})},
+                codebook_size=m.codebook_size, token_shape=tuple(m.token_shape), where="config.model",
+            )
+        except TokenMetadataError as err:
+            problems.append(str(err))
     if data_info.get("num_levels", 1) != 1:
         problems.append(f"the tokens have {data_info['num_levels']} residual levels; {config.recipe} models one "
                         "token per position (tokenize with a vq/fsq/lfq tokenizer)")
-    if len(tuple(m.token_shape)) != 2:
-        problems.append(f"config.model.token_shape must be (h, w), got {tuple(m.token_shape)}")
-    if m.width % m.num_heads:
+    if not problems.ok("model.width", "model.num_heads", "model.positions"):
+        pass
+    elif m.width % m.num_heads:
         problems.append(f"config.model.width={m.width} is not divisible by num_heads={m.num_heads}")
     elif m.positions == "rope2d" and (m.width // m.num_heads) % 4:
         problems.append(f"positions='rope2d' needs a head width divisible by 4, got {m.width // m.num_heads}")
-    if m.conditioning not in CONDITIONINGS:
-        problems.append(f"config.model.conditioning={m.conditioning!r}; valid: {list(CONDITIONINGS)}")
-    if m.positions not in POSITIONS:
-        problems.append(f"config.model.positions={m.positions!r}; valid: {list(POSITIONS)}")
-    if not 0.0 <= config.loss.label_smoothing < 1.0:
-        problems.append(f"config.loss.label_smoothing must be in [0, 1), got {config.loss.label_smoothing}")
-    if not 0.0 <= config.loss.class_dropout <= 1.0:
-        problems.append(f"config.loss.class_dropout must be in [0, 1], got {config.loss.class_dropout}")
     if data_info.get("num_classes", 0) < 1:
         problems.append("the token dataset has no classes")
     return problems
@@ -164,12 +193,7 @@ class MaskGITRecipe(_TokenRecipe):
 
     @staticmethod
     def validate(config, data_info):
-        problems = _token_problems(config, data_info)
-        try:
-            mask_ratio(config.loss.mask_schedule, 0.5, 2)
-        except ValueError as err:
-            problems.append(f"config.loss.mask_schedule: {err}")
-        return problems
+        return _token_problems(config, data_info, {**CONFIG_SPEC, "loss.mask_schedule": string(nonempty=True)})
 
     def loss(self, model: TokenTransformer, batch, rng, step):
         tokens, labels = self._flat_tokens(batch), batch["label"]

@@ -22,12 +22,60 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from maskgen.config import boolean, int_tuple, integer, number, one_of, recipe_problems, string
 from maskgen.models.conv import Decoder, Discriminator, Encoder
 from maskgen.recipes.base import Recipe, register
 from maskgen.tokenizers import make_quantizer
+from maskgen.tokenizers.quantizers import LFQ
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 QUANTIZERS = ("vq", "fsq", "lfq", "rvq")
+
+# What each tokenizer setting may be (maskgen.config.check_spec); the quantizer's own keys are
+# checked only for the quantizer chosen (QUANTIZER_SPECS).
+CONFIG_SPEC = {
+    "model.base_channels": integer(min=1),
+    "model.channel_multipliers": int_tuple(1, why="one per resolution level; each level after the first halves the size"),
+    "model.num_res_blocks": integer(min=1, why="each level downsamples after its blocks"),
+    "model.quantizer": one_of(*QUANTIZERS),
+    "model.discriminator_channels": integer(min=1),
+    "model.discriminator_downsamples": integer(min=0),
+    "loss.reconstruction": one_of("l1", "l2"),
+    "loss.reconstruction_weight": number(0),
+    "loss.perceptual_weight": number(0),
+    "loss.perceptual_network": string(),
+    "loss.adversarial_weight": number(0, why="0 turns the GAN off"),
+    "loss.gan_loss": one_of("hinge", "non_saturating"),
+    "loss.gan_start_step": integer(min=0),
+    "loss.lecam_weight": number(0),
+    "loss.lecam_decay": number(0, 1, max_open=True),
+    "loss.r1_weight": number(0),
+    "loss.discriminator_lr": number(0, min_open=True),
+    "loss.discriminator_b1": number(0, 1, max_open=True),
+}
+_VQ_SPEC = {
+    "model.embed_dim": integer(min=1),
+    "model.codebook_size": integer(min=2),
+    "model.vq.l2_normalize": boolean(),
+    "model.vq.commitment_weight": number(0),
+    "model.vq.codebook_weight": number(0),
+    "model.vq.use_ema": boolean(),
+    "model.vq.ema_decay": number(0, 1, max_open=True),
+    "model.vq.kmeans_init": boolean(),
+    "model.vq.kmeans_iters": integer(min=0),
+    "model.vq.restart_dead_codes": boolean(),
+    "model.vq.dead_code_threshold": number(0),
+}
+QUANTIZER_SPECS = {
+    "vq": _VQ_SPEC,
+    "rvq": {**_VQ_SPEC, "model.rvq_levels": integer(min=1), "model.quantizer_dropout": number(0, 1)},
+    # FSQ rounds dimension i to levels[i] values: fewer than 2 would be a constant (FSQ.__init__).
+    "fsq": {"model.fsq_levels": int_tuple(2, why="levels per dimension; the codebook is their product")},
+    # The entropy terms enumerate all 2**bits codes (LFQ.MAX_DIM).
+    "lfq": {"model.lfq_bits": integer(1, LFQ.MAX_DIM), "model.lfq.entropy_weight": number(0),
+            "model.lfq.commitment_weight": number(0), "model.lfq.temperature": number(0, min_open=True),
+            "model.lfq.diversity_weight": number(0)},
+}
 
 
 class Tokenizer(nnx.Module):
@@ -124,23 +172,21 @@ class TokenizerRecipe(Recipe):
 
     @staticmethod
     def validate(config: ml_collections.ConfigDict, data_info: dict[str, Any]) -> list[str]:
-        m, loss, problems = config.model, config.loss, []
-        if m.quantizer not in QUANTIZERS:
-            problems.append(f"config.model.quantizer must be one of {QUANTIZERS}, got {m.quantizer!r}")
-        factor = 2 ** (len(m.channel_multipliers) - 1)
-        if config.data.image_size % factor:
-            problems.append(f"config.data.image_size={config.data.image_size} is not divisible by the "
-                            f"downsampling factor {factor} (from model.channel_multipliers)")
-        if loss.reconstruction not in ("l1", "l2"):
-            problems.append(f"config.loss.reconstruction must be 'l1' or 'l2', got {loss.reconstruction!r}")
-        if loss.gan_loss not in ("hinge", "non_saturating"):
-            problems.append(f"config.loss.gan_loss must be 'hinge' or 'non_saturating', got {loss.gan_loss!r}")
-        if loss.perceptual_weight > 0 and not (loss.perceptual_network == "digit_classifier"
-                                               or loss.perceptual_network.startswith("mae:")):
+        m, loss = config.model, config.loss
+        spec = {**CONFIG_SPEC, **QUANTIZER_SPECS.get(m.quantizer, {})}
+        problems = recipe_problems(config, data_info, spec, needs="images")
+        if problems.ok("model.channel_multipliers", "data.image_size"):
+            factor = 2 ** (len(m.channel_multipliers) - 1)
+            if config.data.image_size % factor:
+                problems.append(f"config.data.image_size={config.data.image_size} is not divisible by the "
+                                f"downsampling factor {factor} (from model.channel_multipliers)")
+        if (problems.ok("loss.perceptual_weight", "loss.perceptual_network") and loss.perceptual_weight > 0
+                and not (loss.perceptual_network == "digit_classifier" or loss.perceptual_network.startswith("mae:"))):
             problems.append(f"config.loss.perceptual_network must be one of {PERCEPTUAL_NETWORKS}, got "
                             f"{loss.perceptual_network!r}")
-        if m.quantizer == "lfq" and m.lfq_bits > 16:
-            problems.append(f"config.model.lfq_bits={m.lfq_bits}: the entropy terms enumerate 2**bits codes; use <= 16")
+        if m.quantizer == "fsq" and problems.ok("model.fsq_levels") and math.prod(m.fsq_levels) >= 2 ** 31:
+            problems.append(f"config.model.fsq_levels={tuple(m.fsq_levels)}: the codebook prod = "
+                            f"{math.prod(m.fsq_levels)} must be < 2**31 (int32 codes)")
         return problems
 
     def info(self) -> dict[str, Any]:
