@@ -101,6 +101,11 @@ def one_of(*choices: Any, optional: bool = False) -> Rule:
                 lambda v: not isinstance(v, bool) and v in choices, optional)
 
 
+def or_none(rule: Rule) -> Rule:
+    """`rule`, or None (e.g. `max_examples=None`: no limit)."""
+    return Rule(f"{rule.allowed} or None", lambda v: v is None or rule.test(v), rule.optional)
+
+
 def boolean(optional: bool = False) -> Rule:
     return Rule("True or False", lambda v: isinstance(v, bool), optional)
 
@@ -483,7 +488,13 @@ def data_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any], 
                          "you mean to train on upsampled images")
     if is_tokens and problems.ok("data.augment") and data.augment != "none":
         problems.add("data.augment", f"config.data.augment={data.augment!r}: must be 'none' for a token dataset")
-    splits = sorted(data_info.get("splits", {}))
+    counts = data_info.get("splits", {})
+    size = counts.get(data.train_split) if problems.ok("data.train_split") else None
+    if isinstance(size, int) and _is_int(config.batch_size) and config.batch_size > size:
+        problems.add("batch_size", f"config.batch_size={config.batch_size}: the {data.name!r} {data.train_split!r} "
+                                   f"split has only {size} examples, so no batch would ever be complete; use a "
+                                   f"batch_size <= {size}")
+    splits = sorted(counts)
     wanted = [("data.train_split", data.train_split)] + [
         (f"evals.{name}.{key}", spec[key]) for name, spec in config.evals.items()
         for key in ("split", "train_split", "test_split") if isinstance(spec.get(key), str)]

@@ -91,13 +91,22 @@ def setup(config: ml_collections.ConfigDict, data_info: dict | None = None) -> R
     recipe = recipe_cls.from_config(config, data_info)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.logical_rules(config.sharding_rules)
-    with parallel.sharding_context(mesh, rules):
-        abstract_model = nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0)))
-        graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
-        variable_shardings = {
-            "params": nnx.to_pure_dict(nnx.get_named_sharding(abstract_params, mesh)),
-            "model_state": nnx.to_pure_dict(nnx.get_named_sharding(abstract_rest, mesh)),
-        }
+    try:
+        with parallel.sharding_context(mesh, rules):
+            abstract_model = nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0)))
+            graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+            variable_shardings = {
+                "params": nnx.to_pure_dict(nnx.get_named_sharding(abstract_params, mesh)),
+                "model_state": nnx.to_pure_dict(nnx.get_named_sharding(abstract_rest, mesh)),
+            }
+    except ValueError as err:
+        if "not found in mesh" not in str(err):
+            raise
+        # A logical axis with no rule is taken for a mesh axis of that name (flax's fallback).
+        raise ConfigError(
+            f"config.sharding_rules has no rule for a logical axis the model's parameters use ({err}); give every "
+            f"logical axis a rule, mapping it to mesh axes of {tuple(mesh.shape)} or to None (the defaults are "
+            "maskgen.config.DEFAULT_SHARDING_RULES)") from None
 
     def make_variables(key):
         _, params, rest = nnx.split(recipe.make_model(nnx.Rngs(params=key)), nnx.Param, ...)

@@ -304,3 +304,34 @@ def test_declared_choices_match_the_code_that_uses_them():
     for path in EXPERIMENTS:
         quantizer = _module(path).ARGS.get("quantizer")
         assert quantizer is None or quantizer.rule.allowed == config_lib.one_of(*tokenizer.QUANTIZERS).allowed
+
+
+# ---------------------------------------------------------------- found trying configs as a new user would
+def test_batch_larger_than_the_train_split_is_refused():
+    problems = _recipe_problems(tiny_mae_config("batch_size=5000"))  # before: accepted, then no batch was complete
+    assert ("config.batch_size=5000: the 'digits' 'train' split has only 1438 examples, so no batch would ever be "
+            "complete; use a batch_size <= 1438") in problems
+    assert not _recipe_problems(tiny_mae_config("batch_size=1438"))
+
+
+def test_mlp_ratio_that_leaves_no_hidden_units_is_refused():
+    problems = _recipe_problems(tiny_mae_config("model.mlp_ratio=0.01"))  # before: ZeroDivisionError at init
+    assert any(p.startswith("config.model.mlp_ratio=0.01 gives MLPs of width 0 at width=32") for p in problems)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evals.probe.steps=0", "config.evals.probe.steps=0: must be an int >= 1"),
+    ("evals.probe.learning_rate=-1.0", "config.evals.probe.learning_rate=-1.0: must be a number > 0"),
+    ("evals.reconstruction.num=0", "config.evals.reconstruction.num=0: must be an int >= 1"),
+])
+def test_evaluator_arguments_are_checked_before_training(override, message):
+    from maskgen.train import setup
+
+    assert message in _error(setup, tiny_mae_config(override))
+
+
+def test_sharding_rules_missing_an_axis_is_a_config_error():
+    from maskgen.train import setup
+
+    message = _error(setup, tiny_mae_config("sharding_rules=()"))  # before: a ValueError from deep in JAX
+    assert message.startswith("config.sharding_rules has no rule for a logical axis the model's parameters use")

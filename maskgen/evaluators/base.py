@@ -38,6 +38,11 @@ def build_evaluator(name: str, spec: dict[str, Any]):
         raise ValueError(
             f"config.evals.{name} ({kind}): unknown argument(s) {sorted(unknown)}; valid: {sorted(accepted)}"
         )
+    # An evaluator declares what its arguments may be as ARG_RULES (maskgen.config rules).
+    problems = [rule.problem(f"config.evals.{name}.{key}", spec[key])
+                for key, rule in getattr(cls, "ARG_RULES", {}).items() if key in spec]
+    if any(problems):
+        raise ValueError("; ".join(p for p in problems if p))
     return cls(**spec)
 
 

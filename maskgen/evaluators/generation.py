@@ -27,6 +27,7 @@ import functools
 import jax
 import numpy as np
 
+from maskgen.config import integer, or_none
 from maskgen.evaluators.base import EvalContext, EvalResult, register
 from maskgen.evaluators.image_grid import make_grid, to_uint8
 
@@ -131,6 +132,10 @@ def _frechet(a: np.ndarray, b: np.ndarray) -> float:
 @register("generation")
 class Generation:
     """Class consistency, Fréchet distance (with its real-vs-real floor) and grids; see the module docstring."""
+
+    ARG_RULES = {"num_per_class": integer(min=1), "batch_size": integer(min=1), "seed": integer(min=0),
+                 "max_real": or_none(integer(min=2, why="a covariance needs two")), "grid_columns": integer(min=1),
+                 "trajectory_samples": integer(min=0)}
 
     def __init__(self, num_per_class: int = 100, batch_size: int = 256, seed: int = 0, decode: dict | None = None,
                  classifier: str = "digit_classifier", feature_net: str = "digit_classifier",

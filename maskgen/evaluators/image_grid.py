@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from maskgen.config import integer
 from maskgen.evaluators.base import EvalContext, EvalResult, register
 
 
@@ -32,6 +33,8 @@ class ImageGrid:
     `rows` picks and orders the outputs to show (default: all, sorted by name); for MAE they are
     original, masked input and reconstruction.
     """
+
+    ARG_RULES = {"num": integer(min=1), "seed": integer(min=0), "upscale": integer(min=0, why="0: automatic")}
 
     def __init__(self, split: str = "test", num: int = 16, seed: int = 0, upscale: int = 0, rows: tuple = ()):
         self.split, self.num, self.seed, self.upscale, self.rows = split, num, seed, upscale, tuple(rows)

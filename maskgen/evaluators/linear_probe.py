@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from maskgen.config import integer, number, or_none
 from maskgen.evaluators.base import EvalContext, EvalResult, register
 
 
@@ -53,6 +54,9 @@ def probe_accuracy(train_x, train_y, test_x, test_y, *, num_classes: int, steps:
 
 @register("linear_probe")
 class LinearProbe:
+    ARG_RULES = {"steps": integer(min=1), "learning_rate": number(0, min_open=True), "weight_decay": number(0),
+                 "max_examples": or_none(integer(min=1)), "random_init_seed": integer(min=0)}
+
     def __init__(self, train_split: str = "train", test_split: str = "test", baselines: tuple = ("random_init", "pixels"),
                  steps: int = 1000, learning_rate: float = 1e-2, weight_decay: float = 1e-4,
                  max_examples: int | None = None, random_init_seed: int = 12345):

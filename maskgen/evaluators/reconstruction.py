@@ -24,6 +24,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from maskgen.config import boolean, integer, or_none
 from maskgen.evaluators.base import EvalContext, EvalResult, register
 from maskgen.evaluators.image_grid import make_grid, to_uint8
 
@@ -88,6 +89,9 @@ def _frechet_scalar(real_features: list, recon_features: list) -> float:
 @register("reconstruction")
 class Reconstruction:
     """MSE, PSNR, codebook usage/perplexity, digit Fréchet distance and a grid; see the module docstring."""
+
+    ARG_RULES = {"num_grid": integer(min=0), "max_examples": or_none(integer(min=1)), "frechet": boolean(),
+                 "seed": integer(min=0)}
 
     def __init__(self, split: str = "test", num_grid: int = 16, max_examples: int | None = None,
                  frechet: bool = True, feature_net: str = "digit_classifier", seed: int = 0):

@@ -87,6 +87,9 @@ class MAERecipe(Recipe):
                 problems.append(f"config.model.mask_ratio={m.mask_ratio} masks {masked} of the {patches} patches; "
                                 "at least one must be masked and one visible")
         for width_key, heads_key in (("width", "num_heads"), ("decoder_width", "decoder_heads")):
+            if problems.ok(f"model.{width_key}", "model.mlp_ratio") and int(m[width_key] * m.mlp_ratio) < 1:
+                problems.append(f"config.model.mlp_ratio={m.mlp_ratio} gives MLPs of width "
+                                f"{int(m[width_key] * m.mlp_ratio)} at {width_key}={m[width_key]}; it must give at least 1")
             if not problems.ok(f"model.{width_key}", f"model.{heads_key}"):
                 continue
             if m[width_key] % m[heads_key]:

@@ -86,6 +86,9 @@ def _token_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any]
                    spec: dict = CONFIG_SPEC) -> Problems:
     """Checks shared by MaskGIT and the AR baseline: the spec, and a token dataset that fits."""
     m, problems = config.model, recipe_problems(config, data_info, spec, needs="tokens")
+    if problems.ok("model.width", "model.mlp_ratio") and int(m.width * m.mlp_ratio) < 1:
+        problems.append(f"config.model.mlp_ratio={m.mlp_ratio} gives MLPs of width {int(m.width * m.mlp_ratio)} at "
+                        f"width={m.width}; it must give at least 1")
     for key in ("loss.mask_schedule", "sampling.schedule"):
         group, name = key.split(".")
         if key in spec and problems.ok(key) and name in config.get(group, {}):
