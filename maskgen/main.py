@@ -40,6 +40,21 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def _at_least(minimum: int):
+    """An argparse type: an int >= minimum, refused with a message naming the bound."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskgen", description="Masked generative modeling in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,10 +70,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--workdir", required=True)
         p.add_argument("--config", default=None, help="default: the run's saved workdir/config.json")
-        p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest readable)")
+        p.add_argument("--step", type=_at_least(0), default=None, help="checkpoint step (default: latest readable)")
         if name == "sample":
             p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples.png)")
-            p.add_argument("--num", type=int, default=16,
+            p.add_argument("--num", type=_at_least(1), default=16,
                            help="images (MAE, tokenizers) or samples per class (token generators)")
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--classes", default=None, help="generators: comma-separated classes (default: all)")
@@ -72,9 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--class", dest="label", type=int, required=True, help="the class to generate")
     edit.add_argument("--out", required=True)
     edit.add_argument("--compare-out", default=None, help="also write input | masked | result side by side")
-    edit.add_argument("--start-step", type=int, default=0, help="begin decoding at this step of --steps")
+    edit.add_argument("--start-step", type=_at_least(0), default=0, help="begin decoding at this step of --steps")
     edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest readable)")
+    edit.add_argument("--step", type=_at_least(0), default=None, help="checkpoint step (default: latest readable)")
     edit.add_argument("--config", default=None, help="default: the run's saved workdir/config.json")
     edit.add_argument("--resize-mask", action="store_true",
                       help="resize a mask PNG of another size to the image's (nearest neighbour) instead of refusing it")
@@ -82,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
     insp = sub.add_parser("inspect", help="where each parameter of a config's model lives on the mesh")
     insp.add_argument("--config", required=True, help="experiments/<name>.py[:arg]")
-    insp.add_argument("--devices", type=int, default=None,
+    insp.add_argument("--devices", type=_at_least(1), default=None,
                       help="simulate N CPU devices (sets XLA_FLAGS; must come before JAX starts)")
 
     demo = sub.add_parser("demo", help="tokenizer -> tokens -> MaskGIT -> scores, samples and an edit, on digits")
@@ -95,17 +110,17 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--data-dir", default=None)
     tok.add_argument("--out", required=True)
     tok.add_argument("--splits", default=None, help="comma-separated (default: all)")
-    tok.add_argument("--step", type=int, default=None, help="tokenizer checkpoint (default: latest)")
-    tok.add_argument("--num-shards", type=int, default=1)
+    tok.add_argument("--step", type=_at_least(0), default=None, help="tokenizer checkpoint (default: latest)")
+    tok.add_argument("--num-shards", type=_at_least(1), default=1)
 
     prep = sub.add_parser("prepare", help="write a dataset as ArrayRecord shards + metadata.json")
     prep.add_argument("--source", required=True, choices=["digits", "folder"])
     prep.add_argument("--input", default=None, help="image folder (for --source folder)")
     prep.add_argument("--out", required=True)
-    prep.add_argument("--resolution", type=int, default=32)
+    prep.add_argument("--resolution", type=_at_least(1), default=32)
     prep.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     prep.add_argument("--test-fraction", type=float, default=0.1)
-    prep.add_argument("--num-shards", type=int, default=1)
+    prep.add_argument("--num-shards", type=_at_least(1), default=1)
     prep.add_argument("--min-size", type=int, default=0,
                       help="skip images whose shorter side is below N pixels, listing them (default 0: keep all)")
     return parser
@@ -113,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _decode_args(p: argparse.ArgumentParser) -> None:
     """Decoding settings; unset ones come from the run's config.sampling."""
-    p.add_argument("--steps", type=int, default=None, help="decoding steps T")
+    p.add_argument("--steps", type=_at_least(1), default=None, help="decoding steps T")
     p.add_argument("--cfg", type=float, default=None, help="CFG scale: 0 unconditional, 1 conditional, >1 guided")
     p.add_argument("--cfg-schedule", default=None, choices=["constant", "linear", "cosine"])
     p.add_argument("--schedule", default=None, help="mask schedule: cosine | linear | square | powN | log | exp")

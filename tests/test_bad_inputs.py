@@ -219,3 +219,17 @@ def test_prepare_command_prints_warnings_and_min_size_skips(mixed_sizes, tmp_pat
     assert "tiny.png: 10x12, shorter side below --min-size 16" in result.stdout
     assert "warning: 1 image(s) smaller than --resolution or elongated" in result.stdout
     assert "long.png: 200x40, aspect ratio 5.0 > 4" in result.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--workdir", "w", "--num", "0"], "argument --num: must be >= 1, got 0"),  # was a StopIteration
+    (["eval", "--workdir", "w", "--step", "-1"], "argument --step: must be >= 0, got -1"),
+    (["prepare", "--source", "digits", "--out", "o", "--num-shards", "x"], "argument --num-shards: 'x' is not a whole number"),
+    (["sample", "--workdir", "w", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
+])
+def test_command_line_counts_are_checked(argv, message, capsys):
+    from maskgen.main import _parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
