@@ -339,6 +339,13 @@ class Checkpointer:
             raise
         except Exception as err:  # noqa: BLE001 - Orbax/TensorStore raise many types for unreadable files.
             raise CheckpointDamagedError(self._damage(step, "it cannot be read", err)) from err
+        saved_step = restored["state"].get("step") if "state" in targets and isinstance(restored["state"], dict) else None
+        if saved_step is not None and int(jax.device_get(saved_step)) != step:
+            raise CheckpointDamagedError(self._damage(
+                step, f"it holds the train state of step {int(jax.device_get(saved_step))} (a renamed or copied "
+                      "directory?)"))
+        if not has_checksums and "checksums" in self._saved_items(step):
+            raise CheckpointDamagedError(self._damage(step, "its checksums item, listed in _CHECKPOINT_METADATA, is missing"))
         if not has_checksums:
             log.warning("checkpoint at step %d has no checksums (written by an older maskgen); restored "
                         "without verifying its arrays", step)
@@ -357,6 +364,14 @@ class Checkpointer:
                     step, f"{len(differ)} array(s) differ from the checksums saved with them, first {name}/{differ[0]} "
                           f"(saved {expected.get(differ[0])}, read {actual[differ[0]]})"))
         return restored
+
+    def _saved_items(self, step: int) -> set[str]:
+        """The items Orbax recorded when it wrote `step` (empty if that record is unreadable)."""
+        try:
+            with open(os.path.join(self.directory, str(step), "_CHECKPOINT_METADATA")) as f:
+                return set(json.load(f).get("item_handlers") or {})
+        except (OSError, ValueError, AttributeError):
+            return set()
 
     def restore_latest(self, *, abstract_state=None, abstract_ema=None, data_iterator=None,
                        quarantine: bool = True):

@@ -88,6 +88,10 @@ def damage(workdir, step, kind):
         position["next_index"] += 1
         with open(path, "w") as f:
             json.dump(position, f)
+    elif kind == "checksums_deleted":  # listed in _CHECKPOINT_METADATA, so its absence is noticed
+        shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "checksums"))
+    elif kind == "state_deleted":
+        shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "state"))
     elif kind == "checksums_edited":  # the arrays are intact, the record of them is not: still refused
         path = os.path.join(workdir, "checkpoints", str(step), "checksums", "metadata")
         with open(path) as f:
@@ -100,7 +104,8 @@ def damage(workdir, step, kind):
         raise ValueError(kind)
 
 
-KINDS = ["truncated", "bit_flipped", "metadata", "missing_file", "checksums_edited"]
+KINDS = ["truncated", "bit_flipped", "metadata", "missing_file", "checksums_edited", "checksums_deleted",
+         "state_deleted"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -121,6 +126,16 @@ def test_damaged_checkpoints_are_skipped_and_named(clean_run, clean_params, tmp_
     with pytest.raises(checkpoint_lib.CheckpointDamagedError, match=f"step {damaged_steps[0]} .* is damaged"):
         train_lib.restore_variables(run, workdir, damaged_steps[0], which="params")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
+
+
+def test_a_renamed_checkpoint_is_not_taken_for_another_step(clean_run, clean_params, tmp_path, caplog):
+    workdir = copy_run(clean_run, tmp_path)
+    os.rename(os.path.join(workdir, "checkpoints", "30"), os.path.join(workdir, "checkpoints", "40"))
+    with caplog.at_level(logging.WARNING, logger="maskgen"):
+        step, variables = train_lib.restore_variables(train_lib.setup(damaged_config()), workdir, which="params")
+    assert "checkpoint at step 40" in caplog.text and "holds the train state of step 30" in caplog.text
+    assert step == 20
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]), clean_params[20])
 
 
 def test_no_single_bit_flip_in_the_arrays_restores_silently(clean_run, tmp_path):
