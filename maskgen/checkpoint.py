@@ -340,10 +340,11 @@ class Checkpointer:
         except Exception as err:  # noqa: BLE001 - Orbax/TensorStore raise many types for unreadable files.
             raise CheckpointDamagedError(self._damage(step, "it cannot be read", err)) from err
         saved_step = restored["state"].get("step") if "state" in targets and isinstance(restored["state"], dict) else None
-        if saved_step is not None and int(jax.device_get(saved_step)) != step:
+        if saved_step is not None:  # a replicated scalar: every process holds it whole
+            saved_step = int(saved_step.addressable_data(0)) if hasattr(saved_step, "addressable_data") else int(saved_step)
+        if saved_step is not None and saved_step != step:
             raise CheckpointDamagedError(self._damage(
-                step, f"it holds the train state of step {int(jax.device_get(saved_step))} (a renamed or copied "
-                      "directory?)"))
+                step, f"it holds the train state of step {saved_step} (a renamed or copied directory?)"))
         if not has_checksums and "checksums" in self._saved_items(step):
             raise CheckpointDamagedError(self._damage(step, "its checksums item, listed in _CHECKPOINT_METADATA, is missing"))
         if not has_checksums:
