@@ -128,6 +128,17 @@ def test_damaged_checkpoints_are_skipped_and_named(clean_run, clean_params, tmp_
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
 
 
+def test_eval_step_on_a_damaged_checkpoint_names_it_without_a_traceback(clean_run, tmp_path):
+    workdir = copy_run(clean_run, tmp_path)
+    damage(workdir, 30, "bit_flipped")
+    result = run_cli("eval", "--workdir", workdir, "--step", "30", "--config.evals.probe.every=-1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint at step 30 in {workdir}/checkpoints is damaged: ") and \
+        "Other checkpoints: [10, 20]" in last
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
+
+
 def test_a_renamed_checkpoint_is_not_taken_for_another_step(clean_run, clean_params, tmp_path, caplog):
     workdir = copy_run(clean_run, tmp_path)
     os.rename(os.path.join(workdir, "checkpoints", "30"), os.path.join(workdir, "checkpoints", "40"))
