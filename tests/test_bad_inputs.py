@@ -233,3 +233,26 @@ def test_command_line_counts_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _parser().parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_corrupt_token_shard_names_file_and_record(tmp_path):
+    """The token datasets `maskgen tokenize` writes get the same errors as prepared images."""
+    from maskgen.data.tokens import TokenSource, write_token_metadata, write_token_split
+
+    rng = np.random.default_rng(0)
+    rows = [(rng.integers(0, 16, (8, 8), dtype=np.int32), i % 10) for i in range(400)]
+    split = write_token_split(str(tmp_path), "test", rows)
+    write_token_metadata(str(tmp_path), token_shape=(8, 8), codebook_size=16, num_levels=1, num_classes=10,
+                         splits={"test": split}, tokenizer={})
+    shard = str(tmp_path / split["shards"][0])
+    data = bytearray(open(shard, "rb").read())
+    data[1000:1016] = b"\xff" * 16
+    open(shard, "wb").write(bytes(data))
+    source = TokenSource(str(tmp_path), "test")
+    with pytest.raises(ValueError, match=re.escape(shard) + r": cannot read its record \d+ \(example \d+ of split") as info:
+        for i in range(len(source)):
+            source[i]
+    assert "maskgen tokenize" in str(info.value)
+    open(shard, "wb").write(bytes(data[:65536]))
+    with pytest.raises(ValueError, match=re.escape(f"corrupt ArrayRecord shard {shard} (65536 bytes): cannot open")):
+        TokenSource(str(tmp_path), "test")

@@ -100,7 +100,7 @@ class TokenSource:
     kind = "tokens"  # the input pipeline passes token examples through instead of decoding images
 
     def __init__(self, data_dir: str, split: str):
-        from array_record.python.array_record_data_source import ArrayRecordDataSource
+        from maskgen.data import records
 
         metadata = read_token_metadata(data_dir)
         if split not in metadata["splits"]:
@@ -110,7 +110,8 @@ class TokenSource:
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(f"token shards listed in {data_dir}/metadata.json are missing: {missing}")
-        self._source = ArrayRecordDataSource(paths)
+        self.data_dir, self.split, self._paths = data_dir, split, paths
+        self._source = records.open_shards(paths, self._remedy())
         expected = metadata["splits"][split]["num_examples"]
         if len(self._source) != expected:
             raise ValueError(f"{data_dir!r} split {split!r}: shards hold {len(self._source)} records but "
@@ -119,5 +120,15 @@ class TokenSource:
     def __len__(self) -> int:
         return len(self._source)
 
+    def _remedy(self) -> str:
+        return f"re-run the `maskgen tokenize` that wrote {self.data_dir} to rewrite it"
+
     def __getitem__(self, index: int) -> dict:
-        return decode_tokens(self._source[int(index)])
+        from maskgen.data import records
+
+        index = int(index)
+        try:
+            return decode_tokens(self._source[index])
+        except records.SHARD_ERRORS as err:  # a corrupt shard: name the file and the record
+            raise records.read_error(self._paths, [index], lambda i: decode_tokens(self._source[i]), err,
+                                     lambda i: f"example {i} of split {self.split!r}", self._remedy()) from err
