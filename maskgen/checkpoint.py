@@ -246,8 +246,8 @@ class Checkpointer:
                     f"not saving step {step}: {name}/{first} holds {bad[first]} non-finite values (NaN or inf), "
                     f"and {len(bad)} of {len(nonfinite)} arrays of {name} are affected "
                     f"({sum(bad.values())} values in all: {', '.join(list(bad)[:5])}{', ...' if len(bad) > 5 else ''}); "
-                    "the last saved checkpoint is kept. Lower optimizer.lr, raise optimizer.warmup_steps or "
-                    "check the data, then rerun to resume from it")
+                    "the last saved checkpoint is kept. To resume from it with a lower learning rate, rerun "
+                    "with --config.optimizer.lr=... --allow-change optimizer.lr (or check the data)")
         if isinstance(data_iterator, grain.DatasetIterator):
             checksums["data"] = _data_digest(data_iterator)
         items = dict(

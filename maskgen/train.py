@@ -422,7 +422,8 @@ def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | N
         if not math.isfinite(value):
             raise NonFiniteError(
                 f"non-finite {name}={value} at step {step}; stopping without saving this state "
-                f"(last good checkpoint: {'none' if last_checkpoint is None else f'step {last_checkpoint}'})"
+                f"(last good checkpoint: {'none' if last_checkpoint is None else f'step {last_checkpoint}'}; to resume "
+                "from it with a lower learning rate: --config.optimizer.lr=... --allow-change optimizer.lr)"
             )
 
 
