@@ -516,6 +516,11 @@ def check_workdir(workdir: str) -> None:
                           "the bucket on every host (e.g. gcsfuse at /gcs/BUCKET) and pass that path")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory; pass a directory (new or a run's)")
+    for name, want_dir in (("checkpoints", True), ("metrics.jsonl", False), ("config.json", False)):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path) and os.path.isdir(path) != want_dir:
+            raise ConfigError(f"--workdir {workdir} is not a maskgen run: its {name} is a "
+                              f"{'file' if want_dir else 'directory'}; move it away, or use another --workdir")
     existing = os.path.abspath(workdir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)

@@ -379,6 +379,16 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
     assert path.read_text() == "notes"
 
 
+@pytest.mark.parametrize("name, make", [("checkpoints", "file"), ("metrics.jsonl", "dir")])
+def test_workdir_whose_parts_have_the_wrong_kind_is_refused(tmp_path, name, make):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / name).mkdir() if make == "dir" else (workdir / name).write_text("x")
+    with pytest.raises(ConfigError, match=f"is not a maskgen run: its {name} is a "):
+        train_lib.train(tiny_mae_config(steps=1), str(workdir))
+    assert sorted(os.listdir(workdir)) == [name]
+
+
 def test_read_only_workdir_is_refused(tmp_path):
     if os.geteuid() != 0:
         readonly = tmp_path / "readonly"
