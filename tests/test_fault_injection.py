@@ -149,6 +149,18 @@ def test_a_renamed_checkpoint_is_not_taken_for_another_step(clean_run, clean_par
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]), clean_params[20])
 
 
+def test_stray_entries_in_checkpoints_are_not_taken_for_checkpoints(clean_run, clean_params, tmp_path, caplog):
+    workdir = copy_run(clean_run, tmp_path)
+    ckpt = os.path.join(workdir, "checkpoints")
+    os.makedirs(os.path.join(ckpt, "50"))  # empty
+    open(os.path.join(ckpt, "60"), "w").close()  # a file
+    os.makedirs(os.path.join(ckpt, "70.orbax-checkpoint-tmp-1", "state"))  # a save cut short
+    with caplog.at_level(logging.WARNING, logger="maskgen"):
+        step, variables = train_lib.restore_variables(train_lib.setup(damaged_config()), workdir, which="params")
+    assert step == 30 and f"checkpoint at step 50 in {ckpt} is damaged" in caplog.text
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]), clean_params[30])
+
+
 def test_no_single_bit_flip_in_the_arrays_restores_silently(clean_run, tmp_path):
     """A bit flipped anywhere in a parameter file either fails to decode, fails its checksum, or
     (a byte the reader never uses) changes nothing: no flip changes what is restored without a
