@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from maskgen import parallel
-from maskgen.checkpoint import Checkpointer, CheckpointDamagedError
+from maskgen.checkpoint import Checkpointer, CheckpointDamagedError, CheckpointMismatchError
 from maskgen.config import ConfigError, config_to_json, validate_common
 from maskgen.data import make_source, source_info
 from maskgen.data.pipeline import eval_batches, train_dataset
@@ -467,11 +467,13 @@ def _covered(key: str, prefixes) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow_changes=()) -> None:
+def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow_changes=(),
+                        array_differences: Callable[[], str] = lambda: "") -> None:
     """Refuses to resume a run whose checkpoints were made under other settings (see RESUME_SAFE_KEYS).
 
     Called before anything in the workdir is touched; a fresh workdir, or one with no checkpoint
-    yet, passes. Raises ConfigError listing every changed key with its saved and new values.
+    yet, passes. Raises ConfigError listing every changed key with its saved and new values, and
+    what `array_differences()` says of the model's arrays (how the newest checkpoint differs).
     """
     path = os.path.join(workdir, "config.json")
     checkpoints = os.path.join(workdir, "checkpoints")
@@ -498,6 +500,9 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow_c
             log.info("resume: config.%s changed from %r to %r", key, before, after)
     if unsafe:
         lines = "\n".join(f"  - config.{k}: {a!r} in the run, {b!r} now" for k, (a, b) in unsafe.items())
+        arrays = array_differences()
+        if arrays:
+            lines += f"\nand so the model's arrays differ: {arrays}"
         raise ConfigError(
             f"{workdir} holds checkpoints of a run with other settings, which cannot resume under this config:\n{lines}\n"
             f"Nothing was changed in {workdir}. Rerun with the run's settings (its config.json; to train longer, "
@@ -546,11 +551,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_changes=()) -> 
     if jax.process_index() == 0:
         check_workdir(workdir)
     with _WorkdirLock(workdir, jax.process_index() == 0):
-        check_resume_config(workdir, config, allow_changes)
-        return _train(config, workdir)
+        return _train(config, workdir, allow_changes)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _array_differences(checkpointer: Checkpointer, abstract_state) -> str:
+    """How the newest checkpoint's train state differs from `abstract_state` ("" if it fits or is unreadable)."""
+    steps = checkpointer.all_steps()
+    try:
+        if steps:
+            checkpointer.check_compatible(steps[-1], "state", abstract_state)
+    except CheckpointMismatchError as err:
+        return str(err).split(" (", 1)[-1].split("). Use a new --workdir")[0]
+    except Exception:  # noqa: BLE001 - a damaged checkpoint says nothing about the config
+        pass
+    return ""
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, allow_changes=()) -> dict[str, Any]:
     run = setup(config)
     is_primary = jax.process_index() == 0
     if config.eval_params == "ema" and config.ema_decay ** config.total_steps > 0.05:
@@ -573,6 +590,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ---- Restore the latest readable checkpoint, or start from scratch.
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    check_resume_config(workdir, config, allow_changes, lambda: _array_differences(checkpointer, abstract_state))
     start_step, restored = checkpointer.restore_latest(
         abstract_state=abstract_state, abstract_ema=abstract_ema, data_iterator=data_iter
     )
