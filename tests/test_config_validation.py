@@ -20,8 +20,8 @@ MASKGIT_DIGITS = os.path.join(REPO, "experiments", "maskgit_digits.py")
 # What `source_info` reports for the datasets the experiment files name, without reading one.
 TOKENS_8x8 = {"token_shape": (8, 8), "codebook_size": 256, "num_levels": 1, "num_classes": 10,
               "splits": {"train": 1438, "test": 359}, "image_shape": None, "tokenizer": {}}
-TOKENS_16x16 = dict(TOKENS_8x8, token_shape=(16, 16), codebook_size=1024, splits={"train": 8, "validation": 8})
-IMAGENET = {"image_shape": (None, None, 3), "num_classes": 1000, "splits": {"train": 8, "validation": 8}}
+TOKENS_16x16 = dict(TOKENS_8x8, token_shape=(16, 16), codebook_size=1024, splits={"train": 1281167, "validation": 50000})
+IMAGENET = {"image_shape": (None, None, 3), "num_classes": 1000, "splits": {"train": 1281167, "validation": 50000}}
 
 
 def _module(path):
