@@ -41,6 +41,17 @@ def _tokens_current(tokens_dir: str, tokenizer_step: int) -> bool:
         return False
 
 
+def _train_stage(config, stage_dir: str, workdir: str, size: str) -> dict:
+    """Trains or resumes one stage; a stage made by another `--size` names the demo's fix."""
+    try:
+        return train_lib.train(config, stage_dir)
+    except train_lib.ResumeConfigError as err:
+        keys = ", ".join(f"config.{k}" for k in err.changes)
+        raise train_lib.ConfigError(
+            f"{workdir} holds a demo made with other settings ({keys} differ in {stage_dir}), perhaps another "
+            f"--size than {size!r}: rerun with the --size it was made with, or pass another --workdir") from None
+
+
 def run_demo(workdir: str, *, size: str = "small", tokenizer_overrides=(), maskgit_overrides=(),
              num_per_class: int = 10) -> dict:
     """Runs (or resumes) every stage under `workdir`; returns the paths and evaluation numbers."""
@@ -50,7 +61,7 @@ def run_demo(workdir: str, *, size: str = "small", tokenizer_overrides=(), maskg
     paths = {name: os.path.join(workdir, name) for name in ("tokenizer", "tokens", "maskgit")}
     log.info("demo 1/5: tokenizer -> %s", paths["tokenizer"])
     tok_config = _config("tokenizer_digits.py", f"quantizer=vq,size={size}", list(tokenizer_overrides))
-    train_lib.train(tok_config, paths["tokenizer"])
+    _train_stage(tok_config, paths["tokenizer"], workdir, size)
 
     log.info("demo 2/5: tokens -> %s", paths["tokens"])
     if not _tokens_current(paths["tokens"], tok_config.total_steps):
@@ -58,7 +69,7 @@ def run_demo(workdir: str, *, size: str = "small", tokenizer_overrides=(), maskg
 
     log.info("demo 3/5: MaskGIT -> %s", paths["maskgit"])
     mg_config = _config("maskgit_digits.py", f"tokens={paths['tokens']},size={size}", list(maskgit_overrides))
-    result = train_lib.train(mg_config, paths["maskgit"])
+    result = _train_stage(mg_config, paths["maskgit"], workdir, size)
 
     log.info("demo 4/5: evaluation")
     evals = result.get("evals") or train_lib.evaluate(mg_config, paths["maskgit"])[1]

@@ -467,6 +467,14 @@ def _covered(key: str, prefixes) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+class ResumeConfigError(ConfigError):
+    """A workdir's checkpoints were made under other settings than the config given to resume them."""
+
+    def __init__(self, message: str, changes: dict):
+        super().__init__(message)
+        self.changes = changes  # key -> (saved, now)
+
+
 def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow_changes=(),
                         array_differences: Callable[[], str] = lambda: "") -> None:
     """Refuses to resume a run whose checkpoints were made under other settings (see RESUME_SAFE_KEYS).
@@ -503,12 +511,12 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict, allow_c
         arrays = array_differences()
         if arrays:
             lines += f"\nand so the model's arrays differ: {arrays}"
-        raise ConfigError(
+        raise ResumeConfigError(
             f"{workdir} holds checkpoints of a run with other settings, which cannot resume under this config:\n{lines}\n"
             f"Nothing was changed in {workdir}. Rerun with the run's settings (its config.json; to train longer, "
             "change only --config.total_steps), use a new --workdir, or name each change you mean with "
             f"--allow-change KEY (allowed without it: {', '.join(RESUME_SAFE_KEYS)}). A change of the model's "
-            "arrays is refused even then.")
+            "arrays is refused even then.", unsafe)
 
 
 def check_workdir(workdir: str) -> None:

@@ -420,3 +420,15 @@ def test_read_only_workdir_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=rf"--workdir {workdir} is not writable \({readonly}: "):
         train_lib.train(tiny_mae_config(steps=1), workdir)
     assert not os.path.exists(workdir)
+
+
+def test_demo_over_a_demo_of_another_size_names_the_fix(monkeypatch):
+    from maskgen import demo
+
+    def refuse(config, workdir, allow_changes=()):
+        raise train_lib.ResumeConfigError("refused", {"model.base_channels": (8, 32)})
+
+    monkeypatch.setattr(train_lib, "train", refuse)
+    with pytest.raises(ConfigError, match=r"runs/d holds a demo made with other settings \(config.model.base_channels "
+                                          r"differ in runs/d/tokenizer\), perhaps another --size than 'small'"):
+        demo._train_stage(None, "runs/d/tokenizer", "runs/d", "small")
