@@ -23,9 +23,9 @@ from maskgen import train as train_lib
 from maskgen.evaluators.generation import (class_grid, decode_images, decode_settings, generate, grey_masked,
                                            tokenizer_for, trajectory_rows)
 from maskgen.evaluators.image_grid import make_grid, to_uint8
+from maskgen.recipes import get_recipe, recipes_with
 
 log = logging.getLogger("maskgen")
-GENERATORS = ("maskgit", "autoregressive")
 HALVES = ("top", "bottom", "left", "right")
 
 
@@ -35,9 +35,10 @@ class GeneratorHandle:
     def __init__(self, workdir: str, step: int | None = None, config=None):
         self.workdir = workdir
         self.config = config if config is not None else train_lib.load_run_config(workdir)
-        if self.config.recipe not in GENERATORS:
+        self.recipe_cls = get_recipe(self.config.recipe)
+        if "generate" not in self.recipe_cls.capabilities:
             raise ValueError(f"{workdir} is a {self.config.recipe!r} run; sampling classes and editing need a "
-                             f"token generator ({', '.join(GENERATORS)})")
+                             f"token generator ({', '.join(recipes_with('generate'))})")
         self.run = train_lib.setup(self.config)
         self.step, self.variables = train_lib.restore_variables(self.run, workdir, step)
         self.info = self.run.recipe.info()
@@ -48,13 +49,13 @@ class GeneratorHandle:
     def settings(self, **overrides) -> dict:
         """The run's decoding settings (`config.sampling`) with the non-None `overrides` applied."""
         chosen = {k: v for k, v in overrides.items() if v is not None}
-        if self.config.recipe == "autoregressive":
-            ignored = set(chosen) - {"temperature", "cfg_scale", "precision"}
-            if ignored:
-                log.warning("the autoregressive baseline ignores %s", sorted(ignored))
-            chosen = {k: v for k, v in chosen.items() if k not in ignored}
-            return {k: v for k, v in decode_settings(self.info, chosen).items() if k != "num_steps"}
-        return decode_settings(self.info, chosen)
+        used = self.recipe_cls.decode_options
+        if used is None:
+            return decode_settings(self.info, chosen)
+        ignored = set(chosen) - set(used)
+        if ignored:
+            log.warning("a %r run ignores %s", self.config.recipe, sorted(ignored))
+        return {k: v for k, v in decode_settings(self.info, chosen).items() if k in used}
 
     def check_labels(self, labels) -> np.ndarray:
         labels = np.asarray(labels, np.int32)
@@ -84,8 +85,9 @@ class GeneratorHandle:
 
         Returns {"edited", "reconstruction" (the tokenizer's round trip of the input), "token_mask"}.
         """
-        if self.config.recipe != "maskgit":
-            raise ValueError("editing needs a masked (maskgit) generator; the autoregressive baseline cannot infill")
+        if "infill" not in self.recipe_cls.capabilities:
+            raise ValueError(f"editing needs a generator that can infill ({', '.join(recipes_with('infill'))}); "
+                             f"a {self.config.recipe!r} run cannot")
         label = self.check_labels([label])
         token_mask = self.token_mask(np.asarray(pixel_mask, bool))
         if not token_mask.any():

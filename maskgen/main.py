@@ -221,9 +221,10 @@ def main(argv: list[str]) -> int:
         elif args.command == "sample":
             out = args.out or os.path.join(args.workdir, "samples.png")
             decode = {k: v for k, v in _decode_overrides(args).items() if v is not None}
-            from maskgen.generate import GENERATORS, GeneratorHandle, sample_to_png
+            from maskgen.generate import GeneratorHandle, sample_to_png
+            from maskgen.recipes import get_recipe
 
-            if config.recipe in GENERATORS:
+            if "generate" in get_recipe(config.recipe).capabilities:
                 classes = [int(c) for c in args.classes.split(",")] if args.classes else None
                 sample_to_png(GeneratorHandle(args.workdir, args.step, config), out, num_per_class=args.num,
                               classes=classes, seed=args.seed, trajectory_out=args.trajectory_out, **decode)

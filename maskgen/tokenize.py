@@ -17,6 +17,7 @@ from maskgen.data import make_source, source_info
 from maskgen.data.pipeline import eval_batches
 from maskgen.data.tokens import write_token_metadata, write_token_split
 from maskgen import train as train_lib
+from maskgen.recipes import get_recipe, recipes_with
 
 log = logging.getLogger("maskgen")
 
@@ -32,8 +33,9 @@ class TokenizerHandle:
     def __init__(self, workdir: str, step: int | None = None, which: str | None = None):
         self.workdir = workdir
         self.config = train_lib.load_run_config(workdir)
-        if self.config.recipe != "tokenizer":
-            raise ValueError(f"{workdir} is a {self.config.recipe!r} run, not a tokenizer run")
+        if not {"encode", "decode"} <= get_recipe(self.config.recipe).capabilities:
+            raise ValueError(f"{workdir} is a {self.config.recipe!r} run, not a tokenizer run "
+                             f"({', '.join(recipes_with('encode'))})")
         self.run = train_lib.setup(self.config)
         self.step, self.variables = train_lib.restore_variables(self.run, workdir, step, which)
         self.info = self.run.recipe.info()

@@ -156,3 +156,14 @@ def test_autoregressive_baseline_trains_and_samples(tokens_dir, tmp_path):
     assert losses[-1] < losses[0] - 0.5, losses
     out = GeneratorHandle(workdir).sample(np.arange(4), seed=1)
     assert out["images"].shape == (4, 16, 16, 1) and "trajectory" not in out
+
+
+def test_callers_ask_recipes_what_they_can_do():
+    """generate.py, tokenize.py and main.py read capabilities, never recipe names."""
+    from maskgen.recipes import get_recipe, recipes_with
+
+    assert recipes_with("generate") == ["autoregressive", "maskgit"]
+    assert recipes_with("infill") == ["maskgit"]
+    assert recipes_with("encode") == ["tokenizer"] and not get_recipe("mae").capabilities
+    assert get_recipe("maskgit").decode_options is None
+    assert set(get_recipe("autoregressive").decode_options) == {"temperature", "cfg_scale", "precision"}

@@ -4,9 +4,9 @@ A recipe is the only place where a model, a masking rule, a loss and a sampler m
 loop in `maskgen/train.py` talks to recipes through the methods of `maskgen.recipes.base.Recipe`.
 """
 
-from maskgen.recipes.base import Recipe, get_recipe, recipe_names, register
+from maskgen.recipes.base import Recipe, get_recipe, recipe_names, recipes_with, register
 
 # Importing a recipe module registers it.
 from maskgen.recipes import mae, maskgit, tokenizer  # noqa: F401,E402
 
-__all__ = ["Recipe", "get_recipe", "recipe_names", "register"]
+__all__ = ["Recipe", "get_recipe", "recipe_names", "recipes_with", "register"]

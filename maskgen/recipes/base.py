@@ -26,6 +26,11 @@ def recipe_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def recipes_with(capability: str) -> list[str]:
+    """The registered recipes that declare `capability` (for messages: "sampling needs one of ...")."""
+    return sorted(name for name, cls in _REGISTRY.items() if capability in cls.capabilities)
+
+
 def get_recipe(name: str) -> type["Recipe"]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown recipe {name!r}; registered recipes: {', '.join(recipe_names())}")
@@ -40,6 +45,12 @@ class Recipe:
     """
 
     name: str = ""
+    # What callers outside the loop may ask of a recipe, so they never compare recipe names:
+    # "encode"/"decode" (a tokenizer's `encode`/`decode`), "generate" (class-conditional samples
+    # through `generate`), "infill" (`generate` with some tokens `known`: inpainting, editing).
+    capabilities: frozenset = frozenset()
+    # The decoding settings `generate` reads (None: all of `config.sampling`); others are ignored.
+    decode_options: tuple | None = None
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, data_info: dict[str, Any]) -> "Recipe":

@@ -185,6 +185,8 @@ class _TokenRecipe(Recipe):
 
 @register("maskgit")
 class MaskGITRecipe(_TokenRecipe):
+    capabilities = frozenset({"generate", "infill"})
+
     def __init__(self, *, mask_schedule: str = "cosine", **kwargs):
         super().__init__(**kwargs)
         mask_ratio(mask_schedule, 0.5, self.num_tokens)  # fails early on an unknown schedule
@@ -233,6 +235,9 @@ class MaskGITRecipe(_TokenRecipe):
 
 @register("autoregressive")
 class AutoregressiveRecipe(_TokenRecipe):
+    capabilities = frozenset({"generate"})  # left to right: it cannot infill
+    decode_options = ("temperature", "cfg_scale", "precision")
+
     causal = True
 
     def loss(self, model: TokenTransformer, batch, rng, step):

@@ -110,6 +110,8 @@ def _frozen(module: nnx.Module) -> nnx.Module:
 
 @register("tokenizer")
 class TokenizerRecipe(Recipe):
+    capabilities = frozenset({"encode", "decode"})
+
     def __init__(self, *, image_size: int, channels: int, model_kwargs: dict, reconstruction: str,
                  reconstruction_weight: float, perceptual_weight: float, perceptual_network: str,
                  adversarial_weight: float, gan_loss: str, gan_start_step: int, lecam_weight: float,
