@@ -82,6 +82,12 @@ def _brief(err: Exception) -> str:
     return f"{type(err).__name__}: {text}"
 
 
+def _by_item(values: dict[str, Any], items) -> dict[str, dict[str, Any]]:
+    """{"state/a/b": v, "ema/a": w} -> {"state": {"a/b": v}, "ema": {"a": w}}."""
+    return {name: {path[len(name) + 1:]: v for path, v in values.items() if path.startswith(name + "/")}
+            for name in items}
+
+
 def _data_digest(iterator) -> str:
     """SHA-256 of a grain iterator's state (a small JSON dict: its position in the data)."""
     import hashlib
@@ -236,18 +242,17 @@ class Checkpointer:
         Raises NonFiniteStateError, writing nothing, if any array of `state` or `ema` holds a NaN
         or an inf: a checkpoint is only ever a state worth resuming from.
         """
-        checksums = {}
-        for name, tree in (("state", state), ("ema", ema)):
-            nonfinite, checksums[name] = audit(tree)
-            bad = {path: n for path, n in nonfinite.items() if n}
-            if bad:
-                first = next(iter(bad))
-                raise NonFiniteStateError(
-                    f"not saving step {step}: {name}/{first} holds {bad[first]} non-finite values (NaN or inf), "
-                    f"and {len(bad)} of {len(nonfinite)} arrays of {name} are affected "
-                    f"({sum(bad.values())} values in all: {', '.join(list(bad)[:5])}{', ...' if len(bad) > 5 else ''}); "
-                    "the last saved checkpoint is kept. To resume from it with a lower learning rate, rerun "
-                    "with --config.optimizer.lr=... --allow-change optimizer.lr (or check the data)")
+        nonfinite, sums = audit({"state": state, "ema": ema})  # one fused pass, one small fetch
+        bad = {path: n for path, n in nonfinite.items() if n}
+        if bad:
+            first = min(bad, key=lambda path: not path.startswith("state/"))  # the cause, not the EMA of it
+            raise NonFiniteStateError(
+                f"not saving step {step}: {first} holds {bad[first]} non-finite values (NaN or inf), "
+                f"and {len(bad)} of {len(nonfinite)} arrays are affected "
+                f"({sum(bad.values())} values in all: {', '.join(list(bad)[:5])}{', ...' if len(bad) > 5 else ''}); "
+                "the last saved checkpoint is kept. To resume from it with a lower learning rate, rerun "
+                "with --config.optimizer.lr=... --allow-change optimizer.lr (or check the data)")
+        checksums = _by_item(sums, ("state", "ema"))
         if isinstance(data_iterator, grain.DatasetIterator):
             checksums["data"] = _data_digest(data_iterator)
         items = dict(
@@ -287,10 +292,9 @@ class Checkpointer:
             self.manager.wait_until_finished()
         self.manager.close()
 
-    def check_compatible(self, step: int, item: str, abstract) -> None:
-        """Raises CheckpointMismatchError if `item` at `step` has other arrays than `abstract` (a
-        changed model: missing or extra arrays) or other shapes; a failure to read the metadata
-        raises CheckpointDamagedError."""
+    def differences(self, step: int, item: str, abstract) -> str:
+        """How `item` at `step` differs from `abstract` in its arrays (missing, extra, reshaped), in
+        words; "" if it fits. A failure to read the metadata raises CheckpointDamagedError."""
         try:
             have = _shapes(self.manager.item_metadata(step)[item])
         except Exception as err:  # noqa: BLE001 - any read failure is damage, whatever Orbax raises.
@@ -300,15 +304,22 @@ class Checkpointer:
         missing = sorted(set(want) - set(have), key=params_first)
         extra = sorted(set(have) - set(want), key=params_first)
         reshaped = sorted((k for k in set(want) & set(have) if want[k] != have[k]), key=params_first)
-        if missing or extra or reshaped:
-            details = ([f"missing from the checkpoint: {k}" for k in missing[:5]]
-                       + [f"not in this config: {k}" for k in extra[:5]]
-                       + [f"{k}: checkpoint {have[k]} vs config {want[k]}" for k in reshaped[:5]])
+        if not (missing or extra or reshaped):
+            return ""
+        details = ([f"missing from the checkpoint: {k}" for k in missing[:5]]
+                   + [f"not in this config: {k}" for k in extra[:5]]
+                   + [f"{k}: checkpoint {have[k]} vs config {want[k]}" for k in reshaped[:5]])
+        return (f"{len(missing)} arrays missing, {len(extra)} not in this config, {len(reshaped)} with other "
+                f"shapes: {'; '.join(details)}")
+
+    def check_compatible(self, step: int, item: str, abstract) -> None:
+        """Raises CheckpointMismatchError if `item` at `step` has other arrays than `abstract` (a
+        changed model) or other shapes; CheckpointDamagedError if its metadata cannot be read."""
+        differences = self.differences(step, item, abstract)
+        if differences:
             raise CheckpointMismatchError(
-                f"checkpoint at step {step} in {self.directory} does not match this config "
-                f"({len(missing)} arrays missing, {len(extra)} not in this config, {len(reshaped)} with other "
-                f"shapes: {'; '.join(details)}). Use a new --workdir, or the config the run was started with "
-                "(its workdir/config.json)."
+                f"checkpoint at step {step} in {self.directory} does not match this config ({differences}). "
+                "Use a new --workdir, or the config the run was started with (its workdir/config.json)."
             )
 
     def _damage(self, step: int, what: str, err: Exception | None = None) -> str:
@@ -356,8 +367,8 @@ class Checkpointer:
             if _data_digest(data_iterator) != saved["data"]:
                 raise CheckpointDamagedError(self._damage(
                     step, f"the data-iterator state read back ({data_iterator.get_state()!r}) differs from the one saved"))
-        for name in targets:
-            _, actual = audit(restored[name])
+        actuals = _by_item(audit({name: restored[name] for name in targets})[1], targets)
+        for name, actual in actuals.items():
             expected = saved.get(name, {})
             differ = [path for path in actual if expected.get(path) != actual[path]]
             if differ:

@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from maskgen import parallel
-from maskgen.checkpoint import Checkpointer, CheckpointDamagedError, CheckpointMismatchError
+from maskgen.checkpoint import Checkpointer, CheckpointDamagedError
 from maskgen.config import ConfigError, config_to_json, validate_common
 from maskgen.data import make_source, source_info
 from maskgen.data.pipeline import eval_batches, train_dataset
@@ -566,13 +566,9 @@ def _array_differences(checkpointer: Checkpointer, abstract_state) -> str:
     """How the newest checkpoint's train state differs from `abstract_state` ("" if it fits or is unreadable)."""
     steps = checkpointer.all_steps()
     try:
-        if steps:
-            checkpointer.check_compatible(steps[-1], "state", abstract_state)
-    except CheckpointMismatchError as err:
-        return str(err).split(" (", 1)[-1].split("). Use a new --workdir")[0]
-    except Exception:  # noqa: BLE001 - a damaged checkpoint says nothing about the config
-        pass
-    return ""
+        return checkpointer.differences(steps[-1], "state", abstract_state) if steps else ""
+    except CheckpointDamagedError:  # a damaged checkpoint says nothing about the config
+        return ""
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, allow_changes=()) -> dict[str, Any]:
