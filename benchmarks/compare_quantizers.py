@@ -43,8 +43,8 @@ def real_data_floor() -> float:
     """Fréchet distance between the real train and test digits on the same classifier features."""
     import numpy as np
 
-    from maskgen.evaluators.digit_classifier import get_digit_classifier, load_digits_split
-    from maskgen.evaluators.frechet import feature_statistics, frechet_distance
+    from maskgen.perception.digit_classifier import get_digit_classifier, load_digits_split
+    from maskgen.perception.frechet import feature_statistics, frechet_distance
 
     classifier = get_digit_classifier(None)
     stats = []

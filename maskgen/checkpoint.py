@@ -211,6 +211,14 @@ def _path(key_path) -> str:
     return "/".join(parts)
 
 
+def _replicated_like(tree):
+    """A replicated sharding on the mesh of `tree`'s (sharded abstract) arrays, for scalars."""
+    sharding = next((x.sharding for x in jax.tree.leaves(tree) if getattr(x, "sharding", None) is not None), None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
 def _shapes(tree) -> dict[str, tuple]:
     return {_path(p): tuple(x.shape) for p, x in jax.tree.leaves_with_path(tree)}
 
@@ -291,15 +299,22 @@ class Checkpointer:
         with self._saving("the last checkpoint"):
             self.manager.wait_until_finished()
         self.manager.close()
+        if getattr(self, "_read_manager", None) is not None:
+            self._read_manager.close()
 
-    def differences(self, step: int, item: str, abstract) -> str:
+    def differences(self, step: int, item: str, abstract, partial: bool = False) -> str:
         """How `item` at `step` differs from `abstract` in its arrays (missing, extra, reshaped), in
-        words; "" if it fits. A failure to read the metadata raises CheckpointDamagedError."""
+        words; "" if it fits. With `partial`, `abstract` is a subtree (e.g. the model without the
+        optimizer state): arrays under the top-level keys it does not name are not compared.
+        A failure to read the metadata raises CheckpointDamagedError."""
         try:
             have = _shapes(self.manager.item_metadata(step)[item])
         except Exception as err:  # noqa: BLE001 - any read failure is damage, whatever Orbax raises.
             raise CheckpointDamagedError(self._damage(step, f"its {item} metadata cannot be read", err)) from err
         want = _shapes(abstract)
+        if partial:
+            tops = {k.split("/")[0] for k in want}
+            have = {k: v for k, v in have.items() if k.split("/")[0] in tops}
         params_first = lambda k: (k.startswith("opt_state"), k)  # noqa: E731 - the model's arrays say most
         missing = sorted(set(want) - set(have), key=params_first)
         extra = sorted(set(have) - set(want), key=params_first)
@@ -377,6 +392,72 @@ class Checkpointer:
                           f"(saved {expected.get(differ[0])}, read {actual[differ[0]]})"))
         return restored
 
+    def restore_model(self, step: int, *, abstract_variables, which: str = "ema"):
+        """Only the model of `step`: `{"params", "model_state"}`, with `params` the EMA when
+        `which == "ema"`. The optimizer state is never read (nor built: `abstract_variables` is the
+        model's own sharded tree), so evaluating or sampling a run costs its parameters' memory only.
+
+        Checked like `restore`: a model of another shape raises CheckpointMismatchError, a damaged
+        or mislabelled checkpoint (checksums, step) CheckpointDamagedError.
+        """
+        if which not in ("ema", "params"):
+            raise ValueError(f"which must be 'ema' or 'params', got {which!r}")
+        state_target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=_replicated_like(abstract_variables)),
+                        "params": abstract_variables["params"], "model_state": abstract_variables["model_state"]}
+        if which == "ema":
+            state_target.pop("params")
+        if not jax.tree.leaves(state_target["model_state"]):  # nothing to read (and Orbax wants leaves)
+            state_target.pop("model_state")
+        differences = "; ".join(d for d in (
+            self.differences(step, "state", state_target, partial=True),
+            self.differences(step, "ema", abstract_variables["params"]) if which == "ema" else "") if d)
+        if differences:
+            raise CheckpointMismatchError(
+                f"checkpoint at step {step} in {self.directory} does not match this config ({differences}). "
+                "Use the config the run was started with (its workdir/config.json).")
+        items = {"state": ocp.args.PyTreeRestore(state_target, restore_args=ocp.checkpoint_utils.construct_restore_args(
+            state_target), partial_restore=True)}
+        if which == "ema":
+            items["ema"] = ocp.args.PyTreeRestore(
+                abstract_variables["params"],
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables["params"]))
+        has_checksums = os.path.isdir(os.path.join(self.directory, str(step), "checksums"))
+        if has_checksums:
+            items["checksums"] = ocp.args.JsonRestore()
+        try:
+            restored = self._reader().restore(step, args=ocp.args.Composite(**items))
+        except Exception as err:  # noqa: BLE001 - Orbax/TensorStore raise many types for unreadable files.
+            raise CheckpointDamagedError(self._damage(step, "it cannot be read", err)) from err
+        saved_step = int(to_host(restored["state"]["step"]))
+        if saved_step != step:
+            raise CheckpointDamagedError(self._damage(
+                step, f"it holds the train state of step {saved_step} (a renamed or copied directory?)"))
+        model = {"state": {k: v for k, v in restored["state"].items() if k != "step"}}
+        if which == "ema":
+            model["ema"] = restored["ema"]
+        if has_checksums:
+            saved = restored.checksums
+            for name, actual in _by_item(audit(model)[1], tuple(model)).items():
+                differ = [path for path in actual if saved.get(name, {}).get(path) != actual[path]]
+                if differ:
+                    raise CheckpointDamagedError(self._damage(
+                        step, f"{len(differ)} array(s) differ from the checksums saved with them, first "
+                              f"{name}/{differ[0]} (saved {saved.get(name, {}).get(differ[0])}, read {actual[differ[0]]})"))
+        elif "checksums" in self._saved_items(step):
+            raise CheckpointDamagedError(self._damage(step, "its checksums item, listed in _CHECKPOINT_METADATA, is missing"))
+        params = restored["ema"] if which == "ema" else restored["state"]["params"]
+        return {"params": params, "model_state": restored["state"].get("model_state", abstract_variables["model_state"])}
+
+    def _reader(self):
+        """A read-only manager whose handlers can restore part of a tree (the model without the
+        optimizer state); the writing manager's StandardCheckpointHandler reads whole trees only."""
+        if getattr(self, "_read_manager", None) is None:
+            self._read_manager = ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                item_handlers=dict(state=ocp.PyTreeCheckpointHandler(), ema=ocp.PyTreeCheckpointHandler(),
+                                   checksums=ocp.JsonCheckpointHandler()))
+        return self._read_manager
+
     def _saved_items(self, step: int) -> set[str]:
         """The items Orbax recorded when it wrote `step` (empty if that record is unreadable)."""
         try:
@@ -417,3 +498,52 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"quarantine_checkpoint_{step}")
         self.manager.reload()
         return target
+
+
+# --------------------------------------------------------------------------------------------
+# A finished (or running) run's config and model, for inference: no optimizer is built or read.
+# --------------------------------------------------------------------------------------------
+def load_run_config(workdir: str):
+    """The locked config a run saved in `workdir/config.json`."""
+    from maskgen.config import config_from_json
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: pass --config, or point --workdir at a training run")
+    with open(path) as f:
+        return config_from_json(f.read())
+
+
+def restore_run_model(workdir: str, abstract_variables, *, step: int | None = None, which: str = "ema",
+                      keep: int = 3) -> tuple[int, dict]:
+    """`(step, {"params", "model_state"})` of a run: `params` are the EMA when `which == "ema"`.
+
+    `abstract_variables` is the model's own tree of (sharded) ShapeDtypeStructs; the optimizer
+    state is never read. Without `step`, the newest readable checkpoint (damaged ones are skipped
+    with a warning and left in place); a checkpoint of another model raises CheckpointMismatchError.
+    """
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep)
+    try:
+        steps = checkpointer.all_steps()
+        if step is None:
+            if not steps:
+                raise FileNotFoundError(f"no checkpoints in {workdir}/checkpoints; train first")
+            for candidate in reversed(steps):
+                try:
+                    return candidate, checkpointer.restore_model(candidate, abstract_variables=abstract_variables,
+                                                                 which=which)
+                except CheckpointMismatchError:
+                    raise
+                except CheckpointDamagedError as err:
+                    log.warning("%s; left it in place and trying the previous checkpoint", err)
+            raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint at step {step}; available: {steps}")
+        try:
+            return step, checkpointer.restore_model(step, abstract_variables=abstract_variables, which=which)
+        except CheckpointDamagedError as err:
+            others = [s for s in steps if s != step]
+            raise CheckpointDamagedError(f"{err}. Other checkpoints: {others or 'none'} (without --step, "
+                                         "the newest readable one is used)") from err
+    finally:
+        checkpointer.close()

@@ -406,14 +406,15 @@ def batch_axes(sharding_rules: Sequence[Sequence[Any]]) -> tuple[str, ...]:
     return ()
 
 
-def validate_common(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
+def validate_common(config: ml_collections.ConfigDict, num_devices: int, num_processes: int,
+                    recipe_names: Sequence[str] = ()) -> None:
     """Checks the settings every recipe shares (COMMON_SPEC, then the mesh, batch and step counts
-    together); recipes check their own in `Recipe.validate`. Raises one ConfigError listing all."""
+    together); recipes check their own in `Recipe.validate`. `recipe_names` are the registered
+    recipes (passed in: recipes import this module, so it cannot import them). Raises one
+    ConfigError listing all."""
     problems = check_spec(config, COMMON_SPEC)
-    if "recipe" not in problems.bad_keys:
-        from maskgen.recipes import recipe_names  # here, not at the top: recipes import this module
-
-        message = one_of(*recipe_names()).problem("config.recipe", config.recipe)
+    if "recipe" not in problems.bad_keys and recipe_names:
+        message = one_of(*recipe_names).problem("config.recipe", config.recipe)
         if message:
             problems.add("recipe", message)
     if problems.ok("mesh", "sharding_rules"):
@@ -445,34 +446,62 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int, num_pro
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
+def _data_kinds(data_info: dict[str, Any]) -> set[str]:
+    """The kinds of fields a `source_info` dict describes ("image", "tokens", "text", ...); a
+    hand-written data_info without "fields" is read by its legacy keys."""
+    fields = data_info.get("fields")
+    if fields:
+        return {spec.kind for spec in fields.values()}
+    kinds = set()
+    if data_info.get("image_shape") is not None:
+        kinds.add("image")
+    if "token_shape" in data_info:
+        kinds.add("tokens")
+    return kinds
+
+
+# What each `needs` accepts: text ids are token ids to a token model.
+_NEEDS = {"images": {"image"}, "tokens": {"tokens", "text"}, "latents": {"latents"}, "audio": {"audio"}}
+
+
 def data_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any], needs: str,
                   problems: Problems | None = None) -> Problems:
     """Checks config.data (and the evaluators' splits) against the dataset `source_info` describes.
 
-    needs: "images" or "tokens", what the recipe trains on. The pipeline centre-crops images to a
-    square and resizes them (bilinearly) to config.data.image_size. Downsampling is what every
-    image pipeline does; upsampling invents no detail, so it must be asked for: at most
-    `config.data.max_upscale` times the stored size (default 1; the digits configs upsample their
-    8x8 scans to 16x16 on purpose, with 2). A token dataset's images are the tokenizer run's
-    size, so its image_size is 0.
+    needs: what the recipe trains on: "images", "tokens" (token grids or text ids), "latents" or
+    "audio". The pipeline centre-crops images to a square and resizes them (bilinearly) to
+    config.data.image_size. Downsampling is what every image pipeline does; upsampling invents no
+    detail, so it must be asked for: at most `config.data.max_upscale` times the stored size
+    (default 1; the digits configs upsample their 8x8 scans to 16x16 on purpose, with 2). Data
+    without images (a token dataset's images are the tokenizer run's size) has image_size 0.
     """
+    if needs not in _NEEDS:
+        raise ValueError(f"needs={needs!r}: must be one of {sorted(_NEEDS)}")
     problems = Problems() if problems is None else problems
-    data, is_tokens = config.data, "token_shape" in data_info
-    if needs == "tokens" and not is_tokens:
-        problems.add("data.name", f"recipe {config.recipe!r} trains on token grids: set config.data.name='tokens' "
-                                  f"and config.data.data_dir to the output of `maskgen tokenize` (got "
-                                  f"data.name={data.name!r})")
+    data, kinds = config.data, _data_kinds(data_info)
+    is_text = "text" in kinds
+    what = "text" if is_text else "token" if "tokens" in kinds else "non-image"
+    if not kinds & _NEEDS[needs]:
+        if needs == "tokens":
+            problems.add("data.name", f"recipe {config.recipe!r} trains on token grids: set config.data.name='tokens' "
+                                      f"and config.data.data_dir to the output of `maskgen tokenize`, or name a "
+                                      f"text source (e.g. 'pydoc_text') (got data.name={data.name!r})")
+        elif needs == "images":
+            problems.add("data.name", f"recipe {config.recipe!r} trains on images, but config.data.name={data.name!r} "
+                                      f"is a {what} dataset; use 'digits', 'array_record' or 'tfds:<name>'")
+        else:
+            problems.add("data.name", f"recipe {config.recipe!r} trains on {needs}, but config.data.name="
+                                      f"{data.name!r} has fields of kinds {sorted(kinds)}")
         return problems
-    if needs == "images" and is_tokens:
-        problems.add("data.name", f"recipe {config.recipe!r} trains on images, but config.data.name={data.name!r} "
-                                  "is a token dataset; use 'digits', 'array_record' or 'tfds:<name>'")
-        return problems
+    has_images = "image" in kinds
     if not problems.ok("data.image_size"):
         pass
-    elif is_tokens and data.image_size != 0:
-        problems.add("data.image_size", f"config.data.image_size={data.image_size}: must be 0 for a token dataset "
-                                        "(its images are the size the tokenizer run was trained at)")
-    elif not is_tokens:
+    elif not has_images and data.image_size != 0:
+        why = ("its images are the size the tokenizer run was trained at" if what == "token"
+               else "it has no images")
+        problems.add("data.image_size", f"config.data.image_size={data.image_size}: must be 0 for a {what} dataset "
+                                        f"({why})")
+    elif has_images:
         stored = tuple(data_info.get("image_shape") or (None, None))[:2]
         side = None if None in stored else min(stored)
         max_upscale = data.get("max_upscale", 1.0)
@@ -486,8 +515,11 @@ def data_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any], 
                          f"config.data.max_upscale={max_upscale:g} allows (at most {largest}). Use an image_size "
                          f"<= {largest}, prepare the data at this size, or raise config.data.max_upscale if "
                          "you mean to train on upsampled images")
-    if is_tokens and problems.ok("data.augment") and data.augment != "none":
-        problems.add("data.augment", f"config.data.augment={data.augment!r}: must be 'none' for a token dataset")
+    if not has_images and problems.ok("data.augment") and data.augment != "none":
+        problems.add("data.augment", f"config.data.augment={data.augment!r}: must be 'none' for a {what} dataset")
+    if problems.ok("data.seq_len") and "seq_len" in data and not is_text:
+        problems.add("data.seq_len", f"config.data.seq_len={data.seq_len}: only text sources take a seq_len; "
+                                     f"{data.name!r} is a {'image' if has_images else what} dataset")
     counts = data_info.get("splits", {})
     size = counts.get(data.train_split) if problems.ok("data.train_split") else None
     if isinstance(size, int) and _is_int(config.batch_size) and config.batch_size > size:
@@ -537,13 +569,14 @@ COMMON_SPEC: dict[str, Rule] = {
     "log_every": integer(min=1),
     "checkpoint_every": integer(min=1),
     "keep_checkpoints": integer(min=1),
-    "data.name": string(nonempty=True, why="digits, array_record, tfds:<name> or tokens"),
+    "data.name": string(nonempty=True, why="a registered source: maskgen.data.source_names()"),
     "data.data_dir": string(),
-    "data.image_size": integer(min=0, why="the side images are resized to; 0 for token datasets"),
+    "data.image_size": integer(min=0, why="the side images are resized to; 0 for data without images"),
     "data.augment": one_of("none", "crop_flip"),  # maskgen.data.pipeline.AUGMENTATIONS (a test keeps them equal)
     "data.train_split": string(nonempty=True),
     "data.read_threads": integer(min=1, optional=True),
     "data.max_upscale": number(1, optional=True, why="how far image_size may exceed the stored images' side"),
+    "data.seq_len": integer(min=2, optional=True, why="ids per example of a text source"),
     "evals.*.type": string(nonempty=True),
     "evals.*.every": integer(min=-1, why=_EVERY),
 }

@@ -1,12 +1,14 @@
-"""Using a trained token generator (MaskGIT, arXiv 2202.04200, or the AR baseline): `maskgen sample`,
-`maskgen edit` and `maskgen demo`.
+"""Using a trained token generator (MaskGIT, arXiv 2202.04200; the AR baseline; masked discrete
+diffusion on text, arXiv 2406.07524): `maskgen sample`, `maskgen edit` and `maskgen demo`.
 
-A generator run's tokens come from a tokenizer run, named in the token dataset's metadata; this
-module restores both, samples token grids with the recipe's `generate` and decodes them. Editing
-(inpainting, outpainting, class-conditional editing) is the same `iterative_decode` call as
-sampling, started from the tokens of an input image with the masked region unknown (MaskGIT Sec. 4.3).
+A generator's outputs are decoded by its data's decoder (`maskgen.runs.make_decoder`): token
+grids through the tokenizer run named in the token dataset's metadata, token ids through the text
+source's tokenizer. Which inputs a generator takes comes from the task registry
+(`maskgen.tasks`): class labels, nothing, a prefix, or an infill mask. Editing (inpainting,
+outpainting, class-conditional editing, text span infilling) is the same `generate` call as
+sampling, started from known tokens with the edited region unknown (MaskGIT Sec. 4.3).
 
-Like `tokenize.py`, this sits beside `train.py`; recipes never import it.
+This sits beside `train.py`, above `maskgen.runs`; recipes never import it.
 """
 
 from __future__ import annotations
@@ -17,34 +19,36 @@ import re
 
 import jax
 import numpy as np
-from PIL import Image
 
-from maskgen import train as train_lib
-from maskgen.evaluators.generation import (class_grid, decode_images, decode_settings, generate, grey_masked,
-                                           tokenizer_for, trajectory_rows)
+from maskgen import outputs, tasks
+from maskgen.evaluators.generation import class_grid, decode_settings, generate, grey_masked, trajectory_rows
 from maskgen.evaluators.image_grid import make_grid, to_uint8
 from maskgen.recipes import get_recipe, recipes_with
+from maskgen.runs import RunHandle, load_run_config, make_decoder
 
 log = logging.getLogger("maskgen")
 HALVES = ("top", "bottom", "left", "right")
 
 
-class GeneratorHandle:
-    """A restored generator run and its tokenizer: `sample(labels)` and `edit(image, mask, label)`."""
+class GeneratorHandle(RunHandle):
+    """A restored generator run and its decoder: `sample(...)`, `edit(image, mask, label)` and
+    `infill_text(prefix, suffix, span)`."""
 
     def __init__(self, workdir: str, step: int | None = None, config=None):
-        self.workdir = workdir
-        self.config = config if config is not None else train_lib.load_run_config(workdir)
-        self.recipe_cls = get_recipe(self.config.recipe)
-        if "generate" not in self.recipe_cls.capabilities:
-            raise ValueError(f"{workdir} is a {self.config.recipe!r} run; sampling classes and editing need a "
-                             f"token generator ({', '.join(recipes_with('generate'))})")
-        self.run = train_lib.setup(self.config)
-        self.step, self.variables = train_lib.restore_variables(self.run, workdir, step)
-        self.info = self.run.recipe.info()
-        self.ctx = train_lib.make_eval_context(self.run, self.variables, self.step, workdir)
-        self.tokenizer = tokenizer_for(self.info)
-        self.num_classes = int(self.info["num_classes"])
+        config = config if config is not None else load_run_config(workdir)
+        if "generate" not in get_recipe(config.recipe).capabilities:
+            raise ValueError(f"{workdir} is a {config.recipe!r} run; sampling and editing need a generator "
+                             f"({', '.join(recipes_with('generate'))})")
+        super().__init__(workdir, step, None, config)
+        self.tasks = set(self.recipe.supported_tasks())
+        self.decoder = make_decoder(self.config, self.run.data_info)
+        if self.decoder is None:
+            raise ValueError(f"the {self.config.data.name!r} data of {workdir} has no decoder: its token dataset "
+                             "names no tokenizer run, so samples cannot be shown")
+        self.kind = self.decoder.kind  # "images" or "texts"
+        self.num_classes = int(self.info.get("num_classes", 0)) if "class" in self.tasks else 0
+        # The decoder of image token grids is the tokenizer run (load_image and the edit CLI use its data).
+        self.tokenizer = getattr(self.decoder, "tokenizer", None)
 
     def settings(self, **overrides) -> dict:
         """The run's decoding settings (`config.sampling`) with the non-None `overrides` applied."""
@@ -64,10 +68,22 @@ class GeneratorHandle:
             raise ValueError(f"class {int(bad[0])} is out of range: this run has classes 0..{self.num_classes - 1}")
         return labels
 
-    def sample(self, labels, *, seed: int = 0, batch_size: int = 256, **overrides) -> dict:
-        """{"images" [n, H, W, C] in [-1, 1], "tokens", and for the first batch "trajectory"/"masks"}."""
-        out = generate(self.ctx, self.check_labels(labels), self.settings(**overrides), seed, batch_size)
-        out["images"] = decode_images(self.tokenizer, out["tokens"])
+    def sample(self, labels=None, *, num: int | None = None, seed: int = 0, batch_size: int = 256,
+               **overrides) -> dict:
+        """Class-conditional samples for `labels`, or `num` unconditional ones. Returns {"tokens", the
+        decoded "images" [n, H, W, C] in [-1, 1] or "texts" [str], and for the first batch the decoding
+        "trajectory"/"masks" when the generator records them}."""
+        if labels is not None and "class" not in self.tasks:
+            raise ValueError(f"{self.workdir} is an unconditional generator (tasks: {sorted(self.tasks)}); "
+                             "sample without classes")
+        if labels is None:
+            if "class" in self.tasks:
+                raise ValueError(f"{self.workdir} is class-conditional: give the classes to sample")
+            out = tasks.generate_unconditional(self.ctx, tuple(self.info["token_shape"]), num or 16,
+                                               self.settings(**overrides), seed, batch_size)
+        else:
+            out = generate(self.ctx, self.check_labels(labels), self.settings(**overrides), seed, batch_size)
+        out.update(self.decoder.decode(out["tokens"]))
         return out
 
     def token_mask(self, pixel_mask: np.ndarray) -> np.ndarray:
@@ -79,39 +95,77 @@ class GeneratorHandle:
             raise ValueError(f"mask {pixel_mask.shape} does not tile into the {h}x{w} token grid")
         return pixel_mask.reshape(h, height // h, w, width // w).any(axis=(1, 3))
 
+    def _require_infill(self) -> None:
+        if "infill" not in self.tasks:
+            raise ValueError(f"editing needs a generator that can infill ({', '.join(recipes_with('infill'))}); "
+                             f"a {self.config.recipe!r} run cannot")
+
+    def _fill(self, batch: dict, seed: int, start_step: int, overrides: dict) -> np.ndarray:
+        rows = self.batch_multiple
+        batch = {k: np.repeat(v, rows, axis=0) for k, v in batch.items()}
+        settings = {**self.settings(**overrides)}
+        if start_step:
+            settings["start_step"] = int(start_step)
+        out = self.apply("generate", batch, jax.random.key(seed), **settings)
+        return np.asarray(out["tokens"])[:1]
+
     def edit(self, image: np.ndarray, pixel_mask: np.ndarray, label: int, *, seed: int = 0,
              start_step: int = 0, **overrides) -> dict:
         """Regenerates the masked region of `image` ([H, W, C] in [-1, 1]) as class `label`.
 
         Returns {"edited", "reconstruction" (the tokenizer's round trip of the input), "token_mask"}.
         """
-        if "infill" not in self.recipe_cls.capabilities:
-            raise ValueError(f"editing needs a generator that can infill ({', '.join(recipes_with('infill'))}); "
-                             f"a {self.config.recipe!r} run cannot")
-        label = self.check_labels([label])
+        self._require_infill()
+        if self.kind != "images":
+            raise ValueError(f"{self.workdir} generates {self.kind}; edit text with infill_text")
         token_mask = self.token_mask(np.asarray(pixel_mask, bool))
         if not token_mask.any():
             raise ValueError("the mask selects no pixels: white (or non-zero) pixels mark the region to regenerate")
         tokens = self.tokenizer.encode(image[None])
-        rows = self.ctx.batch_multiple
-        batch = {"label": np.repeat(label, rows), "tokens": np.repeat(tokens, rows, axis=0),
-                 "known": np.repeat(~token_mask[None], rows, axis=0)}
-        settings = {**self.settings(**overrides), "start_step": int(start_step)}
-        out = self.ctx.to_host(self.ctx.apply("generate", self.variables, self.ctx.shard(batch),
-                                              jax.random.key(seed), **settings))
-        edited = decode_images(self.tokenizer, np.asarray(out["tokens"])[:1])[0]
-        return {"edited": edited, "reconstruction": decode_images(self.tokenizer, tokens)[0],
-                "token_mask": token_mask}
+        batch = tasks.infill_batch(tokens, token_mask[None])
+        if "class" in self.tasks:
+            batch["label"] = self.check_labels([label])
+        edited_tokens = self._fill(batch, seed, start_step, overrides)
+        return {"edited": self.decoder.decode(edited_tokens)["images"][0],
+                "reconstruction": self.decoder.decode(tokens)["images"][0], "token_mask": token_mask}
+
+    def infill_text(self, prefix: str, suffix: str, span: int, *, seed: int = 0, **overrides) -> dict:
+        """Writes `span` new tokens between `prefix` and `suffix`, which stay exactly as given.
+
+        The sequence is laid out as prefix | span unknown tokens | suffix | free tokens (unknown,
+        generated and dropped), so the model sees the suffix as the text that follows.
+        Returns {"text" (the whole edited text), "fill" (the new part), "tokens"}.
+        """
+        from maskgen.data import text as text_lib
+
+        self._require_infill()
+        if self.kind != "texts":
+            raise ValueError(f"{self.workdir} generates {self.kind}; text infilling needs a text run")
+        length = int(np.prod(self.info["token_shape"]))
+        head, tail = text_lib.encode(prefix), text_lib.encode(suffix)
+        if span < 1:
+            raise ValueError(f"the span to fill must be at least 1 token, got {span}")
+        used = len(head) + span + len(tail)
+        if used > length:
+            raise ValueError(f"prefix ({len(head)} tokens) + span ({span}) + suffix ({len(tail)} tokens) = {used} "
+                             f"tokens, longer than the model's {length} positions; shorten them")
+        tokens = np.zeros((1, length), np.int32)
+        known = np.zeros((1, length), bool)
+        tokens[0, :len(head)], known[0, :len(head)] = head, True
+        tokens[0, len(head) + span:used], known[0, len(head) + span:used] = tail, True
+        filled = self._fill(tasks.infill_batch(tokens, ~known), seed, 0, overrides)[0]
+        if not np.array_equal(filled[known[0]], tokens[0][known[0]]):
+            raise RuntimeError("the generator changed given tokens; this is a bug in its infill")
+        fill = filled[len(head):len(head) + span]
+        return {"text": text_lib.decode(filled[:used]), "fill": text_lib.decode(fill), "tokens": filled[:used],
+                "prefix": prefix, "suffix": suffix}
 
 
 # --------------------------------------------------------------------------------------------
 # Image files in and out.
 # --------------------------------------------------------------------------------------------
 def save_png(path: str, image_uint8: np.ndarray, zoom: int = 1) -> str:
-    image = np.repeat(np.repeat(image_uint8, zoom, axis=0), zoom, axis=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
-    return path
+    return outputs.write_png(path, image_uint8, zoom)
 
 
 def _is_example(spec: str) -> bool:
@@ -215,8 +269,33 @@ def sample_to_png(handle: GeneratorHandle, out: str, *, num_per_class: int, clas
     if jax.process_index() == 0:
         save_png(out, class_grid(result["images"], labels, classes, num_per_class))
         if trajectory_out and "trajectory" in result:
-            rows = trajectory_rows(handle.tokenizer, result["trajectory"], result["masks"], 1)
+            decode = lambda t: handle.decoder.decode(t)["images"]  # noqa: E731
+            rows = trajectory_rows(decode, result["trajectory"], result["masks"], 1)
             save_png(trajectory_out, make_grid(rows, upscale=max(1, 64 // result["images"].shape[1])))
+    return result
+
+
+def sample_to_file(handle: GeneratorHandle, out: str, *, num: int, classes=None, seed: int = 0,
+                   trajectory_out: str | None = None, **overrides) -> dict:
+    """`maskgen sample` for any generator: a PNG grid for images (`num` per class), or for text
+    `num` samples in one UTF-8 file (and the result, whose "texts" the CLI prints)."""
+    if handle.kind == "images":
+        return sample_to_png(handle, out, num_per_class=num, classes=classes, seed=seed,
+                             trajectory_out=trajectory_out, **overrides)
+    if classes is not None or trajectory_out:
+        raise ValueError("--classes and --trajectory-out apply to class-conditional image generators")
+    result = handle.sample(num=num, seed=seed, **overrides)
+    if jax.process_index() == 0:
+        outputs.write_text(out, outputs.join_samples(result["texts"]))
+    return result
+
+
+def infill_text_to_file(handle: GeneratorHandle, prefix: str, suffix: str, span: int, out: str, *, seed: int = 0,
+                        **overrides) -> dict:
+    """`maskgen edit` on a text run: fills `span` tokens between prefix and suffix; writes the text."""
+    result = handle.infill_text(prefix, suffix, span, seed=seed, **overrides)
+    if jax.process_index() == 0:
+        outputs.write_text(out, result["text"])
     return result
 
 

@@ -7,6 +7,8 @@
   maskgen sample --workdir DIR --out grid.png [--num 16] [--step N]
   maskgen sample --workdir MASKGIT_DIR --num 10 --steps 8 --cfg 2.0 --out grid.png   (N per class)
   maskgen edit   --workdir MASKGIT_DIR --image in.png|test:INDEX --mask mask.png|bottom --class C --out out.png
+  maskgen sample --workdir TEXT_DIR --num 4                    (text generators: prints and writes samples.txt)
+  maskgen edit   --workdir TEXT_DIR --prefix "The " --span 20 --suffix " is" --out edited.txt
   maskgen tokenize --tokenizer-workdir DIR --data digits --out TOKENS_DIR
   maskgen prepare --source digits --out DIR
   maskgen prepare --source folder --input DIR --out DIR --resolution 32 [--skip-bad]
@@ -72,19 +74,25 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=None, help="default: the run's saved workdir/config.json")
         p.add_argument("--step", type=_at_least(0), default=None, help="checkpoint step (default: latest readable)")
         if name == "sample":
-            p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples.png)")
+            p.add_argument("--out", default=None,
+                           help="PNG path, or a .txt for text generators (default: WORKDIR/samples.png or samples.txt)")
             p.add_argument("--num", type=_at_least(1), default=16,
-                           help="images (MAE, tokenizers) or samples per class (token generators)")
+                           help="images (MAE, tokenizers), samples per class (class-conditional generators) or "
+                                "samples (unconditional generators)")
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--classes", default=None, help="generators: comma-separated classes (default: all)")
             p.add_argument("--trajectory-out", default=None, help="generators: PNG of one sample's decoding steps")
             _decode_args(p)
 
-    edit = sub.add_parser("edit", help="inpaint / outpaint / re-class the masked region of an image (MaskGIT)")
-    edit.add_argument("--workdir", required=True, help="a maskgit run")
-    edit.add_argument("--image", required=True, help="image file, or test:INDEX / train:INDEX of the tokenizer's data")
-    edit.add_argument("--mask", required=True, help="PNG (white = regenerate) or top|bottom|left|right")
-    edit.add_argument("--class", dest="label", type=int, required=True, help="the class to generate")
+    edit = sub.add_parser("edit", help="regenerate part of an input: the masked region of an image (MaskGIT), or a "
+                                       "span of text between a prefix and a suffix (masked diffusion)")
+    edit.add_argument("--workdir", required=True, help="a generator run that can infill")
+    edit.add_argument("--image", default=None, help="images: a file, or test:INDEX / train:INDEX of the tokenizer's data")
+    edit.add_argument("--mask", default=None, help="images: PNG (white = regenerate) or top|bottom|left|right")
+    edit.add_argument("--class", dest="label", type=int, default=None, help="images: the class to generate")
+    edit.add_argument("--prefix", default=None, help="text: the text before the span (kept exactly)")
+    edit.add_argument("--suffix", default="", help="text: the text after the span (kept exactly)")
+    edit.add_argument("--span", type=_at_least(1), default=None, help="text: how many tokens to write between them")
     edit.add_argument("--out", required=True)
     edit.add_argument("--compare-out", default=None, help="also write input | masked | result side by side")
     edit.add_argument("--start-step", type=_at_least(0), default=0, help="begin decoding at this step of --steps")
@@ -134,18 +142,23 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default=None, help="mask schedule: cosine | linear | square | powN | log | exp")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--choice-temperature", type=float, default=None)
-    p.add_argument("--policy", default=None, choices=["confidence", "random"])
+    p.add_argument("--policy", default=None, help="which tokens to reveal: confidence | random (MaskGIT)")
+    p.add_argument("--sampler", default=None,
+                   help="masked diffusion: ancestral | first_hitting | maskgit (default: the run's config.sampling)")
+    p.add_argument("--precision", default=None, choices=["float64", "float32"],
+                   help="categorical sampling: 64-bit-resolution uniforms (default) or float32")
 
 
 def _decode_overrides(args) -> dict:
     return {"num_steps": args.steps, "cfg_scale": args.cfg, "cfg_schedule": args.cfg_schedule,
             "schedule": args.schedule, "temperature": args.temperature,
-            "choice_temperature": args.choice_temperature, "policy": args.policy}
+            "choice_temperature": args.choice_temperature, "policy": args.policy, "sampler": args.sampler,
+            "precision": args.precision}
 
 
 def _load_config(args, overrides):
     from maskgen import config as config_lib
-    from maskgen.train import load_run_config
+    from maskgen.runs import load_run_config
 
     if args.config:
         config = config_lib.load_config_file(args.config)
@@ -203,10 +216,25 @@ def main(argv: list[str]) -> int:
         from maskgen import train as train_lib
 
         if args.command == "edit":
-            from maskgen.generate import GeneratorHandle, edit_to_png
+            from maskgen.generate import GeneratorHandle, edit_to_png, infill_text_to_file
 
             handle = GeneratorHandle(args.workdir, args.step, config)
-            edit_to_png(handle, args.image, args.mask, args.label, args.out, seed=args.seed,
+            if handle.kind == "texts":
+                if args.prefix is None or args.span is None or args.image or args.mask:
+                    raise ValueError(f"{args.workdir} generates text: give --prefix TEXT --span N [--suffix TEXT] "
+                                     "(not --image/--mask)")
+                result = infill_text_to_file(handle, args.prefix, args.suffix, args.span, args.out, seed=args.seed,
+                                             **_decode_overrides(args))
+                print(result["text"])
+                print(f"wrote {args.out}")
+                return 0
+            missing = [flag for flag, value in (("--image", args.image), ("--mask", args.mask), ("--class", args.label))
+                       if value is None and not (flag == "--class" and not handle.num_classes)]
+            if missing or args.prefix is not None or args.span is not None:
+                raise ValueError(f"{args.workdir} generates images: give --image, --mask"
+                                 f"{' and --class' if handle.num_classes else ''} (missing: {', '.join(missing) or 'none'}; "
+                                 "--prefix/--span are for text)")
+            edit_to_png(handle, args.image, args.mask, args.label or 0, args.out, seed=args.seed,
                         start_step=args.start_step, compare_out=args.compare_out, resize_mask=args.resize_mask,
                         **_decode_overrides(args))
             print(f"wrote {args.out}" + (f" and {args.compare_out}" if args.compare_out else ""))
@@ -221,13 +249,18 @@ def main(argv: list[str]) -> int:
         elif args.command == "sample":
             out = args.out or os.path.join(args.workdir, "samples.png")
             decode = {k: v for k, v in _decode_overrides(args).items() if v is not None}
-            from maskgen.generate import GeneratorHandle, sample_to_png
+            from maskgen.generate import GeneratorHandle, sample_to_file
             from maskgen.recipes import get_recipe
 
             if "generate" in get_recipe(config.recipe).capabilities:
+                handle = GeneratorHandle(args.workdir, args.step, config)
+                if handle.kind == "texts" and not args.out:
+                    out = os.path.join(args.workdir, "samples.txt")
                 classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-                sample_to_png(GeneratorHandle(args.workdir, args.step, config), out, num_per_class=args.num,
-                              classes=classes, seed=args.seed, trajectory_out=args.trajectory_out, **decode)
+                result = sample_to_file(handle, out, num=args.num, classes=classes, seed=args.seed,
+                                        trajectory_out=args.trajectory_out, **decode)
+                for i, text in enumerate(result.get("texts", [])):
+                    print(f"=== sample {i} ===\n{text}")
             else:
                 if decode or args.classes or args.trajectory_out:
                     raise ValueError(f"decoding options apply to token generators; {args.workdir} is a "

@@ -1,4 +1,4 @@
-"""Metric writing: `workdir/metrics.jsonl`, TensorBoard events, PNG images and a progress line.
+"""Metric writing: `workdir/metrics.jsonl`, TensorBoard events, images, audio and texts, and a progress line.
 
 Only the primary process (index 0) writes files; every process may call the methods.
 """
@@ -12,6 +12,8 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+
+from maskgen import outputs
 
 log = logging.getLogger("maskgen")
 
@@ -77,19 +79,51 @@ class MetricWriter:
                 self._tb.add_scalar(key, float(value), int(step))
             self._tb.flush()
 
+    def _path(self, kind: str, name: str, step: int, ext: str) -> str:
+        return os.path.join(self.workdir, kind, f"{name.replace('/', '_')}_{int(step):07d}.{ext}")
+
     def write_image(self, step: int, name: str, image: np.ndarray) -> str | None:
         """Writes a uint8 [H, W, C] image to `workdir/images/{name}_{step}.png` and TensorBoard."""
         if not self.is_primary:
             return None
-        from PIL import Image
-
-        path = os.path.join(self.workdir, "images", f"{name.replace('/', '_')}_{int(step):07d}.png")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+        path = outputs.write_png(self._path("images", name, step, "png"), image)
         if self._tb is not None:
             self._tb.add_image(name, image, int(step), dataformats="HWC")
             self._tb.flush()
         return path
+
+    def write_audio(self, step: int, name: str, audio: np.ndarray, sample_rate: int) -> str | None:
+        """Writes float [T] or [T, C] audio in [-1, 1] to `workdir/audio/{name}_{step}.wav` and TensorBoard."""
+        if not self.is_primary:
+            return None
+        path = outputs.write_wav(self._path("audio", name, step, "wav"), audio, sample_rate)
+        if self._tb is not None:
+            pcm = outputs.to_pcm16(audio).astype(np.float32) / 32767.0
+            self._tb.add_audio(name, pcm.mean(axis=1), int(step), sample_rate=int(sample_rate))
+            self._tb.flush()
+        return path
+
+    def write_text(self, step: int, name: str, text: str) -> str | None:
+        """Writes text to `workdir/texts/{name}_{step}.txt` and TensorBoard."""
+        if not self.is_primary:
+            return None
+        path = outputs.write_text(self._path("texts", name, step, "txt"), text)
+        if self._tb is not None:
+            # TensorBoard renders text as markdown; a code block keeps samples verbatim.
+            self._tb.add_text(name, "```\n" + text.replace("```", "` ` `") + "\n```", int(step))
+            self._tb.flush()
+        return path
+
+    def write_outputs(self, step: int, prefix: str, *, images=None, audio=None, texts=None) -> list[str]:
+        """Every non-scalar output of an evaluator `prefix`, each with its kind's writer; returns the paths."""
+        paths = []
+        for name, image in (images or {}).items():
+            paths.append(self.write_image(step, f"{prefix}/{name}", image))
+        for name, (samples, rate) in (audio or {}).items():
+            paths.append(self.write_audio(step, f"{prefix}/{name}", samples, rate))
+        for name, text in (texts or {}).items():
+            paths.append(self.write_text(step, f"{prefix}/{name}", text))
+        return [p for p in paths if p]
 
     def close(self) -> None:
         if self._tb is not None:

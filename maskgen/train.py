@@ -2,8 +2,9 @@
 
 Sections, top to bottom: setup (config checks, mesh, data shapes, recipe, sharded model
 template) -> optimizer -> state init/restore -> jitted update step -> loop (log, NaN check,
-checkpoint, evals, preemption). The loop never learns what the recipe is: it calls
+checkpoint, evals, preemption). The loop never learns what the recipe or the data is: it calls
 `recipe.loss`, and evaluators call `recipe.sample` / `recipe.features` through `EvalContext`.
+Setting a run up, restoring its weights and evaluating it are `maskgen.runs`, below this module.
 """
 
 from __future__ import annotations
@@ -26,94 +27,19 @@ from flax import nnx
 
 from maskgen import parallel
 from maskgen.checkpoint import Checkpointer, CheckpointDamagedError
-from maskgen.config import ConfigError, config_to_json, validate_common
-from maskgen.data import make_source, source_info
-from maskgen.data.pipeline import eval_batches, train_dataset
-from maskgen.evaluators import EvalContext, EvalResult, build_evaluator
+from maskgen.config import ConfigError, config_to_json
+from maskgen.data import data_options, make_source, train_dataset
 from maskgen.metrics import MetricWriter, Progress, format_eta
-from maskgen.recipes import Recipe, get_recipe
+# A run's setup, restoring and evaluation live below the loop (maskgen.runs); re-exported here
+# because callers of the loop use them beside `train`.
+from maskgen.runs import (Run, evaluate, load_run_config, make_eval_context, restore_variables,  # noqa: F401
+                          run_evaluators, sample, setup)
 
 log = logging.getLogger("maskgen")
 
 
 class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN/inf; the run stops without saving that state."""
-
-
-# --------------------------------------------------------------------------------------------
-# Setup: validate, build the mesh, the recipe and a sharded model template.
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Run:
-    config: ml_collections.ConfigDict
-    mesh: jax.sharding.Mesh
-    rules: tuple
-    data_info: dict
-    recipe: Recipe
-    graphdef: Any
-    # Model variables are {"params": trainable nnx.Param values, "model_state": everything else
-    # (e.g. EMA codebooks, usage counters)}, both pure dicts; shardings have the same tree.
-    variable_shardings: Any
-    init_variables: Callable[[jax.Array], Any]  # key -> sharded variables (jitted; call inside `context()`)
-    compiled_methods: dict = dataclasses.field(default_factory=dict)  # recipe method name -> jitted fn
-
-    @property
-    def param_shardings(self):
-        return self.variable_shardings["params"]
-
-    def merge(self, variables) -> nnx.Module:
-        """The NNX module for `{"params", "model_state"}` (inside jit: a pure rebuild)."""
-        return nnx.merge(self.graphdef, variables["params"], variables["model_state"])
-
-    def context(self):
-        """Mesh + logical rules, needed while tracing anything that creates parameters."""
-        return parallel.sharding_context(self.mesh, self.rules)
-
-
-def setup(config: ml_collections.ConfigDict, data_info: dict | None = None) -> Run:
-    """Checks the config against the devices and data, and builds what train/eval/sample share.
-
-    `data_info` (the dataset's shapes, as `source_info` returns them) is read from the data source
-    unless given, e.g. by tools that only compile the model for a dataset that is not on this machine.
-    """
-    validate_common(config, jax.device_count(), jax.process_count())  # names an unknown recipe too
-    recipe_cls = get_recipe(config.recipe)
-    if data_info is None:
-        data_info = source_info(config.data.name, config.data.data_dir or None)
-    problems = recipe_cls.validate(config, data_info)
-    for name, spec in config.evals.items():
-        try:
-            build_evaluator(name, spec.to_dict())
-        except ValueError as err:
-            problems.append(str(err))
-    if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
-    recipe = recipe_cls.from_config(config, data_info)
-    mesh = parallel.make_mesh(config.mesh)
-    rules = parallel.logical_rules(config.sharding_rules)
-    try:
-        with parallel.sharding_context(mesh, rules):
-            abstract_model = nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0)))
-            graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
-            variable_shardings = {
-                "params": nnx.to_pure_dict(nnx.get_named_sharding(abstract_params, mesh)),
-                "model_state": nnx.to_pure_dict(nnx.get_named_sharding(abstract_rest, mesh)),
-            }
-    except ValueError as err:
-        if "not found in mesh" not in str(err):
-            raise
-        # A logical axis with no rule is taken for a mesh axis of that name (flax's fallback).
-        raise ConfigError(
-            f"config.sharding_rules has no rule for a logical axis the model's parameters use ({err}); give every "
-            f"logical axis a rule, mapping it to mesh axes of {tuple(mesh.shape)} or to None (the defaults are "
-            "maskgen.config.DEFAULT_SHARDING_RULES)") from None
-
-    def make_variables(key):
-        _, params, rest = nnx.split(recipe.make_model(nnx.Rngs(params=key)), nnx.Param, ...)
-        return {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(rest)}
-
-    init_variables = jax.jit(make_variables, out_shardings=variable_shardings)
-    return Run(config, mesh, rules, data_info, recipe, graphdef, variable_shardings, init_variables)
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,76 +166,6 @@ def make_train_step(run: Run, tx, schedule, train_key: jax.Array):
         return new_state, ema, metrics
 
     return train_step
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation plumbing shared by the loop and `maskgen eval` / `maskgen sample`.
-# --------------------------------------------------------------------------------------------
-def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalContext:
-    config, cache, sources = run.config, run.compiled_methods, {}
-
-    def apply(method: str, params, batch, rng, **static):
-        # `static` settings (e.g. decoding steps) are baked into the compiled function, one per value.
-        key = (method, tuple(sorted(static.items())))
-        if key not in cache:
-            def fn(p, b, r):
-                return getattr(run.recipe, method)(run.merge(p), b, r, **static)
-
-            cache[key] = jax.jit(fn)
-        with jax.set_mesh(run.mesh):
-            return cache[key](params, batch, rng)
-
-    batch_multiple = parallel.batch_sharding(run.mesh, run.rules).num_devices
-
-    def shard(full_batch):
-        """A host batch that every process holds in full -> global arrays (this process's rows)."""
-        rows = len(next(iter(full_batch.values())))
-        if rows % batch_multiple:
-            raise ValueError(f"batch of {rows} rows does not split over {batch_multiple} data-parallel devices")
-        local = rows // jax.process_count()
-        start = jax.process_index() * local
-        return parallel.global_batch({k: np.asarray(v)[start:start + local] for k, v in full_batch.items()},
-                                     run.mesh, run.rules)
-
-    def batches(split: str, limit: int | None = None):
-        if split not in sources:
-            sources[split] = make_source(config.data.name, split, config.data.data_dir or None)
-        for local, valid in eval_batches(
-            sources[split], global_batch_size=config.batch_size, image_size=config.data.image_size,
-            process_index=jax.process_index(), process_count=jax.process_count(), limit=limit,
-        ):
-            yield parallel.global_batch(local, run.mesh, run.rules), valid
-
-    def init_params(seed: int):
-        with run.context():
-            return run.init_variables(jax.random.key(seed))
-
-    return EvalContext(
-        step=step, params=params, apply=apply, init_params=init_params,
-        batches=batches, to_host=parallel.to_host, rng=jax.random.key(config.seed + 7),
-        info=run.recipe.info(), workdir=workdir, shard=shard, batch_multiple=batch_multiple,
-    )
-
-
-def run_evaluators(run: Run, params, step: int, writer: MetricWriter, names=None) -> dict[str, EvalResult]:
-    results = {}
-    ctx = make_eval_context(run, params, step, writer.workdir)
-    for name, spec in run.config.evals.items():
-        if names is not None and name not in names:
-            continue
-        start = time.perf_counter()
-        result = build_evaluator(name, spec.to_dict()).run(ctx)
-        scalars = {f"{name}/{k}": v for k, v in result.scalars.items()}
-        if scalars:
-            writer.write_scalars(step, scalars)
-        for image_name, image in result.images.items():
-            path = writer.write_image(step, f"{name}/{image_name}", image)
-            if path:
-                log.info("[%s] wrote %s", name, path)
-        log.info("[%s] step %d (%.1fs): %s", name, step, time.perf_counter() - start,
-                 ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()) or "images only")
-        results[name] = result
-    return results
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,10 +441,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_changes=()) ->
     jit_init, (abstract_state, abstract_ema), (state_sh, ema_sh) = _state_initializer(run, tx)
 
     # ---- Data: every process reads its own rows of each global batch.
-    source = make_source(config.data.name, config.data.train_split, config.data.data_dir or None)
+    source = make_source(config.data.name, config.data.train_split, config.data.data_dir or None,
+                         data_options(config.data))
     data_iter = iter(train_dataset(
-        source, seed=config.seed, global_batch_size=config.batch_size, image_size=config.data.image_size,
-        augment=config.data.augment, process_index=jax.process_index(), process_count=jax.process_count(),
+        source, run.preprocess, seed=config.seed, global_batch_size=config.batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
         read_threads=config.data.get("read_threads", 1),
     ))
 
@@ -692,70 +549,3 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_changes=()) ->
     return {"metrics": last_logged, "evals": results, "workdir": workdir}
 
 
-# --------------------------------------------------------------------------------------------
-# Evaluation and sampling from a saved run.
-# --------------------------------------------------------------------------------------------
-def restore_variables(run: Run, workdir: str, step: int | None = None, which: str | None = None):
-    """Loads `params` or `ema` (default: `config.eval_params`) of a step (default: latest readable)."""
-    which = which or run.config.eval_params
-    tx, _ = make_optimizer(run.config.optimizer, run.config.total_steps, *run.recipe.optimizer_groups())
-    _, (abstract_state, abstract_ema), _ = _state_initializer(run, tx)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), run.config.keep_checkpoints)
-    # The non-trainable model state lives in the train state; EMA covers the params only.
-    targets = dict(abstract_state=abstract_state, abstract_ema=abstract_ema if which == "ema" else None)
-    try:
-        if step is None:
-            if not checkpointer.all_steps():
-                raise FileNotFoundError(f"no checkpoints in {workdir}/checkpoints; train first")
-            step, restored = checkpointer.restore_latest(quarantine=False, **targets)
-            if restored is None:
-                raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
-        else:
-            if step not in checkpointer.all_steps():
-                raise FileNotFoundError(f"no checkpoint at step {step}; available: {checkpointer.all_steps()}")
-            try:
-                restored = checkpointer.restore(step, **targets)
-            except CheckpointDamagedError as err:
-                others = [s for s in checkpointer.all_steps() if s != step]
-                raise CheckpointDamagedError(f"{err}. Other checkpoints: {others or 'none'} (without --step, "
-                                             "the newest readable one is used)") from err
-    finally:
-        checkpointer.close()
-    params = restored.ema if which == "ema" else restored.state["params"]
-    return step, {"params": params, "model_state": restored.state["model_state"]}
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[int, dict[str, EvalResult]]:
-    run = setup(config)
-    step, variables = restore_variables(run, workdir, step)
-    writer = MetricWriter(os.path.join(workdir, "eval"), jax.process_index() == 0, tensorboard=False)
-    results = run_evaluators(run, variables, step, writer)
-    writer.close()
-    return step, results
-
-
-def sample(config: ml_collections.ConfigDict, workdir: str, out: str, num: int = 16, step: int | None = None,
-           seed: int = 0) -> str:
-    """Writes a grid of the recipe's samples (for MAE: masked test images and reconstructions)."""
-    from maskgen.evaluators.image_grid import ImageGrid
-    from PIL import Image
-
-    run = setup(config)
-    step, variables = restore_variables(run, workdir, step)
-    grid_specs = [dict(s) for s in config.evals.values() if s.type == "image_grid"]
-    rows = tuple(grid_specs[0].get("rows", ())) if grid_specs else ()
-    grid = ImageGrid(num=num, seed=seed, rows=rows).run(make_eval_context(run, variables, step, workdir)).images["grid"]
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out)
-    return out
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    from maskgen.config import config_from_json
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: pass --config, or point --workdir at a training run")
-    with open(path) as f:
-        return config_from_json(f.read())

@@ -226,7 +226,9 @@ def test_optimizer_ranges_are_all_reported_together():
 def test_shared_keys_are_all_reported_together():
     config = tiny_mae_config("total_steps=0", "seed=-1", "compute_dtype=float16", "data.augment=flip",
                              "evals.probe.every=-2", "ema_decay=1.0", "log_every=0", "remat=full", "recipe=mea")
-    message = _error(config_lib.validate_common, config, num_devices=1, num_processes=1)
+    from maskgen.recipes import recipe_names
+
+    message = _error(config_lib.validate_common, config, num_devices=1, num_processes=1, recipe_names=recipe_names())
     for expected in ("config.total_steps=0: must be an int >= 1", "config.seed=-1: must be an int >= 0",
                      "config.compute_dtype='float16': must be one of 'float32', 'bfloat16'",
                      "config.data.augment='flip': must be one of 'none', 'crop_flip'",

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from maskgen.data import digits, make_source, prepare_digits, source_info
+from maskgen.data import (DataSource, ImageSpec, LabelSpec, digits, make_source, prepare_digits, register_source,
+                          source_info, source_names)
 
 
 def _all(source):
@@ -28,7 +29,8 @@ def test_digits_split_sizes_and_examples():
     images, labels = digits.load_all()
     assert images.min() == 0 and images.max() == 255
     assert source_info("digits") == {"image_shape": (8, 8, 1), "num_classes": 10,
-                                      "splits": {"train": 1438, "test": 359}}
+                                      "splits": {"train": 1438, "test": 359},
+                                      "fields": {"image": ImageSpec((8, 8, 1)), "label": LabelSpec(10)}}
 
 
 def test_digits_split_is_disjoint_stratified_and_fixed():
@@ -86,6 +88,36 @@ def test_unknown_source_lists_valid_names():
         make_source("mnist", "train")
     with pytest.raises(ValueError, match="valid names"):
         source_info("cifar10")
+    with pytest.raises(ValueError, match=r"unknown data source 'tfds'.*'tfds:<dataset>"):  # a prefix needs its rest
+        make_source("tfds", "train")
+
+
+def test_registry_lists_names_and_takes_new_sources(monkeypatch):
+    from maskgen.data import sources
+
+    monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))  # the test's source leaves with it
+    assert source_names()[:6] == ["digits", "array_record", "tfds:<dataset>[/<config>][:<version>]", "tokens",
+                                  "pydoc_text", "text_files"]
+
+    @register_source("maskgen_test_squares")
+    class Squares(DataSource):
+        options = {"n": 4}
+
+        def info(self, data_dir, options):
+            return {"splits": {"train": options["n"]}}
+
+        def open(self, split, data_dir, options):
+            return [{"x": np.int32(i * i)} for i in range(options["n"])]
+
+    assert "maskgen_test_squares" in source_names()
+    assert source_info("maskgen_test_squares", options={"n": 3}) == {"splits": {"train": 3}}
+    assert [int(ex["x"]) for ex in make_source("maskgen_test_squares", "train")] == [0, 1, 4, 9]
+    with pytest.raises(ValueError, match=r"'maskgen_test_squares' takes no option 'm'; its options are: n"):
+        make_source("maskgen_test_squares", "train", options={"m": 1})
+    with pytest.raises(ValueError, match="takes no option 'seq_len'; its options are: none"):
+        source_info("digits", options={"seq_len": 8})
+    with pytest.raises(ValueError, match="already registered"):
+        register_source("digits")(Squares)
 
 
 def test_array_record_missing_dir_names_path(tmp_path):
@@ -180,7 +212,9 @@ def test_tfds_reads_without_tensorflow(tfds_dir, ds_name):
     expected = [{"image": images[i], "label": labels[i]} for i in range(30)]
     assert _as_multiset(got) == _as_multiset(expected)
     assert source_info(f"tfds:{ds_name}", str(tfds_dir)) == {
-        "image_shape": (8, 8, 1), "num_classes": 10, "splits": {"train": 30, "test": 10}}
+        "image_shape": (8, 8, 1), "num_classes": 10, "splits": {"train": 30, "test": 10},
+        "fields": {"image": ImageSpec((8, 8, 1)), "label": LabelSpec(10)}}
+    assert source.fields == {"image": ImageSpec((8, 8, 1)), "label": LabelSpec(10)}
     assert "tensorflow" not in sys.modules
 
 

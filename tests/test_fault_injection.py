@@ -115,23 +115,43 @@ def test_damaged_checkpoints_are_skipped_and_named(clean_run, clean_params, tmp_
     for step in damaged_steps:
         damage(workdir, step, kind)
     run = train_lib.setup(damaged_config())
+    # Resuming reads every array (state, EMA, data position): it skips each damaged step, naming it.
+    tx, _ = train_lib.make_optimizer(run.config.optimizer, run.config.total_steps)
+    _, (abstract_state, abstract_ema), _ = train_lib._state_initializer(run, tx)
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
     with caplog.at_level(logging.WARNING, logger="maskgen"):
-        step, variables = train_lib.restore_variables(run, workdir, which="params")
+        step, restored = checkpointer.restore_latest(abstract_state=abstract_state, abstract_ema=abstract_ema,
+                                                     quarantine=False)
+    checkpointer.close()
     assert step == min(damaged_steps) - 10
     for bad in damaged_steps:
         assert f"checkpoint at step {bad} in {workdir}/checkpoints is damaged" in caplog.text
-    # What comes back is exactly what was saved at that step.
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.state["params"]), clean_params[step])
+    # Evaluation reads the model's arrays only (never the optimizer state): a damaged step is skipped
+    # and named, unless the damage lies wholly in arrays it does not read. Either way, what comes
+    # back is exactly what was saved at that step: nothing damaged is restored silently.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="maskgen"):
+        step, variables = train_lib.restore_variables(run, workdir, which="params")
+    assert step >= min(damaged_steps) - 10
+    for bad in damaged_steps:
+        if bad > step:
+            assert f"checkpoint at step {bad} in {workdir}/checkpoints is damaged" in caplog.text
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]), clean_params[step])
     # `maskgen eval --step` on a damaged step names it and what is wrong, and touches nothing.
-    with pytest.raises(checkpoint_lib.CheckpointDamagedError, match=f"step {damaged_steps[0]} .* is damaged"):
-        train_lib.restore_variables(run, workdir, damaged_steps[0], which="params")
+    if step != damaged_steps[0]:
+        with pytest.raises(checkpoint_lib.CheckpointDamagedError, match=f"step {damaged_steps[0]} .* is damaged"):
+            train_lib.restore_variables(run, workdir, damaged_steps[0], which="params")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
 
 
 def test_eval_step_on_a_damaged_checkpoint_names_it_without_a_traceback(clean_run, tmp_path):
     workdir = copy_run(clean_run, tmp_path)
-    damage(workdir, 30, "bit_flipped")
-    result = run_cli("eval", "--workdir", workdir, "--step", "30", "--config.evals.probe.every=-1")
+    # Evaluation reads the model's arrays only, so the damage must be in one of them: a parameter
+    # whose checksum no longer matches, evaluated with the params (not the EMA).
+    damage(workdir, 30, "checksums_edited")
+    result = run_cli("eval", "--workdir", workdir, "--step", "30", "--config.evals.probe.every=-1",
+                     "--config.eval_params=params")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: checkpoint at step 30 in {workdir}/checkpoints is damaged: ") and \

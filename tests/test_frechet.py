@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from maskgen.evaluators.frechet import feature_statistics, frechet_distance, load_reference_statistics
+from maskgen.perception.frechet import feature_statistics, frechet_distance, load_reference_statistics
 
 
 def _random_spd(rng, d):

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from maskgen.evaluators import inception
-from maskgen.evaluators.frechet import feature_statistics, frechet_distance
-from maskgen.evaluators.inception import (FEATURE_DIM, InceptionFeatures, expected_state_dict_shapes,
+from maskgen.perception import inception
+from maskgen.perception.frechet import feature_statistics, frechet_distance
+from maskgen.perception.inception import (FEATURE_DIM, InceptionFeatures, expected_state_dict_shapes,
                                           fid_from_features, fid_metric_name, params_from_state_dict,
                                           random_state_dict)
 
@@ -118,7 +118,7 @@ def test_pth_without_torch_says_how_to_convert(tmp_path, monkeypatch):
     path = tmp_path / "pt_inception.pth"
     path.write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError.
-    with pytest.raises(ImportError, match="maskgen.evaluators.inception convert"):
+    with pytest.raises(ImportError, match="maskgen.perception.inception convert"):
         InceptionFeatures.from_file(path)
     assert inception.main(["convert", str(path), str(tmp_path / "out.npz")]) == 1
 

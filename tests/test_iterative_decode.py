@@ -1,5 +1,7 @@
-"""MaskGIT iterative decoding: hand-worked reveal orders, the schedule count, known tokens, CFG,
-temperature, policies, jit and argument checks, all with tiny handmade logits functions."""
+"""Iterative decoding: hand-worked reveal orders, the schedule count, known tokens, CFG,
+temperature, policies (MaskGIT confidence / random, MDLM ancestral, first-hitting), token arrays of
+any rank, pytree conditions, the logits cache, jit and argument checks, all with tiny handmade
+logits functions."""
 
 import functools
 import math
@@ -10,7 +12,8 @@ import numpy as np
 import pytest
 
 from maskgen.sampling.categorical import gumbel_noise, sample_categorical
-from maskgen.sampling.iterative import DecodeResult, iterative_decode
+from maskgen.masking.schedules import mask_ratio
+from maskgen.sampling.iterative import POLICIES, DecodeResult, UnmaskPolicy, iterative_decode
 
 MASK = 99  # deliberately not a valid token id: any leak into the output shows up.
 
@@ -46,7 +49,7 @@ def decode(fn, known, *, labels=None, rng=0, **kwargs):
     kwargs.setdefault("mask_token_id", MASK)
     arrays = dict(tokens=jnp.zeros(known.shape, jnp.int32), known=known,
                   rng=key(rng) if isinstance(rng, int) else rng,
-                  labels=jnp.asarray(jnp.zeros(known.shape[0]) if labels is None else labels, jnp.int32))
+                  cond=jnp.asarray(jnp.zeros(known.shape[0]) if labels is None else labels, jnp.int32))
     static = {}
     for name, value in kwargs.items():
         (arrays if isinstance(value, jax.Array) else static)[name] = value
@@ -207,14 +210,14 @@ def test_cfg_endpoints_and_single_batched_call():
     assert seen == [3]  # cfg_scale == 1.0, constant: no unconditional pass at all (traced once)
     # s = 0: exactly the unconditional model; s = 1 (an array scale forces the guided path): the
     # conditional model. Both passes go through one logits_fn call on a 2B batch.
-    guided = functools.partial(run, labels=labels, null_label=NULL)
+    guided = functools.partial(run, labels=labels, uncond=NULL)
     jax.tree.map(np.testing.assert_array_equal, guided(cfg_scale=jnp.float32(0.0)), plain_uncond)
     jax.tree.map(np.testing.assert_array_equal, guided(cfg_scale=jnp.float32(1.0)), plain_cond)
     assert seen == [3, 6]
     assert not np.array_equal(plain_cond.tokens, plain_uncond.tokens)
-    with pytest.raises(ValueError, match="null_label"):
+    with pytest.raises(ValueError, match="uncond"):
         run(labels=labels, cfg_scale=3.0)
-    with pytest.raises(ValueError, match="null_label"):
+    with pytest.raises(ValueError, match="uncond"):
         run(labels=labels, cfg_schedule="linear")
 
 
@@ -238,7 +241,7 @@ def test_cfg_schedule_sets_the_scale_per_step(cfg_schedule):
 
     known = np.zeros((1, n), bool)
     out = decode(fn, known, labels=jnp.array([0]), num_steps=num_steps, policy="random", cfg_scale=scale,
-                 cfg_schedule=cfg_schedule, null_label=NULL, temperature=1e-6)
+                 cfg_schedule=cfg_schedule, uncond=NULL, temperature=1e-6)
     sampled = before_each_step(known, out.masks)
     for t in range(num_steps):
         r = (t + 1) / num_steps
@@ -304,11 +307,11 @@ def test_under_jit_with_mixed_known_counts_and_default_key():
     known = random_known(9, batch, n)
     fn = labelled_fn()
     table_fn = lambda tokens, labels: jnp.tile(fn(tokens, labels), (1, 2, 1))  # N = 20
-    kw = dict(num_steps=5, mask_token_id=MASK, cfg_scale=2.5, cfg_schedule="cosine", null_label=NULL,
+    kw = dict(num_steps=5, mask_token_id=MASK, cfg_scale=2.5, cfg_schedule="cosine", uncond=NULL,
               temperature_schedule="linear")
     jitted = jax.jit(functools.partial(iterative_decode, table_fn, **kw))
     # The default (threefry) key; traced scalars for the scale and temperatures.
-    args = dict(tokens=jnp.ones((batch, n), jnp.int32), known=jnp.asarray(known), labels=jnp.arange(batch) % 3,
+    args = dict(tokens=jnp.ones((batch, n), jnp.int32), known=jnp.asarray(known), cond=jnp.arange(batch) % 3,
                 rng=jax.random.key(0), temperature=jnp.float32(1.5), choice_temperature=jnp.float32(3.0))
     out = jitted(**args)
     assert isinstance(out, DecodeResult) and out.trajectory.shape == (5, batch, n)
@@ -318,7 +321,7 @@ def test_under_jit_with_mixed_known_counts_and_default_key():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(policy="greedy"), "policy.*confidence"),
+    (dict(policy="greedy"), "policy.*confidence.*ancestral.*first_hitting"),
     (dict(cfg_schedule="exp"), "cfg_schedule.*linear"),
     (dict(temperature_schedule="cosine"), "temperature_schedule.*linear"),
     (dict(start_step=4), "start_step"),
@@ -335,13 +338,187 @@ def test_bad_static_arguments(kwargs, match):
 
 def test_bad_shapes():
     fn = labelled_fn()
-    base = dict(tokens=jnp.zeros((2, 10), jnp.int32), known=jnp.zeros((2, 10), bool), labels=jnp.zeros(2, jnp.int32),
+    base = dict(tokens=jnp.zeros((2, 10), jnp.int32), known=jnp.zeros((2, 10), bool), cond=jnp.zeros(2, jnp.int32),
                 rng=jax.random.key(0), num_steps=2, mask_token_id=MASK)
     with pytest.raises(ValueError, match="known"):
         iterative_decode(fn, **{**base, "known": jnp.zeros((2, 9), bool)})
-    with pytest.raises(ValueError, match="labels"):
-        iterative_decode(fn, **{**base, "labels": jnp.zeros(3, jnp.int32)})
+    with pytest.raises(ValueError, match="cond"):
+        iterative_decode(fn, **{**base, "cond": jnp.zeros(3, jnp.int32)})
     with pytest.raises(ValueError, match="tokens"):
         iterative_decode(fn, **{**base, "tokens": jnp.zeros(10, jnp.int32), "known": jnp.zeros(10, bool)})
     with pytest.raises(ValueError, match="logits_fn"):
         iterative_decode(fn, **{**base, "tokens": jnp.zeros((2, 12), jnp.int32), "known": jnp.zeros((2, 12), bool)})
+
+
+# ------------------------------------------------------------------------ any rank, any condition
+
+def shape_checked_fn(shape, vocab=5, seen=None):
+    """Logits [B', *shape, V] that depend on the position and on the input (mask or not); fails at
+    trace time unless the decoder hands over tokens in their original shape."""
+    table = jnp.asarray(np.random.default_rng(1).normal(size=shape + (vocab,)) * 2, jnp.float32)
+
+    def fn(tokens, cond):
+        assert tokens.shape[1:] == shape, (tokens.shape, shape)
+        if seen is not None:
+            seen.append(cond)
+        return table[None] + 0.5 * (tokens == MASK)[..., None]
+
+    return fn
+
+
+@pytest.mark.parametrize("shape,policy", [((12,), "confidence"), ((3, 4), "ancestral"),
+                                          ((2, 3, 2), "first_hitting"), ((6, 2), "random")])
+def test_any_rank_keeps_known_tokens_and_shapes(shape, policy):
+    # (6, 2) stands for [T, K]: K codebook streams per position are just one more axis.
+    batch, vocab = 3, 5
+    known = np.random.default_rng(2).random((batch,) + shape) < 0.4
+    given = np.random.default_rng(3).integers(0, vocab, (batch,) + shape).astype(np.int32)
+    num_steps = 12 if policy == "first_hitting" else 4  # first hitting needs one step per token
+    out = jax.jit(lambda tokens, known, rng: iterative_decode(
+        shape_checked_fn(shape, vocab), tokens=tokens, known=known, rng=rng, num_steps=num_steps,
+        mask_token_id=MASK, policy=policy))(jnp.asarray(given), jnp.asarray(known), key(0))
+    assert out.tokens.shape == (batch,) + shape and out.tokens.dtype == jnp.int32
+    assert out.trajectory.shape == out.masks.shape == (num_steps, batch) + shape
+    assert out.times.shape == (num_steps, batch) and int(out.nfe) == num_steps
+    np.testing.assert_array_equal(np.asarray(out.tokens)[known], given[known])
+    for step in range(num_steps):
+        np.testing.assert_array_equal(np.asarray(out.trajectory[step])[known], given[known])
+        assert not np.asarray(out.masks[step])[known].any()
+    assert ((np.asarray(out.tokens) >= 0) & (np.asarray(out.tokens) < vocab)).all() and not out.masks[-1].any()
+
+
+def test_unconditional_cond_none_reaches_the_model_as_none():
+    seen = []
+    out = iterative_decode(shape_checked_fn((6,), seen=seen), tokens=jnp.zeros((2, 6), jnp.int32),
+                           known=jnp.zeros((2, 6), bool), rng=key(0), num_steps=3, mask_token_id=MASK)
+    assert seen and all(c is None for c in seen)
+    assert out.tokens.shape == (2, 6) and not np.asarray(out.masks[-1]).any()
+    # Guidance without a condition, or without its null condition, has nothing to contrast.
+    base = dict(tokens=jnp.zeros((2, 6), jnp.int32), known=jnp.zeros((2, 6), bool), rng=key(0), num_steps=3,
+                mask_token_id=MASK, cfg_scale=2.0)
+    fn = shape_checked_fn((6,))
+    with pytest.raises(ValueError, match="uncond"):
+        iterative_decode(fn, **base)
+    with pytest.raises(ValueError, match="uncond"):
+        iterative_decode(fn, **base, cond=jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match="structure"):
+        iterative_decode(fn, **base, cond={"a": jnp.zeros(2)}, uncond={"b": jnp.zeros(2)})
+
+
+def test_pytree_condition_with_guidance_runs_one_batched_pass():
+    # cond = {"label": [B], "embedding": [B, 3]}; the model adds embedding . w to token 1's logit
+    # and a per-label table. uncond is the null pytree (label 3, zero embedding).
+    n, vocab = 10, 4
+    table = jnp.asarray(np.random.default_rng(0).normal(size=(4, n, vocab)) * 2, jnp.float32)
+    w = jnp.array([1.0, -2.0, 0.5])
+    calls = []
+
+    def fn(tokens, cond):
+        calls.append(jax.tree.map(jnp.shape, cond))
+        bonus = (cond["embedding"] @ w)[:, None, None] * jax.nn.one_hot(1, vocab)
+        return table[cond["label"]] + bonus
+
+    cond = {"label": jnp.array([0, 1, 2]), "embedding": jnp.asarray(np.random.default_rng(1).normal(size=(3, 3)),
+                                                                     jnp.float32)}
+    null = {"label": jnp.full(3, 3), "embedding": jnp.zeros((3, 3))}
+    run = jax.jit(lambda cond, uncond, scale: iterative_decode(
+        fn, tokens=jnp.zeros((3, n), jnp.int32), known=jnp.zeros((3, n), bool), rng=key(4), num_steps=4,
+        mask_token_id=MASK, cond=cond, uncond=uncond, cfg_scale=scale))
+    plain = jax.jit(lambda cond: iterative_decode(
+        fn, tokens=jnp.zeros((3, n), jnp.int32), known=jnp.zeros((3, n), bool), rng=key(4), num_steps=4,
+        mask_token_id=MASK, cond=cond))
+    guided_zero, guided_one = run(cond, null, jnp.float32(0.0)), run(cond, null, jnp.float32(1.0))
+    # Every leaf went through as one 2B batch.
+    assert {"label": (6,), "embedding": (6, 3)} in calls
+    # s = 0 is the null condition's model, s = 1 the conditional one.
+    np.testing.assert_array_equal(guided_zero.tokens, plain(null).tokens)
+    np.testing.assert_array_equal(guided_one.tokens, plain(cond).tokens)
+    assert not np.array_equal(guided_zero.tokens, guided_one.tokens)
+    assert not np.array_equal(run(cond, null, jnp.float32(3.0)).tokens, guided_one.tokens)
+
+
+# ------------------------------------------------------------------------------------ policies
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_ancestral_reveals_each_unknown_position_with_the_mdlm_probability(schedule):
+    # 64 x 64 positions; at step t each still-unknown position is revealed with probability
+    # (gamma(t/T) - gamma((t+1)/T)) / gamma(t/T), independently: the empirical fraction must be
+    # within 4 binomial sigmas of it, and the last step reveals everything.
+    batch, n, num_steps = 64, 64, 6
+    logits = jnp.log(jnp.array([0.6, 0.3, 0.1]))
+    fn = lambda tokens, cond: jnp.broadcast_to(logits, tokens.shape + (3,))  # noqa: E731
+    known = np.zeros((batch, n), bool)
+    out = decode(fn, known, num_steps=num_steps, schedule=schedule, policy="ancestral")
+    masks = np.asarray(out.masks)
+    before = before_each_step(known, masks)
+    for t in range(num_steps - 1):
+        g_prev, g = (float(mask_ratio(schedule, x / num_steps)) for x in (t, t + 1))
+        p = (g_prev - g) / g_prev
+        trials = before[t].sum()
+        revealed = (before[t] & ~masks[t]).sum()
+        assert trials > 200
+        assert abs(revealed / trials - p) < 4 * math.sqrt(p * (1 - p) / trials) + 1e-9, (t, revealed / trials, p)
+    assert not masks[-1].any() and before[-1].any()  # the last step had work left and finished it
+    # The revealed tokens are samples of p(x0): frequencies of the final tokens follow the logits.
+    np.testing.assert_allclose(np.bincount(np.asarray(out.tokens).ravel(), minlength=3) / (batch * n),
+                               [0.6, 0.3, 0.1], atol=0.03)
+
+
+def test_first_hitting_reveals_exactly_one_uniform_position_per_step():
+    batch, n = 512, 8
+    fn = lambda tokens, cond: jnp.zeros(tokens.shape + (3,))  # noqa: E731
+    known = np.zeros((batch, n), bool)
+    known[0, :3] = True  # fewer unknowns: done after 5 steps, the later ones change nothing
+    out = decode(fn, known, num_steps=n + 2, policy="first_hitting")
+    masks = np.asarray(out.masks)
+    counts = np.concatenate([(~known).sum(-1)[None], masks.sum(-1)])  # [S + 1, B] unknown counts
+    steps = np.diff(-counts, axis=0)  # reveals per step
+    np.testing.assert_array_equal(steps[:n, 1:], 1)  # N steps fill N tokens, one each
+    np.testing.assert_array_equal(steps[:, 0], [1] * 5 + [0] * 5)
+    assert not masks[n - 1, 1:].any()
+    # Uniform choice: the first revealed position is spread evenly over the 8 positions.
+    first = np.argmax(~masks[0, 1:], axis=-1)
+    assert np.bincount(first, minlength=n).min() > 511 / n * 0.6
+    # Event times: decreasing from 1, the first after n masked tokens is t * u^(1/n), mean n / (n + 1).
+    times = np.asarray(out.times)
+    assert (np.diff(np.concatenate([np.ones((1, batch)), times]), axis=0) <= 0).all() and (times > 0).all()
+    assert abs(times[0, 1:].mean() - n / (n + 1)) < 0.02
+    np.testing.assert_array_equal(times[5:, 0], times[4, 0])  # nothing left: time stands still
+
+
+def test_a_custom_policy_plugs_in():
+    # Reveal the leftmost unknown position each step: raster order, through the documented interface.
+    def leftmost(rng, *, unknown, **_):
+        first = jnp.argmax(unknown, axis=-1)
+        return unknown & (jnp.arange(unknown.shape[-1]) != first[:, None])
+
+    out = decode(peaked_fn([1.0] * 4, [2, 0, 1, 2], 3), np.zeros((1, 4)), num_steps=4,
+                 policy=UnmaskPolicy(leftmost))
+    np.testing.assert_array_equal(np.asarray(out.masks[:, 0]).astype(int),
+                                  [[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
+    assert set(POLICIES) == {"confidence", "random", "ancestral", "first_hitting"}
+
+
+def test_cache_skips_unchanged_steps_without_changing_the_samples():
+    # 200 steps for 8 tokens: most steps reveal nothing, so the next step's input is unchanged.
+    batch, n, num_steps = 2, 8, 200
+    table = jnp.asarray(np.random.default_rng(0).normal(size=(n, 5)) * 2, jnp.float32)
+
+    def fn(tokens, cond):  # depends on the revealed tokens, so a stale cache would show
+        return table[None] + 0.3 * jnp.sum(tokens != MASK, axis=-1)[:, None, None] * jax.nn.one_hot(tokens % 5, 5)
+
+    known = np.zeros((batch, n), bool)
+    run = functools.partial(decode, fn, known, rng=2, num_steps=num_steps, policy="ancestral", schedule="linear")
+    plain, cached = run(), run(cache=True)
+    jax.tree.map(np.testing.assert_array_equal, cached._replace(nfe=0), plain._replace(nfe=0))
+    assert int(plain.nfe) == num_steps
+    # One evaluation first, then one after every step that revealed something in any row, as long
+    # as anything is left unknown.
+    before = before_each_step(known, cached.masks)
+    revealed = (before & ~np.asarray(cached.masks)).any(axis=(1, 2))
+    evaluated = np.concatenate([[True], revealed[:-1]]) & before.any(axis=(1, 2))
+    assert int(cached.nfe) == evaluated.sum() < num_steps // 4
+    # Without the trajectory: the same tokens, empty records.
+    light = run(cache=True, record_trajectory=False)
+    np.testing.assert_array_equal(light.tokens, plain.tokens)
+    assert light.trajectory.shape == light.masks.shape == (0, batch, n) and int(light.nfe) == int(cached.nfe)

@@ -162,8 +162,125 @@ def test_callers_ask_recipes_what_they_can_do():
     """generate.py, tokenize.py and main.py read capabilities, never recipe names."""
     from maskgen.recipes import get_recipe, recipes_with
 
-    assert recipes_with("generate") == ["autoregressive", "maskgit"]
-    assert recipes_with("infill") == ["maskgit"]
+    # Other generators (e.g. masked_diffusion) may register too; these two must be among them.
+    assert {"autoregressive", "maskgit"} <= set(recipes_with("generate"))
+    assert "maskgit" in recipes_with("infill") and "autoregressive" not in recipes_with("infill")
+    assert "autoregressive" in recipes_with("likelihood")
     assert recipes_with("encode") == ["tokenizer"] and not get_recipe("mae").capabilities
     assert get_recipe("maskgit").decode_options is None
     assert set(get_recipe("autoregressive").decode_options) == {"temperature", "cfg_scale", "precision"}
+
+
+# ------------------------------------------------------------ text: any rank, no classes (fast)
+
+TEXT_INFO = {"token_shape": (12,), "codebook_size": 16, "num_levels": 1, "num_classes": 0}
+TEXT_MODEL = dict(token_shape=(12,), codebook_size=16, num_classes=0, width=32, depth=1, num_heads=2, mlp_ratio=2.0,
+                  conditioning="none", positions="rope", qk_norm=False, tie_head=True, label_smoothing=0.1,
+                  class_dropout=0.1)
+
+
+def text_config(model="maskgit"):
+    config = tiny_maskgit_config("/nonexistent/tokens", steps=10, model=model)
+    config.model.token_shape, config.model.codebook_size, config.model.positions = (12,), 16, "rope"
+    return config
+
+
+def test_text_configs_are_checked_against_the_data():
+    from maskgen.recipes import get_recipe
+
+    config = text_config()
+    validate = get_recipe("maskgit").validate
+    problems = validate(config, TEXT_INFO)
+    assert len(problems) == 1 and "no classes" in problems[0] and "conditioning='none'" in problems[0]
+    config.model.conditioning = "none"
+    assert validate(config, TEXT_INFO) == []
+    config.model.codebook_size, config.model.token_shape = 20, (10,)
+    [problem] = validate(config, TEXT_INFO)
+    assert "codebook size: config.model says 20, the tokens have 16" in problem
+    assert "a tokenizer and model vocabulary mismatch" in problem
+    assert "a sequence longer than the model's positions (12 > 10)" in problem
+    config.model.token_shape = (2, 2, 2, 2)
+    assert any("1 to 3 ints" in p for p in validate(config, TEXT_INFO))
+    config.model.token_shape, config.model.codebook_size, config.model.positions = (12,), 16, "rope2d"
+    assert any("rope2d" in p and "2D" in p for p in validate(config, TEXT_INFO))
+
+
+@pytest.fixture
+def mesh_context():
+    from maskgen import parallel
+    from maskgen.config import DEFAULT_SHARDING_RULES
+
+    mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
+    with parallel.sharding_context(mesh, DEFAULT_SHARDING_RULES):
+        yield
+
+
+def perturbed_model(recipe, seed=0):
+    """The recipe's model with noise on every parameter (so that predictions depend on the input)."""
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(recipe.make_model(nnx.Rngs(seed)), nnx.Param, ...)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda x: (np.asarray(x) + 0.3 * rng.standard_normal(x.shape)).astype(np.float32), params)
+    return graphdef, params, rest
+
+
+def test_autoregressive_text_likelihood_and_prompted_generation(mesh_context):
+    from flax import nnx
+
+    from maskgen.recipes.maskgit import AutoregressiveRecipe
+
+    recipe = AutoregressiveRecipe(**TEXT_MODEL)
+    assert "likelihood" in recipe.capabilities and recipe.supported_tasks() == {"none", "prefix"}
+    assert recipe.supported_tasks() <= recipe.tasks
+    graphdef, params, rest = perturbed_model(recipe)
+    tokens = jax.random.randint(jax.random.key(0), (3, 12), 0, 16)
+    known = jnp.zeros((3, 12), bool).at[0, :4].set(True).at[1, :1].set(True).at[1, 5:].set(True)
+
+    @jax.jit
+    def run(params, tokens, known):
+        model = nnx.merge(graphdef, params, rest)
+        direct = jax.nn.log_softmax(model(tokens), axis=-1)
+        return (recipe.log_likelihood(model, {"tokens": tokens}, jax.random.key(0)), direct,
+                recipe.generate(model, {"tokens": tokens, "known": known}, jax.random.key(1))["tokens"])
+
+    out, direct, generated = run(params, tokens, known)
+    assert out["nll"].dtype == jnp.float32 and out["nll"].shape == (3,)
+    expected = -np.take_along_axis(np.asarray(direct), np.asarray(tokens)[..., None], -1)[..., 0].sum(-1)
+    np.testing.assert_allclose(out["nll"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(out["num_tokens"], [12.0, 12.0, 12.0])
+    # Only each row's known prefix is a prompt (row 1: just the first token; its later known tokens
+    # cannot condition a left-to-right model).
+    assert generated.shape == (3, 12)
+    np.testing.assert_array_equal(generated[0, :4], tokens[0, :4])
+    assert generated[1, 0] == tokens[1, 0]
+
+
+def test_maskgit_unconditional_text_infills(mesh_context):
+    from flax import nnx
+
+    from maskgen.recipes.maskgit import MaskGITRecipe
+
+    recipe = MaskGITRecipe(**TEXT_MODEL)
+    assert recipe.supported_tasks() == {"none", "prefix", "infill"} and recipe.capabilities >= {"generate", "infill"}
+    conditioned = MaskGITRecipe(**{**TEXT_MODEL, "conditioning": "adaln", "num_classes": 3, "token_shape": (2, 3, 2)})
+    assert conditioned.supported_tasks() == {"class", "infill"}
+    graphdef, params, rest = perturbed_model(recipe)
+    tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 16)
+    known = jax.random.uniform(jax.random.key(1), (2, 12)) < 0.5
+
+    @jax.jit
+    def run(params, tokens, known):
+        model = nnx.merge(graphdef, params, rest)
+        batch = {"tokens": tokens, "known": known}
+        loss, _ = recipe.loss(model, {"tokens": tokens}, jax.random.key(2), 0)  # no labels needed
+        return loss, recipe.generate(model, batch, jax.random.key(3), num_steps=12, policy="first_hitting",
+                                     cache=True)
+
+    loss, out = run(params, tokens, known)
+    assert np.isfinite(float(loss))
+    assert out["tokens"].shape == (2, 12) and out["trajectory"].shape == (12, 2, 12)
+    np.testing.assert_array_equal(np.asarray(out["tokens"])[np.asarray(known)], np.asarray(tokens)[np.asarray(known)])
+    # First hitting reveals one token per step, so the network runs once per token of the longest
+    # row; the steps after both rows are done skip it.
+    assert int(out["nfe"]) == int((~np.asarray(known)).sum(-1).max())

@@ -78,3 +78,84 @@ def test_eval_batches_cover_every_example_once(digits_train):
         seen.append(batch["label"][valid])
     assert sum(len(s) for s in seen) == 21
     np.testing.assert_array_equal(np.concatenate(seen), [int(ex["label"]) for ex in source])
+
+
+# ---------------------------------------------------------------- preprocessing chosen by spec
+
+
+def _stream(ds, n):
+    it = iter(ds)
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("augment", ["none", "crop_flip"])
+def test_new_signature_gives_the_old_batches(digits_train, augment):
+    from maskgen.data import make_preprocess, source_info
+
+    preprocess = make_preprocess(source_info("digits")["fields"], image_size=12, augment=augment)
+    new = _stream(train_dataset(digits_train, preprocess, seed=5, global_batch_size=8, process_index=1,
+                                process_count=2), 30)
+    old = _stream(train_dataset(digits_train, seed=5, global_batch_size=8, image_size=12, augment=augment,
+                                process_index=1, process_count=2), 30)
+    for a, b in zip(new, old, strict=True):
+        assert list(a) == list(b) == ["image", "label"]
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    new_eval = list(eval_batches(digits_train, preprocess, global_batch_size=16, limit=40))
+    old_eval = list(eval_batches(digits_train, global_batch_size=16, image_size=12, limit=40))
+    for (a, va), (b, vb) in zip(new_eval, old_eval, strict=True):
+        np.testing.assert_array_equal(va, vb)
+        np.testing.assert_array_equal(a["image"], b["image"])  # eval never augments
+    with pytest.raises(TypeError, match="old form"):
+        train_dataset(digits_train, preprocess, seed=0, global_batch_size=8, image_size=12)
+
+
+def test_preprocess_maps_each_kind_by_its_spec():
+    import pickle
+
+    from maskgen.data import make_preprocess
+    from maskgen.data.specs import AudioSpec, ImageSpec, LabelSpec, LatentSpec, TextSpec, TokenSpec
+
+    fields = {"image": ImageSpec((None, None, 3)), "codes": TokenSpec((4, 4, 2), 16, 2), "text": TextSpec(6, 257, "bytes"),
+              "z": LatentSpec((2, 2, 8), scale=0.2), "wave": AudioSpec((10, 1), 16000), "label": LabelSpec(3)}
+    example = {"image": np.full((6, 10, 3), 255, np.uint8), "codes": np.ones((4, 4, 2), np.int64),
+               "text": np.arange(6, dtype=np.uint8), "z": np.ones((2, 2, 8), np.float64),
+               "wave": np.zeros((10, 1), np.float16), "label": 2, "extra": "dropped"}
+    preprocess = pickle.loads(pickle.dumps(make_preprocess(fields, image_size=4)))
+    out = preprocess(example)
+    assert list(out) == list(fields)
+    assert out["image"].shape == (4, 4, 3) and out["image"].dtype == np.float32 and np.all(out["image"] == 1.0)
+    assert out["codes"].dtype == out["text"].dtype == out["label"].dtype == np.int32
+    np.testing.assert_array_equal(out["text"], np.arange(6))
+    assert out["z"].dtype == out["wave"].dtype == np.float32 and out["z"].shape == (2, 2, 8)
+    # augmentation touches only images, with grain's rng
+    aug = make_preprocess(fields, image_size=4, augment="crop_flip")
+    a = aug.random_map(example, np.random.default_rng(0))
+    np.testing.assert_array_equal(a["codes"], out["codes"])
+    # labels are optional: a spec without one needs no label
+    unlabelled = make_preprocess({"text": fields["text"]})
+    assert list(unlabelled({"text": np.zeros(6)})) == ["text"]
+    with pytest.raises(KeyError, match="no 'label'"):
+        make_preprocess({"text": fields["text"], "label": LabelSpec(3)})({"text": np.zeros(6)})
+    with pytest.raises(ValueError, match="crop_flip.*applies to images"):
+        make_preprocess({"text": fields["text"]}, augment="crop_flip")
+    with pytest.raises(ValueError, match="must be 0 for data without an image field"):
+        make_preprocess({"text": fields["text"]}, image_size=16)
+    with pytest.raises(ValueError, match="images need an int >= 1"):
+        make_preprocess({"image": fields["image"]})
+
+
+def test_preprocess_and_options_from_config():
+    import ml_collections
+
+    from maskgen.data import data_options, preprocess_from_config, source_info
+
+    data = ml_collections.ConfigDict(dict(name="pydoc_text", data_dir="", image_size=0, augment="none",
+                                          train_split="train", read_threads=1, seq_len=32))
+    assert data_options(data) == {"seq_len": 32}
+    info = source_info(data.name, None, data_options(data))
+    preprocess = preprocess_from_config(data, info)
+    assert preprocess.fields == info["fields"] and preprocess.image_size == 0
+    # a data_info written by hand (no "fields") is read by its legacy keys
+    legacy = {"token_shape": (8, 8), "codebook_size": 256, "num_levels": 1, "num_classes": 10, "image_shape": None}
+    assert sorted(preprocess_from_config(data, legacy).fields) == ["label", "tokens"]

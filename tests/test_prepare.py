@@ -55,7 +55,7 @@ def test_prepare_digits_roundtrip(tmp_path):
     for split in ("train", "test"):
         ours, ref = make_source("array_record", split, out), make_source("digits", split)
         ours = pickle.loads(pickle.dumps(ours))
-        assert len(ours) == len(ref)
+        assert len(ours) == len(ref) and ours.fields == ref.fields
         for a, b in zip(_all(ours), _all(ref), strict=True):
             np.testing.assert_array_equal(a["image"], b["image"])
             assert a["image"].dtype == np.uint8 and isinstance(a["label"], np.int32) and a["label"] == b["label"]

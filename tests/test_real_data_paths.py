@@ -113,7 +113,7 @@ def test_tokenizer_and_maskgit_imagenet_tiny_on_local_tfds_copy(local_imagenet, 
     assert result["evals"]["reconstruction"].scalars["codebook_usage"] > 0
     # The paper-scale MaskGIT config, shrunk, on these tokens; FID on InceptionV3 features from a
     # weights file (random weights in the pytorch-fid layout) against ADM-format reference statistics.
-    from maskgen.evaluators.inception import random_state_dict
+    from maskgen.perception.inception import random_state_dict
     from maskgen.tokenize import tokenize_dataset
 
     tokens = str(tmp_path / "tokens")

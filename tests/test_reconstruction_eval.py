@@ -13,7 +13,7 @@ from maskgen.data import make_source
 from maskgen.data.pipeline import eval_batches
 from maskgen.evaluators import build_evaluator
 from maskgen.evaluators.base import EvalContext
-from maskgen.evaluators.frechet import feature_statistics, frechet_distance
+from maskgen.perception.frechet import feature_statistics, frechet_distance
 from maskgen.evaluators.reconstruction import PSNR_CAP_DB, code_histogram, code_histogram_stats, histogram_stats, psnr
 
 
@@ -64,20 +64,20 @@ def classifier_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier(classifier_cache):
-    from maskgen.evaluators.digit_classifier import get_digit_classifier
+    from maskgen.perception.digit_classifier import get_digit_classifier
 
     return get_digit_classifier(None)
 
 
 @pytest.fixture(scope="module")
 def digits():
-    from maskgen.evaluators.digit_classifier import load_digits_split
+    from maskgen.perception.digit_classifier import load_digits_split
 
     return {split: load_digits_split(split) for split in ("train", "test")}
 
 
 def test_classifier_accuracy_and_cache(classifier, classifier_cache, digits):
-    from maskgen.evaluators.digit_classifier import (FEATURE_DIM, get_digit_classifier, load_digit_classifier,
+    from maskgen.perception.digit_classifier import (FEATURE_DIM, get_digit_classifier, load_digit_classifier,
                                                      load_digits_split)
 
     assert classifier.test_accuracy >= 0.97
@@ -99,7 +99,7 @@ def test_classifier_accuracy_and_cache(classifier, classifier_cache, digits):
 
 
 def test_unreadable_or_stale_cache_is_ignored(tmp_path):
-    from maskgen.evaluators.digit_classifier import FILE_STEM, load_digit_classifier, training_settings
+    from maskgen.perception.digit_classifier import FILE_STEM, load_digit_classifier, training_settings
 
     assert load_digit_classifier(str(tmp_path)) is None
     (tmp_path / f"{FILE_STEM}.json").write_text(json.dumps(training_settings()))

@@ -1,4 +1,5 @@
-"""TokenTransformer (MaskGIT backbone + causal KV-cached mode) and autoregressive decoding."""
+"""TokenTransformer (MaskGIT backbone + causal KV-cached mode) and autoregressive decoding: token
+arrays of rank 1-3, axial RoPE, unconditional models, K codebook streams, prompts."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ from flax import nnx
 from maskgen import parallel
 from maskgen.config import DEFAULT_SHARDING_RULES
 from maskgen.models.layers import apply_rotary
-from maskgen.models.token_transformer import TokenTransformer, rope_2d
+from maskgen.models.token_transformer import TokenTransformer, rope_2d, rope_axial
 from maskgen.sampling.autoregressive import autoregressive_decode
 
 TINY = dict(vocab_size=16, token_shape=(4, 4), num_classes=3, width=32, depth=2, num_heads=2, mlp_ratio=2.0)
@@ -292,3 +293,204 @@ def test_autoregressive_decode_cached_equals_uncached():
     _, _, zero, zero_ref, null = decode(params, labels, rng, 0.0)
     np.testing.assert_array_equal(zero, null)
     np.testing.assert_array_equal(zero_ref, null)
+
+
+# ---------------------------------------------------------------------- the checkpoint layout
+
+# The parameter trees (name: shape) of the default configurations as they were before token
+# shapes of other ranks, unconditional models and codebook streams were added (written from that
+# code, depth 1): old checkpoints must keep restoring.
+_BLOCK = {
+    "blocks/0/attn/out/bias": (32,), "blocks/0/attn/out/kernel": (2, 16, 32),
+    "blocks/0/attn/qkv/bias": (3, 2, 16), "blocks/0/attn/qkv/kernel": (32, 3, 2, 16),
+    "blocks/0/mlp/fc1/bias": (64,), "blocks/0/mlp/fc1/kernel": (32, 64),
+    "blocks/0/mlp/fc2/bias": (32,), "blocks/0/mlp/fc2/kernel": (64, 32),
+}
+_ADALN = {"blocks/0/modulation/bias": (6, 32), "blocks/0/modulation/kernel": (32, 6, 32),
+          "final_modulation/bias": (2, 32), "final_modulation/kernel": (32, 2, 32)}
+_AFFINE = {"blocks/0/norm1/bias": (32,), "blocks/0/norm1/scale": (32,), "blocks/0/norm2/bias": (32,),
+           "blocks/0/norm2/scale": (32,), "final_norm/bias": (32,), "final_norm/scale": (32,)}
+_QK = {"blocks/0/attn/k_norm/bias": (16,), "blocks/0/attn/k_norm/scale": (16,),
+       "blocks/0/attn/q_norm/bias": (16,), "blocks/0/attn/q_norm/scale": (16,)}
+_EMBED = {"class_embed": (4, 32), "token_embed": (17, 32)}
+LEGACY_TREES = [
+    (dict(conditioning="adaln", positions="learned"),
+     {**_BLOCK, **_ADALN, **_EMBED, "head_bias": (16,), "pos_embed": (16, 32)}),
+    (dict(conditioning="prefix", positions="rope2d", tie_head=False, qk_norm=True),
+     {**_BLOCK, **_AFFINE, **_QK, **_EMBED, "head/bias": (16,), "head/kernel": (32, 16)}),
+    (dict(conditioning="adaln", positions="rope2d", causal=True),
+     {**_BLOCK, **_ADALN, **_EMBED, "head_bias": (16,), "start_token": (32,)}),
+    (dict(conditioning="prefix", positions="learned", causal=True),
+     {**_BLOCK, **_AFFINE, **_EMBED, "head_bias": (16,), "pos_embed": (16, 32)}),
+]
+
+
+def param_tree(model) -> dict:
+    flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+            for path, leaf in flat}
+
+
+@pytest.mark.parametrize("config,expected", LEGACY_TREES)
+def test_default_parameter_trees_are_unchanged(config, expected):
+    assert param_tree(make(**{**config, "depth": 1})) == expected
+
+
+# ------------------------------------------------------------------------- ranks and positions
+
+@pytest.mark.parametrize("token_shape,positions", [((8,), "rope"), ((2, 4), "learned"), ((2, 2, 2), "rope")])
+def test_token_shapes_of_rank_one_to_three(token_shape, positions):
+    model = perturbed(make(token_shape=token_shape, positions=positions, width=24, num_heads=2,
+                           conditioning="prefix"))  # head_dim 12: divisible by 2, 4 and 6
+    assert model.num_tokens == 8 and model.token_shape == token_shape
+    tokens = jax.random.randint(jax.random.key(0), (B, 8), 0, V + 1)
+    forward = jit_forward(model)
+    flat = forward(tokens, LABELS)
+    assert flat.shape == (B, 8, V) and np.isfinite(np.asarray(flat)).all()
+    grid = forward(tokens.reshape((B,) + token_shape), LABELS)  # [B, *token_shape] in, same layout out
+    assert grid.shape == (B,) + token_shape + (V,)
+    np.testing.assert_array_equal(grid.reshape(flat.shape), flat)
+    with pytest.raises(ValueError, match="token_shape"):
+        model(tokens[:, :7], LABELS)
+
+
+def test_axial_rope_origin_is_identity_and_axes_are_told_apart():
+    head_dim = 12  # 6 pairs: 2 per axis over 3 axes
+    q, k = jax.random.normal(jax.random.key(0), (2, 1, head_dim))
+    cos, sin = rope_axial(np.zeros((1, 3)), head_dim)
+    np.testing.assert_array_equal(cos, 1.0)
+    np.testing.assert_array_equal(sin, 0.0)
+    np.testing.assert_allclose(apply_rotary(q, cos, sin), q, atol=1e-7)
+
+    def score(p, p2):
+        return float(jnp.sum(apply_rotary(q, *rope_axial(np.array([p]), head_dim))
+                             * apply_rotary(k, *rope_axial(np.array([p2]), head_dim))))
+
+    # Relative: a common shift of both positions changes nothing; each axis matters on its own.
+    assert score((0, 1, 2), (3, 1, 0)) == pytest.approx(score((2, 3, 4), (5, 3, 2)), abs=1e-4)
+    offsets = [score((0, 0, 0), d) for d in [(1, 0, 0), (0, 1, 0), (0, 0, 1)]]
+    assert min(abs(a - b) for a, b in [(offsets[0], offsets[1]), (offsets[1], offsets[2]),
+                                       (offsets[0], offsets[2])]) > 1e-3
+    # Rank 1 and 2 are the ordinary 1D RoPE and the rope2d tables.
+    rows, cols = jnp.array([0.0, 1.0, 3.0]), jnp.array([2.0, 0.0, 1.0])
+    for a, b in zip(rope_axial(jnp.stack([rows, cols], -1), 16), rope_2d(rows, cols, 16)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="divisible by 6"):
+        rope_axial(np.zeros((1, 3)), 8)
+
+
+@pytest.mark.parametrize("config", [BIDIR_PREFIX, CAUSAL_ADALN])
+def test_rope2d_is_an_alias_of_rope_on_2d_grids(config):
+    tokens = random_tokens()
+    alias = jit_forward(perturbed(make(**{**config, "positions": "rope2d"})))(tokens, LABELS)
+    np.testing.assert_array_equal(jit_forward(perturbed(make(**{**config, "positions": "rope"})))(tokens, LABELS),
+                                  alias)
+    with pytest.raises(ValueError, match="rope2d.*2D"):
+        make(positions="rope2d", token_shape=(16,))
+
+
+# ------------------------------------------------------------------------------ unconditional
+
+def test_unconditional_model_has_no_classes_and_takes_no_labels():
+    model = make(conditioning="none", num_classes=0, token_shape=(16,), positions="rope")
+    params = nnx.state(model, nnx.Param)
+    assert "class_embed" not in params and "modulation" not in params["blocks"][0]
+    assert model.null_class is None
+    logits = jit_forward(model)(random_tokens(), None)
+    assert logits.shape == (B, N, V) and np.isfinite(np.asarray(logits)).all()
+    with pytest.raises(ValueError, match="unconditional"):
+        model(random_tokens(), LABELS)
+    with pytest.raises(ValueError, match="labels"):
+        make(**BIDIR_ADALN)(random_tokens(), None)
+    with pytest.raises(ValueError, match="num_classes"):
+        make(conditioning="adaln", num_classes=0)
+
+
+# ----------------------------------------------------------------------------- codebook streams
+
+@pytest.mark.parametrize("tie_head", [True, False])
+def test_parallel_codebook_streams(tie_head):
+    k = 3
+    model = perturbed(make(**{**BIDIR_ADALN, "tie_head": tie_head}, num_streams=k))
+    params = nnx.state(model, nnx.Param)
+    assert params["token_embed"][...].shape == (k, V + 1, 32)  # one table per stream, each with [MASK]
+    if tie_head:
+        assert params["head_bias"][...].shape == (k, V)
+    else:
+        assert params["head"]["kernel"][...].shape == (32, k, V)
+    tokens = jax.random.randint(jax.random.key(0), (B, N, k), 0, V + 1)
+    forward = jit_forward(model)
+    logits = forward(tokens, LABELS)
+    assert logits.shape == (B, N, k, V)
+    np.testing.assert_array_equal(forward(tokens.reshape(B, 4, 4, k), LABELS), logits.reshape(B, 4, 4, k, V))
+    # Each stream's token reaches the prediction (the embeddings are summed per position) and the
+    # streams are told apart (the same id in another stream is another embedding).
+    for stream in range(k):
+        changed = tokens.at[:, 0, stream].set((tokens[:, 0, stream] + 1) % V)
+        assert np.abs(np.asarray(forward(changed, LABELS) - logits)).max() > 1e-4
+    swapped = tokens.at[:, :, [0, 1]].set(tokens[:, :, [1, 0]])
+    assert np.abs(np.asarray(forward(swapped, LABELS) - logits)).max() > 1e-4
+    with pytest.raises(ValueError, match="num_streams"):
+        model(tokens[..., :2], LABELS)
+
+
+# ------------------------------------------------------------------------- causal text models
+
+TEXT_CAUSAL = [dict(conditioning="none", num_classes=0, token_shape=(12,), positions="rope", causal=True),
+               dict(conditioning="none", num_classes=0, token_shape=(12,), positions="learned", causal=True,
+                    num_streams=2, tie_head=False)]
+
+
+@pytest.mark.parametrize("config", TEXT_CAUSAL)
+def test_unconditional_1d_decode_steps_match_the_full_forward(config):
+    model = perturbed(make(**config))
+    graphdef, params = nnx.split(model)
+    streams = (config.get("num_streams", 1),) if config.get("num_streams", 1) > 1 else ()
+    tokens = jax.random.randint(jax.random.key(3), (B, 12) + streams, 0, V)
+
+    @jax.jit
+    def stepwise(params, tokens):
+        merged = nnx.merge(graphdef, params)
+
+        def step(cache, i):
+            prev = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(i - 1, 0), axis=1, keepdims=False)
+            logits, cache = merged.decode_step(cache, prev, i)  # labels None
+            return cache, logits
+
+        _, logits = jax.lax.scan(step, merged.init_cache(tokens.shape[0]), jnp.arange(12))
+        return jnp.moveaxis(logits, 0, 1)
+
+    full = jit_forward(model)(tokens, None)
+    assert full.shape == (B, 12) + streams + (V,)
+    np.testing.assert_allclose(stepwise(params, tokens), full, atol=1e-5)
+    # Causal: position 0 (the learned start token alone) does not see any token.
+    changed = tokens.at[:, 0].set((tokens[:, 0] + 1) % V)
+    np.testing.assert_array_equal(jit_forward(model)(changed, None)[:, 0], full[:, 0])
+
+
+def test_autoregressive_decode_unconditional_with_a_prompt():
+    model = perturbed(make(**TEXT_CAUSAL[0]))
+    graphdef, params = nnx.split(model)
+    prompt = jnp.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15]])
+    lengths = jnp.array([5, 2, 0])  # rows continue prompts of different lengths
+
+    @jax.jit
+    def decode(params, rng):
+        merged = nnx.merge(graphdef, params)
+        return (autoregressive_decode(merged, None, rng, prompt=prompt, prompt_length=lengths, use_cache=True),
+                autoregressive_decode(merged, None, rng, prompt=prompt, prompt_length=lengths, use_cache=False),
+                autoregressive_decode(merged, None, rng, batch_size=3))
+
+    cached, uncached, free = decode(params, jax.random.key(0))
+    assert cached.shape == (3, 12) and cached.dtype == jnp.int32
+    np.testing.assert_array_equal(cached, uncached)
+    np.testing.assert_array_equal(cached[0, :5], prompt[0])
+    np.testing.assert_array_equal(cached[1, :2], prompt[1, :2])
+    # Same key: the unprompted row 2 is the free sample; the prompted rows continue differently.
+    np.testing.assert_array_equal(cached[2], free[2])
+    assert (np.asarray(cached[0, 5:]) != np.asarray(free[0, 5:])).any()
+    merged = nnx.merge(graphdef, params)
+    with pytest.raises(ValueError, match="guidance"):
+        autoregressive_decode(merged, None, jax.random.key(0), batch_size=3, cfg_scale=2.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        autoregressive_decode(merged, None, jax.random.key(0))

@@ -56,6 +56,13 @@ def _check_split(split: str) -> None:
         raise ValueError(f"unknown digits split {split!r}; valid splits are {list(SPLITS)}")
 
 
+def fields() -> dict:
+    """What an example holds (maskgen.data.specs)."""
+    from maskgen.data.specs import ImageSpec, LabelSpec
+
+    return {"image": ImageSpec(IMAGE_SHAPE), "label": LabelSpec(NUM_CLASSES)}
+
+
 @functools.lru_cache(maxsize=len(SPLITS))
 def split_indices(split: str) -> np.ndarray:
     """Indices into load_all() that make up `split`, in ascending order (read-only)."""
@@ -77,6 +84,10 @@ class DigitsSource:
     def __init__(self, split: str):
         _check_split(split)
         self.split = split
+
+    @property
+    def fields(self) -> dict:
+        return fields()
 
     def __len__(self) -> int:
         return len(split_indices(self.split))

@@ -1,8 +1,17 @@
-"""Random-access example sources (digits, prepared ArrayRecord dirs, on-disk TFDS) for grain.
+"""The data source registry: every dataset maskgen reads, by name, as random-access sources for grain.
 
-Every source supports len() and integer indexing, returns {"image": uint8 [H, W, C],
-"label": np.int32} and pickles cheaply (file paths only), so it can be passed to
-grain.MapDataset.source(...) and to grain worker processes.
+A source family is registered like a recipe, `@register_source("digits")`, or for a family of
+names by prefix, `@register_source("tfds:")` (names "tfds:<dataset>"). A registered class gets
+the full name, declares its options (with defaults) and provides
+
+* `info(data_dir, options)`: metadata only (cheap): {"fields": {name: spec}, "splits": {split: n},
+  plus the legacy keys, see maskgen.data.specs.legacy_info};
+* `open(split, data_dir, options)`: a source with len() and integer indexing whose items are
+  dicts of numpy arrays as "fields" describes (labels are optional fields), that pickles cheaply
+  (names and paths only), so grain.MapDataset.source(...) and grain's worker processes can use it.
+
+`options` are the source settings of a config's data group (pipeline.data_options), e.g.
+{"seq_len": 128}; names a source does not declare are an error.
 """
 
 from __future__ import annotations
@@ -10,19 +19,22 @@ from __future__ import annotations
 import operator
 import os
 import re
+from typing import Any
 
 import numpy as np
 
-from maskgen.data import digits, records
-
-VALID_NAMES = ("digits", "array_record", "tfds:<dataset>[/<config>][:<version>]", "tokens")
-
+from maskgen.data import digits, records, text
+from maskgen.data.specs import ImageSpec, LabelSpec, legacy_info
 
 def _check_index(index, length: int) -> int:
     i = operator.index(index)
     if not -length <= i < length:
         raise IndexError(f"index {i} out of range for a source of {length} examples")
     return i % length
+
+
+def _array_record_fields(metadata: dict) -> dict:
+    return {"image": ImageSpec(tuple(metadata["image_shape"])), "label": LabelSpec(metadata["num_classes"])}
 
 
 class ArrayRecordSource:
@@ -39,6 +51,7 @@ class ArrayRecordSource:
             raise FileNotFoundError(f"shards listed in {data_dir}/metadata.json are missing: {missing}")
         self.data_dir = data_dir
         self.split = split
+        self.fields = _array_record_fields(metadata)
         self._paths = paths
         self._source = records.open_shards(paths, self._remedy())
         expected = splits[split]["num_examples"]
@@ -145,15 +158,22 @@ def resolve_tfds_dir(ds_name: str, data_dir: str | None) -> str:
 
 
 class TfdsSource:
-    """One split of a TFDS dataset already on disk, read without TensorFlow."""
+    """One split of a TFDS dataset already on disk, read without TensorFlow.
 
-    def __init__(self, ds_name: str, split: str, data_dir: str | None = None):
+    Image datasets (an "image" feature) yield {"image": uint8 [H, W, C]}; text datasets (a "text"
+    feature, e.g. lm1b) yield {"tokens": int32 [seq_len]}: each example's UTF-8 bytes, then EOS,
+    cut or padded with EOS to seq_len (maskgen.data.text; MDLM's padded lm1b setting). A
+    ClassLabel "label" feature adds {"label": int32}.
+    """
+
+    def __init__(self, ds_name: str, split: str, data_dir: str | None = None, seq_len: int = 128):
         tfds = _import_tfds()
         self.ds_name = ds_name
         self.split = split
+        self.seq_len = seq_len
         self.builder_dir = resolve_tfds_dir(ds_name, data_dir)
         builder = tfds.builder_from_directory(self.builder_dir)
-        _check_tfds_features(builder, self.builder_dir)
+        self.fields = _tfds_fields(builder, self.builder_dir, seq_len)
         valid = sorted(builder.info.splits.keys())
         for part in split.split("+"):
             if part.split("[")[0].strip() not in valid:
@@ -172,92 +192,216 @@ class TfdsSource:
         return len(self._source)
 
     def __getitem__(self, index) -> dict:
-        return _tfds_item_to_example(self._source[_check_index(index, len(self))])
+        item = self._source[_check_index(index, len(self))]
+        out = {}
+        if "image" in self.fields:
+            image = np.asarray(item["image"])
+            if image.ndim == 2:
+                image = image[..., None]
+            if image.dtype != np.uint8 or image.ndim != 3:
+                raise ValueError(f"tfds image must be uint8 [H, W] or [H, W, C], got {image.dtype} {list(image.shape)}")
+            out["image"] = image
+        else:
+            out["tokens"] = text.fixed_length(_as_bytes(item["text"]), self.seq_len)
+        if "label" in self.fields:
+            out["label"] = np.int32(item["label"])
+        return out
 
     def __repr__(self) -> str:
         return f"TfdsSource(ds_name={self.ds_name!r}, split={self.split!r}, builder_dir={self.builder_dir!r})"
 
 
-def _check_tfds_features(builder, builder_dir: str) -> None:
+def _as_bytes(value) -> bytes:
+    value = value.item() if isinstance(value, np.ndarray) else value
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _tfds_fields(builder, builder_dir: str, seq_len: int) -> dict:
+    """The specs of what TfdsSource yields for this dataset."""
     features = builder.info.features
     names = list(features.keys()) if hasattr(features, "keys") else []
-    if "image" not in names or "label" not in names:
-        raise ValueError(f"tfds dataset at {builder_dir} needs 'image' and 'label' features, has {names}")
-
-
-def _tfds_item_to_example(item: dict) -> dict:
-    image = np.asarray(item["image"])
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"tfds image must be uint8 [H, W] or [H, W, C], got {image.dtype} {list(image.shape)}")
-    return {"image": image, "label": np.int32(item["label"])}
-
-
-def make_source(name: str, split: str, data_dir: str | None = None):
-    """Random-access source for `split` of dataset `name` (see VALID_NAMES)."""
-    if name == "digits":
-        return digits.DigitsSource(split)
-    if name == "array_record":
-        return ArrayRecordSource(data_dir, split)
-    if isinstance(name, str) and name.startswith("tfds:"):
-        return TfdsSource(name[len("tfds:"):], split, data_dir)
-    if name == "tokens":
-        from maskgen.data.tokens import TokenSource
-
-        if not data_dir:
-            raise ValueError("data source 'tokens' needs data_dir: the --out directory of `maskgen tokenize`")
-        return TokenSource(data_dir, split)
-    raise ValueError(f"unknown data source {name!r}; valid names are {list(VALID_NAMES)}")
-
-
-def source_info(name: str, data_dir: str | None = None) -> dict:
-    """{"image_shape": (H, W, C), "num_classes": K, "splits": {split: num_examples}}, from metadata only.
-
-    For tfds datasets with variable-size images, H and W are None. Token datasets (`maskgen
-    tokenize`) have no image shape; they add "token_shape", "codebook_size", "num_levels" and
-    "tokenizer" (the run that made them) from their metadata.json.
-    """
-    if name == "tokens":
-        from maskgen.data.tokens import read_token_metadata
-
-        if not data_dir:
-            raise ValueError("data source 'tokens' needs data_dir: the --out directory of `maskgen tokenize`")
-        metadata = read_token_metadata(data_dir)
-        return {
-            "image_shape": None, "num_classes": metadata["num_classes"],
-            "splits": {s: v["num_examples"] for s, v in metadata["splits"].items()},
-            "token_shape": tuple(metadata["token_shape"]), "codebook_size": metadata["codebook_size"],
-            "num_levels": metadata["num_levels"], "tokenizer": metadata.get("tokenizer", {}),
-        }
-    if name == "digits":
-        return {
-            "image_shape": digits.IMAGE_SHAPE,
-            "num_classes": digits.NUM_CLASSES,
-            "splits": {s: len(digits.split_indices(s)) for s in digits.SPLITS},
-        }
-    if name == "array_record":
-        metadata = records.read_metadata(data_dir)
-        return {
-            "image_shape": tuple(metadata["image_shape"]),
-            "num_classes": metadata["num_classes"],
-            "splits": {s: v["num_examples"] for s, v in metadata["splits"].items()},
-        }
-    if isinstance(name, str) and name.startswith("tfds:"):
-        tfds = _import_tfds()
-        builder_dir = resolve_tfds_dir(name[len("tfds:"):], data_dir)
-        builder = tfds.builder_from_directory(builder_dir)
-        _check_tfds_features(builder, builder_dir)
-        features = builder.info.features
+    fields: dict[str, Any] = {}
+    if "image" in names:
         shape = tuple(features["image"].shape)
-        if len(shape) == 2:
-            shape = shape + (1,)
+        fields["image"] = ImageSpec(shape + (1,) if len(shape) == 2 else shape)
+    elif "text" in names:
+        fields["tokens"] = text.text_spec(text.check_seq_len(seq_len))
+    else:
+        raise ValueError(f"tfds dataset at {builder_dir} needs an 'image' or a 'text' feature, has {names}")
+    if "label" in names:
         num_classes = getattr(features["label"], "num_classes", None)
         if num_classes is None:
             raise ValueError(f"tfds dataset at {builder_dir}: 'label' must be a ClassLabel feature")
-        return {
-            "image_shape": shape,
-            "num_classes": num_classes,
-            "splits": {s: v.num_examples for s, v in builder.info.splits.items()},
-        }
-    raise ValueError(f"unknown data source {name!r}; valid names are {list(VALID_NAMES)}")
+        fields["label"] = LabelSpec(num_classes)
+    return fields
+
+
+# ---------------------------------------------------------------- the registry
+
+
+class DataSource:
+    """A registered source family. `name` is the name it was asked for (for prefix families,
+    the whole "tfds:<dataset>"); `options` maps each option the family takes to its default."""
+
+    options: dict[str, Any] = {}
+    usage = ""  # how the name is written in listings; the registered name unless set
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def info(self, data_dir: str | None, options: dict) -> dict:
+        raise NotImplementedError
+
+    def open(self, split: str, data_dir: str | None, options: dict):
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[DataSource]] = {}  # registration order is listing order
+
+
+def register_source(name: str):
+    """Class decorator: registers a DataSource subclass under `name`; a name ending in ":" is a
+    prefix (the class then serves every "<prefix><rest>" name)."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"a source name must be a non-empty string, got {name!r}")
+
+    def register(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"data source {name!r} is already registered to {_REGISTRY[name].__qualname__}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def source_names() -> list[str]:
+    """Every registered name as written in a config (prefix families with their pattern)."""
+    return [cls.usage or name for name, cls in _REGISTRY.items()]
+
+
+def get_source(name: str) -> DataSource:
+    """The registered family serving `name`, bound to it."""
+    if isinstance(name, str):
+        if name in _REGISTRY and not name.endswith(":"):
+            return _REGISTRY[name](name)
+        for key, cls in _REGISTRY.items():
+            if key.endswith(":") and name.startswith(key):
+                return cls(name)
+    raise ValueError(f"unknown data source {name!r}; valid names are {source_names()}")
+
+
+def resolve_options(source: DataSource, options: dict | None) -> dict:
+    """The family's defaults updated by `options`; names it does not take are an error."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(source.options))
+    if unknown:
+        valid = ", ".join(sorted(source.options)) or "none"
+        raise ValueError(f"data source {source.name!r} takes no option {', '.join(map(repr, unknown))}; "
+                         f"its options are: {valid}")
+    return {**source.options, **options}
+
+
+def make_source(name: str, split: str, data_dir: str | None = None, options: dict | None = None):
+    """Random-access source for `split` of dataset `name` (see source_names())."""
+    source = get_source(name)
+    return source.open(split, data_dir, resolve_options(source, options))
+
+
+def source_info(name: str, data_dir: str | None = None, options: dict | None = None) -> dict:
+    """The dataset's fields and split sizes from metadata only, without opening a split:
+    {"fields": {name: spec}, "splits": {split: num_examples}, "image_shape": (H, W, C) or None,
+    "num_classes": K (0: no label), and for token/text data "token_shape", "codebook_size",
+    "num_levels", "tokenizer"} (maskgen.data.specs.legacy_info). For tfds datasets with
+    variable-size images, H and W are None.
+    """
+    source = get_source(name)
+    return source.info(data_dir, resolve_options(source, options))
+
+
+@register_source("digits")
+class _Digits(DataSource):
+    def info(self, data_dir, options):
+        return legacy_info(digits.fields(), {s: len(digits.split_indices(s)) for s in digits.SPLITS})
+
+    def open(self, split, data_dir, options):
+        return digits.DigitsSource(split)
+
+
+@register_source("array_record")
+class _ArrayRecord(DataSource):
+    def info(self, data_dir, options):
+        metadata = records.read_metadata(data_dir)
+        return legacy_info(_array_record_fields(metadata),
+                           {s: v["num_examples"] for s, v in metadata["splits"].items()})
+
+    def open(self, split, data_dir, options):
+        return ArrayRecordSource(data_dir, split)
+
+
+@register_source("tfds:")
+class _Tfds(DataSource):
+    usage = "tfds:<dataset>[/<config>][:<version>]"
+    options = {"seq_len": 128}  # text datasets only
+
+    def info(self, data_dir, options):
+        tfds = _import_tfds()
+        builder_dir = resolve_tfds_dir(self.name[len("tfds:"):], data_dir)
+        builder = tfds.builder_from_directory(builder_dir)
+        fields = _tfds_fields(builder, builder_dir, options["seq_len"])
+        return legacy_info(fields, {s: v.num_examples for s, v in builder.info.splits.items()})
+
+    def open(self, split, data_dir, options):
+        return TfdsSource(self.name[len("tfds:"):], split, data_dir, seq_len=options["seq_len"])
+
+
+def _tokens_dir(data_dir):
+    if not data_dir:
+        raise ValueError("data source 'tokens' needs data_dir: the --out directory of `maskgen tokenize`")
+    return data_dir
+
+
+@register_source("tokens")
+class _Tokens(DataSource):
+    def info(self, data_dir, options):
+        from maskgen.data.tokens import metadata_fields, read_token_metadata
+
+        metadata = read_token_metadata(_tokens_dir(data_dir))
+        return legacy_info(metadata_fields(metadata), {s: v["num_examples"] for s, v in metadata["splits"].items()},
+                           tokenizer=metadata.get("tokenizer", {}))
+
+    def open(self, split, data_dir, options):
+        from maskgen.data.tokens import TokenSource
+
+        return TokenSource(_tokens_dir(data_dir), split)
+
+
+class _WindowedText(DataSource):
+    """Byte-level text cut into windows of seq_len ids (maskgen.data.text); splits train/validation."""
+
+    options = {"seq_len": 128}
+
+    def _open(self, split, data_dir, seq_len):
+        raise NotImplementedError
+
+    def info(self, data_dir, options):
+        seq_len = text.check_seq_len(options["seq_len"])
+        return legacy_info({"tokens": text.text_spec(seq_len)},
+                           {s: len(self._open(s, data_dir, seq_len)) for s in text.SPLITS})
+
+    def open(self, split, data_dir, options):
+        return self._open(split, data_dir, options["seq_len"])
+
+
+@register_source("pydoc_text")
+class _PydocText(_WindowedText):
+    def _open(self, split, data_dir, seq_len):
+        return text.PydocTextSource(split, seq_len)
+
+
+@register_source("text_files")
+class _TextFiles(_WindowedText):
+    def _open(self, split, data_dir, seq_len):
+        return text.TextFilesSource(data_dir, split, seq_len)
+
+
+VALID_NAMES = tuple(source_names())  # the built-in names; source_names() also lists later registrations

@@ -48,8 +48,14 @@ def build_evaluator(name: str, spec: dict[str, Any]):
 
 @dataclasses.dataclass
 class EvalResult:
+    """What an evaluator reports; the loop writes each kind with one writer (maskgen.outputs):
+    scalars to metrics.jsonl and TensorBoard, images as PNG, audio as WAV, texts as TXT (and each
+    to TensorBoard)."""
+
     scalars: dict[str, float] = dataclasses.field(default_factory=dict)
     images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # uint8 [H, W, C]
+    audio: dict[str, tuple[np.ndarray, int]] = dataclasses.field(default_factory=dict)  # (float [T, C] in [-1, 1], rate)
+    texts: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -68,6 +74,13 @@ class EvalContext:
     workdir: the run's directory (evaluators may cache things under it), or "" if none.
     shard(batch): a host batch that every process holds in full -> a global batch for `apply`;
       its row count must be a multiple of `batch_multiple` (the data-parallel device count).
+    decode(tokens): the run's token outputs -> what they stand for: {"images": float [n, H, W, C]
+      in [-1, 1]} through the tokenizer run that made a token dataset, or {"texts": [str]} for
+      text; raises ValueError for data that needs no decoding.
+    reference(split, limit): the data the decoded outputs are compared with, as host model inputs
+      (e.g. {"image", "label"} of the tokenizer's dataset).
+    open_run(workdir): another trained run, restored (e.g. an AR model that scores samples):
+      `.info`, `.config`, `.can(capability)`, `.apply(method, host_batch, rng, **static)`.
     """
 
     step: int
@@ -81,3 +94,6 @@ class EvalContext:
     workdir: str = ""
     shard: Callable[[dict], dict] | None = None
     batch_multiple: int = 1
+    decode: Callable[[np.ndarray], dict] | None = None
+    reference: Callable[..., dict] | None = None
+    open_run: Callable[[str], Any] | None = None

@@ -22,7 +22,6 @@ into images. Over `num_per_class` samples of every class this evaluator reports:
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np
@@ -33,21 +32,6 @@ from maskgen.evaluators.image_grid import make_grid, to_uint8
 
 FEATURE_NETS = ("digit_classifier", "inception")
 CLASSIFIERS = ("digit_classifier", "")
-
-
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(workdir: str, step: int | None = None):
-    """The tokenizer run (`maskgen.tokenize.TokenizerHandle`) that decodes a generator's tokens."""
-    from maskgen.tokenize import TokenizerHandle
-
-    return TokenizerHandle(workdir, step)
-
-
-def tokenizer_for(info: dict):
-    tokenizer = info.get("tokenizer") or {}
-    if not tokenizer.get("workdir"):
-        raise ValueError("the token dataset's metadata names no tokenizer run, so samples cannot be decoded")
-    return load_tokenizer(tokenizer["workdir"], tokenizer.get("step"))
 
 
 def decode_settings(info: dict, overrides: dict | None = None) -> dict:
@@ -79,25 +63,9 @@ def generate(ctx: EvalContext, labels: np.ndarray, settings: dict, seed: int, ba
     return {"tokens": np.concatenate(tokens), **(first or {})}
 
 
-def decode_images(tokenizer, tokens: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Token grids -> float images in [-1, 1] (clipped), decoded in batches."""
-    parts = [tokenizer.decode(tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)]
-    return np.clip(np.concatenate(parts), -1.0, 1.0)
-
-
-@functools.lru_cache(maxsize=8)
-def real_images(tokenizer, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The tokenizer's own dataset split as model inputs (what the tokens were made from); cached,
-    so repeated evaluations (every schedule of a sweep) decode the images once. Do not modify."""
-    from maskgen.data import make_source
-    from maskgen.data.pipeline import ToModelInput
-
-    data = tokenizer.config.data
-    source = make_source(data.name, split, data.data_dir or None)
-    transform = ToModelInput(data.image_size)
-    count = len(source) if limit is None else min(limit, len(source))
-    examples = [transform(source[i]) for i in range(count)]
-    return np.stack([e["image"] for e in examples]), np.stack([e["label"] for e in examples])
+def decode_images(ctx: EvalContext, tokens: np.ndarray) -> np.ndarray:
+    """Token grids -> float images in [-1, 1], through the run's decoder (the tokenizer run)."""
+    return ctx.decode(tokens)["images"]
 
 
 def grey_masked(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -108,11 +76,12 @@ def grey_masked(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.where(pixel_mask, 0.0, images)
 
 
-def trajectory_rows(tokenizer, trajectory: np.ndarray, masks: np.ndarray, samples: int) -> list[np.ndarray]:
-    """Two image rows per sample: predictions at each step, and the tokens kept after it."""
+def trajectory_rows(decode, trajectory: np.ndarray, masks: np.ndarray, samples: int) -> list[np.ndarray]:
+    """Two image rows per sample: predictions at each step, and the tokens kept after it.
+    `decode(tokens) -> images` (e.g. `ctx.decode` composed with ["images"])."""
     rows = []
     for b in range(min(samples, trajectory.shape[1])):
-        predicted = decode_images(tokenizer, trajectory[:, b])
+        predicted = decode(trajectory[:, b])
         rows += [to_uint8(predicted), to_uint8(grey_masked(predicted, masks[:, b]))]
     return rows
 
@@ -124,7 +93,7 @@ def class_grid(images: np.ndarray, labels: np.ndarray, classes, columns: int) ->
 
 
 def _frechet(a: np.ndarray, b: np.ndarray) -> float:
-    from maskgen.evaluators.frechet import feature_statistics, frechet_distance
+    from maskgen.perception.frechet import feature_statistics, frechet_distance
 
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))
 
@@ -161,11 +130,11 @@ class Generation:
             if not self.inception_weights:
                 raise ValueError("generation: feature_net='inception' needs inception_weights=<path to the FID "
                                  "InceptionV3 weights (.npz, or .pth with torch)>; maskgen never downloads them")
-            from maskgen.evaluators.inception import InceptionFeatures
+            from maskgen.perception.inception import InceptionFeatures
 
             net = InceptionFeatures.from_file(self.inception_weights)
             return net.features
-        from maskgen.evaluators.digit_classifier import get_digit_classifier
+        from maskgen.perception.digit_classifier import get_digit_classifier
 
         classifier = get_digit_classifier(None)
         return lambda images: np.concatenate(
@@ -173,35 +142,38 @@ class Generation:
 
     def run(self, ctx: EvalContext) -> EvalResult:
         num_classes = int(ctx.info["num_classes"])
-        tokenizer = tokenizer_for(ctx.info)
+        if num_classes < 1:
+            raise ValueError("generation: class consistency needs a class-conditional generator; this run has no "
+                             "classes (use text_samples for unconditional text)")
         labels = np.tile(np.arange(num_classes, dtype=np.int32), self.num_per_class)
         out = generate(ctx, labels, decode_settings(ctx.info, self.decode), self.seed, self.batch_size)
-        images = decode_images(tokenizer, out["tokens"])
+        images = decode_images(ctx, out["tokens"])
         scalars = {}
         if self.classifier == "digit_classifier":
-            from maskgen.evaluators.digit_classifier import get_digit_classifier
+            from maskgen.perception.digit_classifier import get_digit_classifier
 
             scalars["class_consistency"] = get_digit_classifier(None).accuracy(images, labels)
         features = self._feature_fn()
         sample_features = features(images)
-        real, _ = real_images(tokenizer, self.real_split, self.max_real)
+        real = ctx.reference(self.real_split, self.max_real)["image"]
         if self.feature_net == "digit_classifier":
             real_features = features(real)
             scalars["frechet_distance_digits"] = _frechet(sample_features, real_features)
             if self.floor_split:
-                floor, _ = real_images(tokenizer, self.floor_split, self.max_real)
+                floor = ctx.reference(self.floor_split, self.max_real)["image"]
                 scalars["frechet_distance_digits_floor"] = _frechet(features(floor), real_features)
         else:
-            from maskgen.evaluators.inception import fid_from_features, fid_metric_name
+            from maskgen.perception.inception import fid_from_features, fid_metric_name
 
             reference = self.reference_stats or features(real)
             scalars[fid_metric_name(reference)] = fid_from_features(sample_features, reference)
         result_images = {"samples": class_grid(images, labels, range(num_classes), self.grid_columns)}
         if self.trajectory_samples and "trajectory" in out:
-            rows = trajectory_rows(tokenizer, out["trajectory"], out["masks"], self.trajectory_samples)
+            rows = trajectory_rows(lambda t: decode_images(ctx, t), out["trajectory"], out["masks"],
+                                   self.trajectory_samples)
             result_images["trajectory"] = make_grid(rows, upscale=max(1, 64 // images.shape[1]))
         return EvalResult(scalars=scalars, images=result_images)
 
 
-__all__ = ["Generation", "generate", "decode_images", "decode_settings", "tokenizer_for", "grey_masked",
-           "class_grid", "trajectory_rows", "real_images", "load_tokenizer"]
+__all__ = ["Generation", "generate", "decode_images", "decode_settings", "grey_masked", "class_grid",
+           "trajectory_rows"]

@@ -79,7 +79,7 @@ def _check_feature_net(feature_net: str) -> None:
 
 
 def _frechet_scalar(real_features: list, recon_features: list) -> float:
-    from maskgen.evaluators.frechet import feature_statistics, frechet_distance
+    from maskgen.perception.frechet import feature_statistics, frechet_distance
 
     mu1, sigma1 = feature_statistics(np.concatenate(real_features))
     mu2, sigma2 = feature_statistics(np.concatenate(recon_features))
@@ -102,7 +102,7 @@ class Reconstruction:
     def _feature_fn(self):
         if not self.frechet:
             return None
-        from maskgen.evaluators.digit_classifier import get_digit_classifier
+        from maskgen.perception.digit_classifier import get_digit_classifier
 
         classifier = get_digit_classifier(None)
         return lambda images: np.asarray(classifier.features(images))

@@ -1,17 +1,27 @@
-"""Class-conditional transformer over discrete image tokens: the MaskGIT backbone, with a causal
-KV-cached mode for an autoregressive baseline on the same weights layout.
+"""Transformer over discrete tokens of any modality: the MaskGIT backbone, with a causal KV-cached
+mode for an autoregressive baseline on the same weights layout.
+
+One module, switched by configuration: token arrays of rank 1 (text [L]), 2 (image grids [h, w])
+or 3 (video [t, h, w]); class-conditional (adaLN or a prefix token) or unconditional; one token
+per position or K parallel codebook streams per position.
 
 References:
   MaskGIT: Chang et al., "MaskGIT: Masked Generative Image Transformer", arXiv 2202.04200
     (bidirectional transformer over [MASK]-ed token grids, class token prepended, tied output head).
   adaLN-Zero: Peebles & Xie, "Scalable Diffusion Models with Transformers" (DiT), arXiv 2212.09748.
-  RoPE: Su et al., "RoFormer", arXiv 2104.09864; 2D axial variant (half of the rotary pairs for the
-    row index, half for the column index) as used by e.g. FiT / FiTv2 (arXiv 2402.12376, 2410.13925).
+  RoPE: Su et al., "RoFormer", arXiv 2104.09864; the axial variant (the rotary pairs split evenly
+    over the axes, each turning with its own coordinate) as used by e.g. FiT / FiTv2 (arXiv
+    2402.12376, 2410.13925) for 2D grids.
   QK-norm: Dehghani et al., "Scaling Vision Transformers to 22 Billion Parameters", arXiv 2302.05442.
+  Parallel codebook streams (summed input embeddings, one head per stream): MusicGen, Copet et al.,
+    arXiv 2306.05284, and RQ-Transformer, Lee et al., arXiv 2203.01941.
 
 Layout and conventions:
-  * Inputs are token ids [B, N] in raster order over `token_shape` (h, w); id `vocab_size` is [MASK].
-    Labels are in [0, num_classes]; `num_classes` is the learned null label for classifier-free guidance.
+  * Inputs are token ids [B, N] in row-major order over `token_shape`, or [B, *token_shape]; with
+    `num_streams` K > 1 a last axis K follows ([B, N, K] or [B, *token_shape, K]). Id `vocab_size`
+    is [MASK] (in every stream). Logits have the input's shape plus [vocab_size].
+  * Labels are in [0, num_classes]; `num_classes` is the learned null label for classifier-free
+    guidance. conditioning="none" has no class table and takes no labels.
   * conditioning="adaln": every block's two pre-norm LayerNorms (no affine) are modulated by
     shift/scale, and the residual branches by a gate, all from Dense(SiLU(class embedding)) ->
     6*width, zero-initialised (adaLN-Zero: every block is the identity at init). The final norm gets
@@ -20,16 +30,20 @@ Layout and conventions:
     (bidirectional mode); its output is dropped before the head.
   * causal=True: sequence position i predicts token i. The input is a start element followed by
     tokens[:-1]. The start element is the class embedding in prefix mode and a learned `start_token`
-    in adaLN mode (the class then enters through the modulation only). The sequence length is N in
-    causal mode, so no output is dropped.
-  * Positions: sequence position i of a causal model carries the grid position of the token it
-    predicts (i // w, i % w), so the start element sits at (0, 0). With positions="rope2d" the
-    bidirectional prefix token gets the identity rotation, which is the rotation of position (0, 0).
+    otherwise (adaLN: the class then enters through the modulation only; none: no class at all).
+    The sequence length is N in causal mode, so no output is dropped.
+  * Positions: sequence position i of a causal model carries the coordinates of the token it
+    predicts (unravel i over token_shape), so the start element sits at the origin. With
+    positions="rope" the bidirectional prefix token gets the identity rotation, which is the
+    rotation of the origin. "rope2d" is the name older configs use for "rope" on 2D grids.
     positions="learned" adds a table [L, width] (L = sequence length, including a prefix token).
   * Parameters are float32; compute runs in `dtype`; attention softmax and logits are float32.
+    With K = 1 the parameter tree is the one MaskGIT checkpoints were written with (no K axis).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +53,26 @@ from flax import nnx
 from maskgen.models.layers import MLP, Attention, Dense, LayerNorm, block_runner, check_remat, logical_param
 from maskgen.parallel import constrain
 
-CONDITIONINGS = ("adaln", "prefix")
-POSITIONS = ("learned", "rope2d")
+CONDITIONINGS = ("none", "adaln", "prefix")
+POSITIONS = ("learned", "rope", "rope2d")
 ROPE_BASE = 10000.0
+
+
+def rope_axial(coords, head_dim: int, base: float = ROPE_BASE):
+    """Axial rotary tables for positions coords [T, R] (R axes): (cos, sin), each [T, head_dim/2].
+
+    The head_dim/2 rotation pairs are split into R equal groups in axis order; group a turns with
+    coordinate a at frequencies base^(-k / (head_dim / (2R))). The origin is the identity rotation.
+    """
+    coords = jnp.asarray(coords, jnp.float32)
+    rank = coords.shape[-1]
+    if head_dim % (2 * rank):
+        raise ValueError(f"rope over {rank} axes needs a head dim divisible by {2 * rank} (2 x the number of "
+                         f"axes), got {head_dim}")
+    pairs = head_dim // (2 * rank)
+    freqs = base ** (-jnp.arange(pairs, dtype=jnp.float32) / pairs)
+    angles = jnp.concatenate([coords[..., a, None] * freqs for a in range(rank)], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
 
 
 def rope_2d(rows: jax.Array, cols: jax.Array, head_dim: int, base: float = ROPE_BASE):
@@ -52,12 +83,7 @@ def rope_2d(rows: jax.Array, cols: jax.Array, head_dim: int, base: float = ROPE_
     """
     if head_dim % 4:
         raise ValueError(f"rope2d needs a head dim divisible by 4, got {head_dim}")
-    quarter = head_dim // 4
-    freqs = base ** (-jnp.arange(quarter, dtype=jnp.float32) / quarter)
-    rows = jnp.asarray(rows, jnp.float32)[..., None]
-    cols = jnp.asarray(cols, jnp.float32)[..., None]
-    angles = jnp.concatenate([rows * freqs, cols * freqs], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+    return rope_axial(jnp.stack([jnp.asarray(rows), jnp.asarray(cols)], axis=-1), head_dim, base)
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -106,33 +132,47 @@ class TokenBlock(nnx.Module):
 class TokenTransformer(nnx.Module):
     """MaskGIT-style bidirectional (or, with causal=True, autoregressive) token transformer.
 
-    __call__(tokens int [B, N], labels int [B]) -> logits float32 [B, N, vocab_size]. In causal
-    mode, logits[:, i] predict tokens[:, i] from tokens[:, :i] and the label (teacher forcing);
-    `init_cache` / `decode_step` give the same logits one position at a time.
+    __call__(tokens int [B, N(, K)] or [B, *token_shape(, K)], labels int [B] or None) -> float32
+    logits of the input's shape + [vocab_size]. In causal mode, logits[:, i] predict tokens[:, i]
+    from tokens[:, :i] and the label (teacher forcing); `init_cache` / `decode_step` give the same
+    logits one position at a time.
     """
 
-    def __init__(self, *, vocab_size: int, token_shape: tuple[int, int], num_classes: int, width: int,
+    def __init__(self, *, vocab_size: int, token_shape: tuple[int, ...], num_classes: int = 0, width: int,
                  depth: int, num_heads: int, mlp_ratio: float = 4.0, conditioning: str = "adaln",
                  positions: str = "learned", qk_norm: bool = False, tie_head: bool = True,
-                 causal: bool = False, dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
+                 causal: bool = False, num_streams: int = 1, dtype=jnp.float32, remat: str = "none",
+                 rngs: nnx.Rngs):
         self.remat = check_remat(remat)
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: {CONDITIONINGS}")
         if positions not in POSITIONS:
             raise ValueError(f"unknown positions {positions!r}; valid: {POSITIONS}")
+        token_shape = tuple(int(s) for s in token_shape)
+        rank = len(token_shape)
+        if not 1 <= rank <= 3 or min(token_shape) < 1:
+            raise ValueError(f"token_shape must be 1 to 3 positive sizes ([L], [h, w] or [t, h, w]), got {token_shape}")
+        if positions == "rope2d" and rank != 2:
+            raise ValueError(f"positions='rope2d' is for 2D token grids, token_shape is {token_shape}; "
+                             "use positions='rope' (axial over every axis)")
+        if conditioning != "none" and num_classes < 1:
+            raise ValueError(f"conditioning={conditioning!r} needs num_classes >= 1, got {num_classes}; "
+                             "use conditioning='none' for unlabeled data")
+        if num_streams < 1:
+            raise ValueError(f"num_streams must be >= 1, got {num_streams}")
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
-        if positions == "rope2d" and head_dim % 4:
-            raise ValueError(f"positions='rope2d' needs head_dim = width / num_heads divisible by 4, "
-                             f"got {width} / {num_heads} = {head_dim}")
-        h, w = (int(s) for s in token_shape)
+        if positions in ("rope", "rope2d") and head_dim % (2 * rank):
+            raise ValueError(f"positions={positions!r} on a rank-{rank} token_shape needs head_dim = width / "
+                             f"num_heads divisible by {2 * rank}, got {width} / {num_heads} = {head_dim}")
         self.vocab_size = vocab_size
         self.num_classes = num_classes
-        self.token_shape = (h, w)
-        self.num_tokens = h * w
+        self.token_shape = token_shape
+        self.num_tokens = math.prod(token_shape)
+        self.num_streams = num_streams
         self.mask_token_id = vocab_size
-        self.null_class = num_classes
+        self.null_class = num_classes if conditioning != "none" else None
         self.width = width
         self.head_dim = head_dim
         self.conditioning = conditioning
@@ -145,13 +185,21 @@ class TokenTransformer(nnx.Module):
         self.has_prefix = conditioning == "prefix" and not causal
         self.seq_len = self.num_tokens + int(self.has_prefix)
 
+        # Parameters are created in the order MaskGIT checkpoints were written with, so that a
+        # default model draws the same initial values from the same seed as before.
         embed_init = jax.nn.initializers.normal(0.02)
         # Row vocab_size is [MASK]; row num_classes of the class table is the CFG null label.
         # Rows are not sharded: vocab_size + 1 rows rarely divide a mesh axis, and the table is small.
-        self.token_embed = logical_param(rngs, embed_init, (vocab_size + 1, width), (None, "embed"))
-        self.class_embed = logical_param(rngs, embed_init, (num_classes + 1, width), ("classes", "embed"))
+        # K streams get K tables in one array (K leads and is replicated: K is a handful).
+        streams = () if num_streams == 1 else (num_streams,)
+        stream_axes = () if num_streams == 1 else (None,)
+        self.token_embed = logical_param(rngs, embed_init, streams + (vocab_size + 1, width),
+                                         stream_axes + (None, "embed"))
+        self.class_embed = (logical_param(rngs, embed_init, (num_classes + 1, width), ("classes", "embed"))
+                            if conditioning != "none" else None)
+        # Only a prefix model has a class embedding to start a causal sequence with.
         self.start_token = (logical_param(rngs, embed_init, (width,), ("embed",))
-                            if causal and adaln else None)
+                            if causal and conditioning != "prefix" else None)
         self.pos_embed = (logical_param(rngs, embed_init, (self.seq_len, width), ("positions", "embed"))
                           if positions == "learned" else None)
         self.blocks = nnx.List([
@@ -166,62 +214,100 @@ class TokenTransformer(nnx.Module):
         )
         if tie_head:
             self.head = None
-            self.head_bias = logical_param(rngs, jax.nn.initializers.zeros, (vocab_size,), ("vocab",))
+            self.head_bias = logical_param(rngs, jax.nn.initializers.zeros, streams + (vocab_size,),
+                                           stream_axes + ("vocab",))
         else:
-            self.head = Dense((width,), (vocab_size,), ("embed", "vocab"), rngs=rngs, dtype=dtype)
+            self.head = Dense((width,), streams + (vocab_size,), ("embed",) + stream_axes + ("vocab",), rngs=rngs,
+                              dtype=dtype)
             self.head_bias = None
 
     # ----------------------------------------------------------------------------------------- parts
 
+    @property
+    def _stream_shape(self) -> tuple[int, ...]:
+        return () if self.num_streams == 1 else (self.num_streams,)
+
+    def _flatten(self, tokens: jax.Array) -> jax.Array:
+        """[B, N(, K)] or [B, *token_shape(, K)] -> [B, N(, K)], with a message naming both layouts."""
+        k = self._stream_shape
+        if tokens.shape[1:] == (self.num_tokens,) + k:
+            return tokens
+        if tokens.shape[1:] == self.token_shape + k:
+            return tokens.reshape((tokens.shape[0], self.num_tokens) + k)
+        raise ValueError(f"expected tokens [B, {self.num_tokens}{', ' + str(k[0]) if k else ''}] or "
+                         f"[B, {', '.join(map(str, self.token_shape + k))}] (token_shape={self.token_shape}, "
+                         f"num_streams={self.num_streams}), got shape {tokens.shape}")
+
+    def _check_labels(self, labels, batch: int):
+        if self.conditioning == "none":
+            if labels is not None:
+                raise ValueError("this model is unconditional (conditioning='none'); call it with labels=None")
+            return None
+        if labels is None:
+            raise ValueError(f"this model is class-conditional (conditioning={self.conditioning!r}): pass labels "
+                             f"[B] in [0, {self.num_classes}] ({self.num_classes} is the null class)")
+        labels = jnp.asarray(labels)
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must be [B] = ({batch},), got shape {labels.shape}")
+        return labels
+
     def _embed_tokens(self, ids: jax.Array) -> jax.Array:
-        return self.token_embed[...][ids].astype(self.dtype)
+        """ids [B, T(, K)] -> [B, T, width]; the K streams' embeddings are summed per position."""
+        table = self.token_embed[...]
+        if self.num_streams == 1:
+            return table[ids].astype(self.dtype)
+        per_stream = table[jnp.arange(self.num_streams), ids]  # [B, T, K, width]
+        return jnp.sum(per_stream.astype(self.dtype), axis=-2)
 
     def _class_embedding(self, labels: jax.Array) -> jax.Array:
         return self.class_embed[...][labels].astype(self.dtype)  # [B, width]
 
-    def _cond(self, labels: jax.Array) -> jax.Array | None:
-        """SiLU(class embedding) [B, width], the adaLN modulation input (None in prefix mode)."""
+    def _cond(self, labels: jax.Array | None) -> jax.Array | None:
+        """SiLU(class embedding) [B, width], the adaLN modulation input (None otherwise)."""
         if self.conditioning != "adaln":
             return None
         return jax.nn.silu(self._class_embedding(labels))
 
-    def _start_element(self, labels: jax.Array) -> jax.Array:
-        """The causal start element [B, width]: class embedding (prefix) or learned start token (adaLN)."""
+    def _start_element(self, labels: jax.Array | None, batch: int) -> jax.Array:
+        """The causal start element [B, width]: class embedding (prefix) or the learned start token."""
         if self.conditioning == "prefix":
             return self._class_embedding(labels)
-        return jnp.broadcast_to(self.start_token[...].astype(self.dtype), (labels.shape[0], self.width))
+        return jnp.broadcast_to(self.start_token[...].astype(self.dtype), (batch, self.width))
 
     def _rope_tables(self):
-        """(cos, sin) [seq_len, head_dim/2] for positions="rope2d", else None."""
-        if self.positions != "rope2d":
+        """(cos, sin) [seq_len, head_dim/2] for rotary positions, else None."""
+        if self.positions not in ("rope", "rope2d"):
             return None
-        t = np.arange(self.num_tokens)
-        rows, cols = t // self.token_shape[1], t % self.token_shape[1]
-        if self.has_prefix:  # the class token: position (0, 0), i.e. the identity rotation
-            rows, cols = np.concatenate([[0], rows]), np.concatenate([[0], cols])
-        return rope_2d(rows, cols, self.head_dim)
+        coords = np.stack(np.unravel_index(np.arange(self.num_tokens), self.token_shape), axis=-1)  # [N, R]
+        if self.has_prefix:  # the class token: the origin, i.e. the identity rotation
+            coords = np.concatenate([np.zeros((1, len(self.token_shape)), coords.dtype), coords])
+        return rope_axial(coords, self.head_dim)
 
     def _logits(self, x: jax.Array, cond: jax.Array | None) -> jax.Array:
-        """Final (modulated) norm and the head: [B, T, width] -> float32 [B, T, vocab_size]."""
+        """Final (modulated) norm and the head: [B, T, width] -> float32 [B, T(, K), vocab_size]."""
         x = self.final_norm(x)
         if self.final_modulation is not None:
             shift, scale = jnp.unstack(self.final_modulation(cond), axis=1)
             x = _modulate(x, shift, scale)
-        if self.head is None:  # tied: score against the (non-[MASK]) token embeddings
-            table = self.token_embed[...][: self.vocab_size].astype(self.dtype)
-            logits = jnp.einsum("btd,vd->btv", x, table, preferred_element_type=jnp.float32)
+        if self.head is None:  # tied: score against the (non-[MASK]) token embeddings of each stream
+            table = self.token_embed[...][..., : self.vocab_size, :].astype(self.dtype)
+            spec = "btd,vd->btv" if self.num_streams == 1 else "btd,kvd->btkv"
+            logits = jnp.einsum(spec, x, table, preferred_element_type=jnp.float32)
             return logits + self.head_bias[...]
         return self.head(x).astype(jnp.float32)
 
     # ------------------------------------------------------------------------------------ forward
 
-    def __call__(self, tokens: jax.Array, labels: jax.Array) -> jax.Array:
-        """tokens int [B, N] in [0, vocab_size]; labels int [B] in [0, num_classes] -> [B, N, vocab]."""
-        if tokens.shape[-1] != self.num_tokens:
-            raise ValueError(f"expected {self.num_tokens} tokens per example, got shape {tokens.shape}")
+    def __call__(self, tokens: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """tokens int in [0, vocab_size] ([B, N(, K)] or [B, *token_shape(, K)]); labels int [B] in
+        [0, num_classes] (None for conditioning="none") -> float32 logits [*tokens.shape, vocab]."""
+        in_shape = tokens.shape
+        tokens = self._flatten(tokens)
+        batch = tokens.shape[0]
+        labels = self._check_labels(labels, batch)
         cond = self._cond(labels)
         if self.causal:
-            start = self._start_element(labels)[:, None]
+            start = self._start_element(labels, batch)[:, None]
             x = jnp.concatenate([start, self._embed_tokens(tokens[:, :-1])], axis=1)
         elif self.has_prefix:
             x = jnp.concatenate([self._class_embedding(labels)[:, None], self._embed_tokens(tokens)], axis=1)
@@ -236,7 +322,8 @@ class TokenTransformer(nnx.Module):
             x = constrain(run(block, x, cond, mask, rope))
         if self.has_prefix:
             x = x[:, 1:]
-        return self._logits(x, cond)
+        logits = self._logits(x, cond)
+        return logits.reshape(in_shape + (self.vocab_size,))
 
     # ------------------------------------------------------------------------- cached decoding
 
@@ -247,20 +334,22 @@ class TokenTransformer(nnx.Module):
         shape = (batch_size, self.width // self.head_dim, self.seq_len, self.head_dim)
         return [{"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)} for _ in self.blocks]
 
-    def decode_step(self, cache, token_in: jax.Array, index: jax.Array, labels: jax.Array):
-        """Feeds sequence position `index` and returns (logits float32 [B, vocab] for token `index`, cache).
+    def decode_step(self, cache, token_in: jax.Array, index: jax.Array, labels: jax.Array | None = None):
+        """Feeds sequence position `index` and returns (logits float32 [B(, K), vocab] for token `index`, cache).
 
-        token_in int [B] is token index-1 (ignored at index 0, where the start element is fed).
+        token_in int [B(, K)] is token index-1 (ignored at index 0, where the start element is fed).
         Pure: the cache is an argument and a result, so this runs on `nnx.merge(graphdef, params)`
         inside `jax.jit`, and in a `fori_loop`/`scan` with a traced `index`.
         """
         if not self.causal:
             raise ValueError("decode_step needs a causal TokenTransformer (causal=True)")
         index = jnp.asarray(index, jnp.int32)
+        batch = token_in.shape[0]
+        labels = self._check_labels(labels, batch)
         cond = self._cond(labels)
         # Clip so that the ignored token_in at index 0 is always a valid row.
-        embedded = self._embed_tokens(jnp.clip(token_in, 0, self.vocab_size))
-        x = jnp.where(index == 0, self._start_element(labels), embedded)[:, None]  # [B, 1, width]
+        embedded = self._embed_tokens(jnp.clip(token_in, 0, self.vocab_size)[:, None])[:, 0]
+        x = jnp.where(index == 0, self._start_element(labels, batch), embedded)[:, None]  # [B, 1, width]
         if self.pos_embed is not None:
             x = x + jax.lax.dynamic_index_in_dim(self.pos_embed[...], index, keepdims=True).astype(self.dtype)
         rope = self._rope_tables()

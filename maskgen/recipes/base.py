@@ -45,12 +45,16 @@ class Recipe:
     """
 
     name: str = ""
-    # What callers outside the loop may ask of a recipe, so they never compare recipe names:
-    # "encode"/"decode" (a tokenizer's `encode`/`decode`), "generate" (class-conditional samples
-    # through `generate`), "infill" (`generate` with some tokens `known`: inpainting, editing).
+    # What callers outside the loop may ask of a recipe, so they never compare recipe names. Each
+    # capability is a method below, with the batch it takes and what it returns (CAPABILITIES).
     capabilities: frozenset = frozenset()
     # The decoding settings `generate` reads (None: all of `config.sampling`); others are ignored.
     decode_options: tuple | None = None
+
+    def supported_tasks(self) -> frozenset:
+        """The conditioning/editing tasks `generate` serves (maskgen.tasks: "none", "class",
+        "prefix", "infill"); it may depend on the config (a class-conditioned model needs labels)."""
+        return frozenset()
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, data_info: dict[str, Any]) -> "Recipe":
@@ -93,6 +97,53 @@ class Recipe:
         """Named image rows [B, H, W, C] in [-1, 1] for a grid (e.g. original/masked/reconstruction)."""
         raise NotImplementedError
 
+    # ---- Capabilities: each is declared in `capabilities` by the recipes that implement it.
     def features(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> jax.Array:
-        """Per-example representation [B, D], for linear probes."""
+        """"features": per-example representation [B, D], for linear probes."""
         raise NotImplementedError
+
+    def generate(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array, **settings) -> dict:
+        """"generate" / "infill": a task batch (maskgen.tasks: "tokens" and "known" [B, *token_shape],
+        "label" [B] for the class task) -> {"tokens" [B, *token_shape], optionally "trajectory",
+        "masks", "nfe"}. Known tokens never change. `settings` are the decoding settings."""
+        raise NotImplementedError
+
+    def reconstruct(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> dict:
+        """"reconstruct": {"image" [B, H, W, C]} -> {"reconstruction" [B, H, W, C] in [-1, 1], "codes"}."""
+        raise NotImplementedError
+
+    def encode(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> jax.Array:
+        """"encode": {"image" [B, H, W, C]} -> int32 codes [B, *token_shape]."""
+        raise NotImplementedError
+
+    def decode(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> jax.Array:
+        """"decode": {"codes" [B, *token_shape]} -> images [B, H, W, C]."""
+        raise NotImplementedError
+
+    def log_likelihood(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> dict:
+        """"likelihood": {"tokens" [B, *token_shape]} -> {"nll" [B] (nats, summed over tokens; an upper
+        bound for ELBO models), "num_tokens" [B]}."""
+        raise NotImplementedError
+
+
+# Each capability, the method that provides it, and what it takes and returns (see the methods).
+CAPABILITIES = {
+    "features": "features",
+    "generate": "generate",
+    "infill": "generate",
+    "reconstruct": "reconstruct",
+    "encode": "encode",
+    "decode": "decode",
+    "likelihood": "log_likelihood",
+}
+
+
+def check_capabilities(cls: type[Recipe]) -> None:
+    """A recipe's declared capabilities must be known and implemented (a test runs this on all)."""
+    unknown = set(cls.capabilities) - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"recipe {cls.name!r} declares unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+    for capability in cls.capabilities:
+        method = CAPABILITIES[capability]
+        if getattr(cls, method) is getattr(Recipe, method):
+            raise ValueError(f"recipe {cls.name!r} declares {capability!r} but does not implement {method}()")

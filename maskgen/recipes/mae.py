@@ -148,39 +148,29 @@ def load_encoder_features(workdir: str, step: int | None = None) -> Callable[[ja
     Returns `features(images [B, H, W, C] in [-1, 1]) -> [B, 1 + N, width]`: the encoder's output
     tokens on all patches. The images must have the MAE run's size and channels.
     """
-    import os
-
-    from maskgen.checkpoint import Checkpointer
-    from maskgen.config import config_from_json
+    from maskgen.checkpoint import load_run_config, restore_run_model
     from maskgen.data import source_info
 
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = config_from_json(f.read())
+    config = load_run_config(workdir)
     if config.recipe != "mae":
         raise ValueError(f"{workdir} is a {config.recipe!r} run; a perceptual network needs an 'mae' run")
     recipe = MAERecipe.from_config(config, source_info(config.data.name, config.data.data_dir or None))
     with nnx.use_eager_sharding(False):  # a frozen single-device copy: no mesh needed
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0))))
+        graphdef, abstract_params, abstract_rest = nnx.split(
+            nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0))), nnx.Param, ...)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            nnx.to_pure_dict(abstract))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    try:
-        if step is None:
-            step, restored = checkpointer.restore_latest(abstract_ema=abstract, quarantine=False)
-        else:
-            restored = checkpointer.restore(step, abstract_ema=abstract)
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"no readable checkpoint of the MAE run in {workdir}/checkpoints")
-    params = jax.tree.map(lambda x: jax.numpy.asarray(jax.device_get(x)), restored.ema)
+    on_device = lambda tree: jax.tree.map(  # noqa: E731
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(tree))
+    # The EMA weights only: the optimizer state of the MAE run is never read.
+    _, restored = restore_run_model(workdir, {"params": on_device(abstract_params), "model_state": on_device(abstract_rest)},
+                                    step=step, which="ema", keep=config.keep_checkpoints)
+    params = jax.tree.map(lambda x: jax.numpy.asarray(jax.device_get(x)), restored["params"])
     expected = (recipe.image_size, recipe.image_size, recipe.channels)
 
     def features(images: jax.Array) -> jax.Array:
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"the MAE perceptual network in {workdir} takes images {expected}, got {images.shape[1:]}")
-        model = nnx.merge(graphdef, jax.lax.stop_gradient(params))
+        model = nnx.merge(graphdef, jax.lax.stop_gradient(params), restored["model_state"])
         return model.encoder(patchify(images, recipe.patch_size)).astype(jnp.float32)
 
     return features

@@ -1,25 +1,30 @@
-"""MaskGIT: class-conditional masked token modeling (Chang et al., "MaskGIT: Masked Generative Image
-Transformer", arXiv 2202.04200), and a raster-order autoregressive baseline on the same backbone.
+"""MaskGIT: masked token modeling (Chang et al., "MaskGIT: Masked Generative Image Transformer", arXiv
+2202.04200), and a left-to-right autoregressive baseline on the same backbone, for tokens of any
+modality: text [L], image grids [h, w], video [t, h, w].
 
 Training (Sec. 3.2): every example draws r ~ U(0, 1) and masks ceil(gamma(r) * N) of its N tokens
 (at least one), chosen uniformly at random; the bidirectional transformer predicts the masked
 tokens, and the loss is cross-entropy on masked positions only, with label smoothing (0.1 in the
-paper). The class is replaced by a learned null class with probability `class_dropout`, so one
-model serves classifier-free guidance (Ho & Salimans, arXiv 2207.12598; as in MUSE, arXiv
-2301.00704). Sampling is `maskgen.sampling.iterative_decode`.
+paper). A class-conditional model replaces the class by a learned null class with probability
+`class_dropout`, so one model serves classifier-free guidance (Ho & Salimans, arXiv 2207.12598;
+as in MUSE, arXiv 2301.00704); an unconditional one (conditioning="none", e.g. for unlabeled
+text) has no classes at all. Sampling is `maskgen.sampling.iterative_decode`.
 
-The `autoregressive` recipe trains the same backbone causally (next-token cross-entropy in raster
-order, as in VQGAN's transformer, Esser et al. arXiv 2012.09841) and samples with a KV cache. It is
-the fair baseline for MaskGIT's decoding-speed claim, not a second product.
+The `autoregressive` recipe trains the same backbone causally (next-token cross-entropy in reading
+order, as in VQGAN's transformer, Esser et al. arXiv 2012.09841) and samples with a KV cache,
+continuing a prompt if one is given. It is the fair baseline for MaskGIT's decoding-speed claim,
+and its exact `log_likelihood` scores samples of other models (generative perplexity).
 
-Both train on token datasets written by `maskgen tokenize` (config.data.name = "tokens"); the
-config's codebook size and token grid are checked against the dataset's metadata.json before
-anything compiles.
+Both train on token datasets (config.data.name = "tokens", or text datasets through the same
+`source_info` dict); the config's codebook size and token shape are checked against the data's
+before anything compiles.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +32,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from maskgen.config import Problems, boolean, int_tuple, integer, number, one_of, recipe_problems, string
+from maskgen.config import Problems, Rule, boolean, int_tuple, integer, number, one_of, recipe_problems, string
 from maskgen.data.tokens import TokenMetadataError, check_token_metadata
 from maskgen.masking.schedules import mask_ratio, num_to_mask
 from maskgen.models.token_transformer import TokenTransformer
@@ -37,8 +42,11 @@ from maskgen.sampling.iterative import CFG_SCHEDULES, POLICIES, TEMPERATURE_SCHE
 from maskgen.sampling.categorical import PRECISIONS
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CONDITIONINGS = ("adaln", "prefix")
-POSITIONS = ("learned", "rope2d")
+CONDITIONINGS = ("none", "adaln", "prefix")
+POSITIONS = ("learned", "rope", "rope2d")
+# What `generate` can be asked to do (`supported_tasks`): "none" (unconditional), "class"
+# (class-conditional), "prefix" (continue given leading tokens), "infill" (any given tokens).
+TASKS = ("none", "class", "prefix", "infill")
 
 
 def random_token_mask(rng: jax.Array, num_masked: jax.Array, num_tokens: int) -> jax.Array:
@@ -58,7 +66,8 @@ def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothin
 # What each MaskGIT / AR setting may be (maskgen.config.check_spec). `sampling` holds the decoding
 # defaults of `maskgen sample` and the generation evaluator (`iterative_decode` arguments).
 CONFIG_SPEC = {
-    "model.token_shape": int_tuple(1, length=2, why="(h, w) of the token grid"),
+    "model.token_shape": Rule("a tuple of 1 to 3 ints >= 1 ((L,) text, (h, w) images, (t, h, w) video)",
+                              lambda v: int_tuple(1).test(v) and len(v) <= 3),
     "model.codebook_size": integer(min=2),
     "model.width": integer(min=1),
     "model.depth": integer(min=1),
@@ -96,6 +105,16 @@ def _token_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any]
                 mask_ratio(config[group][name], 0.5, 2)
             except ValueError as err:
                 problems.add(key, f"config.{key}={config[group][name]!r}: {err}")
+    if problems.ok("model.width", "model.num_heads", "model.positions", "model.token_shape"):
+        rank = len(m.token_shape)
+        if m.width % m.num_heads:
+            problems.append(f"config.model.width={m.width} is not divisible by num_heads={m.num_heads}")
+        elif m.positions == "rope2d" and rank != 2:
+            problems.append(f"positions='rope2d' is for 2D token grids, config.model.token_shape is "
+                            f"{tuple(m.token_shape)}; use positions='rope'")
+        elif m.positions in ("rope", "rope2d") and (m.width // m.num_heads) % (2 * rank):
+            problems.append(f"positions={m.positions!r} on a rank-{rank} token_shape needs a head width divisible "
+                            f"by {2 * rank}, got {m.width // m.num_heads}")
     if not problems.ok("data.name"):
         return problems
     if problems.ok("model.codebook_size", "model.token_shape"):
@@ -106,19 +125,28 @@ def _token_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any]
                 codebook_size=m.codebook_size, token_shape=tuple(m.token_shape), where="config.model",
             )
         except TokenMetadataError as err:
-            problems.append(str(err))
+            problems.append(f"{err}{_mismatch_hint(m, data_info)}")
     if data_info.get("num_levels", 1) != 1:
         problems.append(f"the tokens have {data_info['num_levels']} residual levels; {config.recipe} models one "
                         "token per position (tokenize with a vq/fsq/lfq tokenizer)")
-    if not problems.ok("model.width", "model.num_heads", "model.positions"):
-        pass
-    elif m.width % m.num_heads:
-        problems.append(f"config.model.width={m.width} is not divisible by num_heads={m.num_heads}")
-    elif m.positions == "rope2d" and (m.width // m.num_heads) % 4:
-        problems.append(f"positions='rope2d' needs a head width divisible by 4, got {m.width // m.num_heads}")
-    if data_info.get("num_classes", 0) < 1:
-        problems.append("the token dataset has no classes")
+    if problems.ok("model.conditioning") and m.conditioning != "none" and data_info.get("num_classes", 0) < 1:
+        problems.append(f"config.model.conditioning={m.conditioning!r} is class-conditional, but the data has no "
+                        "classes (num_classes=0, e.g. text); set config.model.conditioning='none'")
     return problems
+
+
+def _mismatch_hint(m: ml_collections.ConfigDict, data_info: dict[str, Any]) -> str:
+    """What a config/data mismatch usually is, in the data's words (text: vocabulary, sequence length)."""
+    hints = []
+    if int(m.codebook_size) != int(data_info["codebook_size"]):
+        hints.append(f"a tokenizer and model vocabulary mismatch: set config.model.codebook_size="
+                     f"{data_info['codebook_size']}")
+    data_shape, model_shape = tuple(data_info["token_shape"]), tuple(m.token_shape)
+    if data_shape != model_shape:
+        if len(data_shape) == len(model_shape) == 1 and data_shape[0] > model_shape[0]:
+            hints.append(f"a sequence longer than the model's positions ({data_shape[0]} > {model_shape[0]})")
+        hints.append(f"set config.model.token_shape={data_shape}")
+    return " (" + "; ".join(hints) + ")" if hints else ""
 
 
 class _TokenRecipe(Recipe):
@@ -131,13 +159,18 @@ class _TokenRecipe(Recipe):
                  tie_head: bool, label_smoothing: float, class_dropout: float, compute_dtype: str = "float32",
                  remat: str = "none", tokenizer: dict | None = None, sampling: dict | None = None):
         self.token_shape = tuple(int(s) for s in token_shape)
-        self.num_tokens = self.token_shape[0] * self.token_shape[1]
+        self.num_tokens = math.prod(self.token_shape)
         self.codebook_size, self.num_classes = int(codebook_size), int(num_classes)
-        self.label_smoothing, self.class_dropout = float(label_smoothing), float(class_dropout)
+        self.conditioning = conditioning
+        self.conditioned = conditioning != "none"
+        # Unconditional models have no class table, so there is nothing to drop.
+        self.label_smoothing = float(label_smoothing)
+        self.class_dropout = float(class_dropout) if self.conditioned else 0.0
         self.tokenizer = dict(tokenizer or {})
         self.sampling = dict(sampling or {})
         self.model_kwargs = dict(
-            vocab_size=self.codebook_size, token_shape=self.token_shape, num_classes=self.num_classes,
+            vocab_size=self.codebook_size, token_shape=self.token_shape,
+            num_classes=self.num_classes if self.conditioned else 0,
             width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, conditioning=conditioning,
             positions=positions, qk_norm=qk_norm, tie_head=tie_head, causal=self.causal,
             dtype=_DTYPES[compute_dtype], remat=remat,
@@ -147,7 +180,8 @@ class _TokenRecipe(Recipe):
     def from_config(cls, config: ml_collections.ConfigDict, data_info: dict[str, Any]):
         m = config.model
         return cls(
-            token_shape=tuple(m.token_shape), codebook_size=m.codebook_size, num_classes=data_info["num_classes"],
+            token_shape=tuple(m.token_shape), codebook_size=m.codebook_size,
+            num_classes=data_info.get("num_classes", 0),
             width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
             conditioning=m.conditioning, positions=m.positions, qk_norm=m.qk_norm, tie_head=m.tie_head,
             label_smoothing=config.loss.label_smoothing, class_dropout=config.loss.class_dropout,
@@ -167,25 +201,63 @@ class _TokenRecipe(Recipe):
     def info(self) -> dict[str, Any]:
         return {"codebook_size": self.codebook_size, "token_shape": self.token_shape,
                 "num_classes": self.num_classes, "tokenizer": self.tokenizer, "sampling": self.sampling,
+                "conditioning": self.conditioning, "tasks": sorted(self.supported_tasks()),
                 "generator": "autoregressive" if self.causal else "maskgit"}
+
+    def supported_tasks(self) -> frozenset:
+        """The subset of TASKS this configuration's `generate` supports."""
+        raise NotImplementedError
 
     def make_model(self, rngs: nnx.Rngs) -> TokenTransformer:
         return TokenTransformer(rngs=rngs, **self.model_kwargs)
 
-    def _flat_tokens(self, batch) -> jax.Array:
-        tokens = batch["tokens"]
-        if tokens.shape[1:] != self.token_shape:
-            raise ValueError(f"token grids are {tokens.shape[1:]}, the model expects {self.token_shape}")
-        return tokens.reshape(tokens.shape[0], self.num_tokens)
+    def _flat(self, x: jax.Array, what: str = "tokens") -> jax.Array:
+        """[B, *token_shape] -> [B, N], with a message naming both shapes."""
+        if x.shape[1:] != self.token_shape:
+            raise ValueError(f"batch[{what!r}] is {tuple(x.shape[1:])} per example, the model expects "
+                             f"{self.token_shape}")
+        return x.reshape(x.shape[0], self.num_tokens)
 
-    def _drop_classes(self, rng: jax.Array, labels: jax.Array, null_class: int) -> jax.Array:
+    def _flat_tokens(self, batch) -> jax.Array:
+        return self._flat(batch["tokens"])
+
+    def _labels(self, batch) -> jax.Array | None:
+        """The batch's labels for a class-conditional model, None for an unconditional one."""
+        if not self.conditioned:
+            return None
+        if "label" not in batch:
+            raise ValueError(f"a class-conditional model (conditioning={self.conditioning!r}) needs batch['label']")
+        return batch["label"]
+
+    def _train_labels(self, rng: jax.Array, batch, null_class) -> jax.Array | None:
+        """Labels with class dropout to the null class (classifier-free guidance training)."""
+        labels = self._labels(batch)
+        if labels is None:
+            return None
         drop = jax.random.uniform(rng, labels.shape) < self.class_dropout
         return jnp.where(drop, null_class, labels)
+
+    def _batch_size(self, batch) -> int:
+        for name in ("tokens", "known", "label"):
+            if name in batch:
+                return batch[name].shape[0]
+        raise ValueError("generate needs a batch with 'label', or 'tokens' and 'known', to size the batch")
+
+    def _start(self, batch) -> tuple[jax.Array, jax.Array]:
+        """Initial tokens and known mask [B, N] (nothing known when the batch gives none)."""
+        b = self._batch_size(batch)
+        if "tokens" in batch or "known" in batch:
+            if "tokens" not in batch or "known" not in batch:
+                raise ValueError("batch['tokens'] and batch['known'] go together: the known mask says which "
+                                 "tokens are given")
+            return self._flat(batch["tokens"]).astype(jnp.int32), self._flat(batch["known"], "known").astype(bool)
+        return jnp.zeros((b, self.num_tokens), jnp.int32), jnp.zeros((b, self.num_tokens), bool)
 
 
 @register("maskgit")
 class MaskGITRecipe(_TokenRecipe):
     capabilities = frozenset({"generate", "infill"})
+    tasks = frozenset(TASKS)  # over all configurations; `supported_tasks()` for this one
 
     def __init__(self, *, mask_schedule: str = "cosine", **kwargs):
         super().__init__(**kwargs)
@@ -200,13 +272,17 @@ class MaskGITRecipe(_TokenRecipe):
     def validate(config, data_info):
         return _token_problems(config, data_info, {**CONFIG_SPEC, "loss.mask_schedule": string(nonempty=True)})
 
+    def supported_tasks(self) -> frozenset:
+        # Any known set is an infill, a prefix included; a class model always generates for a class.
+        return frozenset({"class", "infill"} if self.conditioned else {"none", "prefix", "infill"})
+
     def loss(self, model: TokenTransformer, batch, rng, step):
-        tokens, labels = self._flat_tokens(batch), batch["label"]
+        tokens = self._flat_tokens(batch)
         ratio_rng, mask_rng, class_rng = jax.random.split(rng, 3)
         r = jax.random.uniform(ratio_rng, (tokens.shape[0],))
         masked = random_token_mask(mask_rng, num_to_mask(self.mask_schedule, r, self.num_tokens), self.num_tokens)
         inputs = jnp.where(masked, model.mask_token_id, tokens)
-        logits = model(inputs, self._drop_classes(class_rng, labels, model.null_class))
+        logits = model(inputs, self._train_labels(class_rng, batch, model.null_class))
         weights = masked.astype(jnp.float32)
         per_token = smoothed_cross_entropy(logits, tokens, self.label_smoothing)
         loss = jnp.sum(per_token * weights) / jnp.maximum(jnp.sum(weights), 1.0)
@@ -215,43 +291,65 @@ class MaskGITRecipe(_TokenRecipe):
                       "mask_ratio": jnp.mean(weights)}
 
     def generate(self, model: TokenTransformer, batch, rng, **settings):
-        """Decodes token grids for `batch["label"]`; `batch["tokens"]`/`batch["known"]` (optional,
-        [B, h, w]) give an initial grid for inpainting, outpainting and editing. `settings` are
-        `iterative_decode` keyword arguments. Returns {"tokens" [B, h, w], "trajectory" [S, B, h, w],
-        "masks" [S, B, h, w]}."""
-        labels = batch["label"]
-        b = labels.shape[0]
-        if "tokens" in batch:
-            tokens, known = self._flat_tokens(batch), batch["known"].reshape(b, self.num_tokens)
-        else:
-            tokens = jnp.zeros((b, self.num_tokens), jnp.int32)
-            known = jnp.zeros((b, self.num_tokens), bool)
+        """Decodes tokens with `iterative_decode`. `batch["label"]` [B] is the class (class-conditional
+        models; ignored otherwise); `batch["tokens"]`/`batch["known"]` (optional, [B, *token_shape])
+        give the known tokens for infilling, prompting and editing (known all False: generation).
+        `settings` are `iterative_decode` keyword arguments. Returns {"tokens" [B, *token_shape],
+        "trajectory"/"masks" [S, B, *token_shape], "nfe" int32 scalar}."""
+        tokens, known = self._start(batch)
+        labels = self._labels(batch)
+        uncond = None if labels is None else jnp.full_like(labels, model.null_class)
         result = iterative_decode(
-            lambda t, y: model(t, y), tokens=tokens, known=known, labels=labels, rng=rng,
-            mask_token_id=model.mask_token_id, null_label=model.null_class, **settings)
-        grid = lambda x: x.reshape(x.shape[:-1] + self.token_shape)  # noqa: E731
-        return {"tokens": grid(result.tokens), "trajectory": grid(result.trajectory), "masks": grid(result.masks)}
+            lambda t, y: model(t, y), tokens=tokens.reshape((-1,) + self.token_shape),
+            known=known.reshape((-1,) + self.token_shape), cond=labels, uncond=uncond, rng=rng,
+            mask_token_id=model.mask_token_id, **settings)
+        return {"tokens": result.tokens, "trajectory": result.trajectory, "masks": result.masks, "nfe": result.nfe}
 
 
 @register("autoregressive")
 class AutoregressiveRecipe(_TokenRecipe):
-    capabilities = frozenset({"generate"})  # left to right: it cannot infill
+    capabilities = frozenset({"generate", "likelihood"})  # left to right: it cannot infill
     decode_options = ("temperature", "cfg_scale", "precision")
+    tasks = frozenset({"none", "class", "prefix"})
 
     causal = True
 
+    def supported_tasks(self) -> frozenset:
+        return frozenset({"class" if self.conditioned else "none", "prefix"})
+
     def loss(self, model: TokenTransformer, batch, rng, step):
-        tokens, labels = self._flat_tokens(batch), batch["label"]
-        logits = model(tokens, self._drop_classes(rng, labels, model.null_class))  # position i predicts token i
+        tokens = self._flat_tokens(batch)
+        logits = model(tokens, self._train_labels(rng, batch, model.null_class))  # position i predicts token i
         loss = jnp.mean(smoothed_cross_entropy(logits, tokens, self.label_smoothing))
         return loss, {"accuracy": jnp.mean((jnp.argmax(logits, -1) == tokens).astype(jnp.float32))}
 
+    def log_likelihood(self, model: TokenTransformer, batch, rng):
+        """Exact teacher-forced log-likelihood of `batch["tokens"]` (no label smoothing, no class dropout):
+        {"nll": float32 [B], the summed -log p over the tokens in nats, "num_tokens": float32 [B]}.
+        Perplexity is exp(sum nll / sum num_tokens); bits per token divide by log 2."""
+        del rng  # deterministic: kept for the recipe method signature
+        tokens = self._flat_tokens(batch).astype(jnp.int32)
+        log_probs = jax.nn.log_softmax(model(tokens, self._labels(batch)).astype(jnp.float32), axis=-1)
+        token_log_probs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+        return {"nll": -jnp.sum(token_log_probs, axis=-1),
+                "num_tokens": jnp.full((tokens.shape[0],), self.num_tokens, jnp.float32)}
+
     def generate(self, model: TokenTransformer, batch, rng, *, temperature: float = 1.0, cfg_scale: float = 1.0,
                  precision: str = "float64", **unused):
-        """Raster-order sampling with a KV cache; decoding settings that only MaskGIT uses are ignored."""
-        tokens = autoregressive_decode(model, batch["label"], rng, temperature=temperature, cfg_scale=cfg_scale,
-                                       precision=precision)
-        return {"tokens": tokens.reshape((-1,) + self.token_shape)}
+        """Left-to-right sampling with a KV cache; decoding settings that only MaskGIT uses are ignored.
+
+        `batch["tokens"]`/`batch["known"]` ([B, *token_shape], optional) give a prompt: the known
+        positions before each row's first unknown one (in reading order) are forced. A left-to-right
+        model cannot condition on later tokens, so known positions after that first gap are
+        resampled like the rest; use MaskGIT to infill. Returns {"tokens" [B, *token_shape]}.
+        """
+        tokens, known = self._start(batch)
+        labels = self._labels(batch)
+        prompt_length = jnp.sum(jnp.cumprod(known.astype(jnp.int32), axis=-1), axis=-1)  # the known prefix
+        out = autoregressive_decode(model, labels, rng, batch_size=tokens.shape[0], prompt=tokens,
+                                    prompt_length=prompt_length, temperature=temperature,
+                                    cfg_scale=cfg_scale, precision=precision)
+        return {"tokens": out.reshape((-1,) + self.token_shape)}
 
 
-__all__ = ["MaskGITRecipe", "AutoregressiveRecipe", "random_token_mask", "smoothed_cross_entropy"]
+__all__ = ["MaskGITRecipe", "AutoregressiveRecipe", "random_token_mask", "smoothed_cross_entropy", "TASKS"]

@@ -110,7 +110,7 @@ def _frozen(module: nnx.Module) -> nnx.Module:
 
 @register("tokenizer")
 class TokenizerRecipe(Recipe):
-    capabilities = frozenset({"encode", "decode"})
+    capabilities = frozenset({"encode", "decode", "reconstruct"})
 
     def __init__(self, *, image_size: int, channels: int, model_kwargs: dict, reconstruction: str,
                  reconstruction_weight: float, perceptual_weight: float, perceptual_network: str,
@@ -288,13 +288,13 @@ PERCEPTUAL_NETWORKS = ("digit_classifier", "mae:<workdir>")
 def perceptual_network(name: str) -> Callable[[jax.Array], jax.Array]:
     """A frozen feature network trained inside maskgen (no pretrained weights are downloaded).
 
-    "digit_classifier": the digits CNN of `maskgen.evaluators.digit_classifier` (trained and
+    "digit_classifier": the digits CNN of `maskgen.perception.digit_classifier` (trained and
       cached on first use); its penultimate features serve as the perceptual space on digits.
     "mae:<workdir>": the encoder of a trained MAE run (EMA weights), on all patches; its output
       tokens are the features (the images must match that run's size and channels).
     """
     if name == "digit_classifier":
-        from maskgen.evaluators.digit_classifier import get_digit_classifier
+        from maskgen.perception.digit_classifier import get_digit_classifier
 
         return get_digit_classifier(None).features
     if name.startswith("mae:"):

@@ -1,30 +1,50 @@
-"""MaskGIT's iterative (parallel) decoder for masked token models, one function for every use.
+"""Iterative (parallel) decoding of masked token models, for any modality and any unmask policy.
 
-Decoding follows the official MaskGIT `parallel_decode` (Chang et al., arXiv 2202.04200,
-Sec. 3.2): at step t of T, with r = (t + 1) / T,
+One decoder serves MaskGIT and absorbing-state masked diffusion. Tokens are an array of any rank
+after the batch axis ([B, L] text, [B, h, w] images, [B, T, K] codebook streams, [B, t, h, w]
+video); `known` marks the given tokens (all False for generation). At step t of T the decoder
 
-  1. predict every position and sample a token wherever the token is still unknown;
-  2. score each sample by its confidence, log p(sampled) + choice_temperature * (1 - r) * Gumbel
-     (positions already known score +inf, so they are never re-masked);
-  3. keep floor(n0 * gamma(r)) of them masked, n0 = the unknown count before decoding, clamped so
-     that each step reveals at least one token and one stays masked until the last step;
-  4. re-mask the lowest-confidence samples and repeat; the last step fills everything.
+  1. predicts every position (unknown ones shown as `mask_token_id`) and samples a token wherever
+     the token is still unknown;
+  2. asks the unmask *policy* which unknown positions stay masked; the rest keep their sample;
+  3. repeats; the last step reveals everything that is left.
 
-Unconditional generation, inpainting / outpainting and class-conditional editing are the same
-call: `known` marks the given tokens (all False for generation), and editing starts at a later
-step (`start_step`, the official code uses 2) of the same schedule.
+Policies (`POLICIES`):
+  "confidence": MaskGIT's `parallel_decode` (Chang et al., arXiv 2202.04200, Sec. 3.2): score each
+    sample by log p(sampled) + choice_temperature * (1 - r) * Gumbel, r = (t + 1) / T, and keep
+    the floor(n0 * gamma(r)) lowest masked (n0 = the unknown count before decoding), clamped so
+    each step reveals at least one token and one stays masked until the last step.
+  "random": the same counts, positions chosen uniformly at random (independent of the model).
+  "ancestral": the ancestral sampler of absorbing-state masked diffusion (MDLM, Sahoo et al., arXiv
+    2406.07524; MD4, Shi et al., arXiv 2406.04329). Going from r_prev = t / T to r, each unknown
+    position is revealed independently with probability (gamma(r_prev) - gamma(r)) / gamma(r_prev),
+    gamma = `mask_ratio(schedule, .)` ("linear" is MD4's alpha_t = 1 - t, "cosine" its cosine).
+  "first_hitting": the first-hitting sampler (Zheng et al., arXiv 2409.02908): exactly one
+    uniformly chosen unknown position per step, so N tokens take N steps. The model is
+    time-agnostic, so the event times are not needed to sample; they are reported in `times`.
 
-Classifier-free guidance follows MUSE (Chang et al., arXiv 2301.00704) and aMUSEd: logits are
-uncond + s_t * (cond - uncond), so s = 0 is unconditional, s = 1 conditional and s > 1 guided;
-both passes run as one 2B batch. Sampling (and the Gumbel choice noise) uses 64-bit-resolution
-uniforms by default, after Zheng et al. (arXiv 2409.02908): float32 Gumbel noise is truncated
-near 16, which silently lowers the temperature.
+Editing (inpainting, outpainting, class-conditional editing) starts at a later step of the same
+schedule (`start_step`; the official MaskGIT code uses 2).
+
+Conditioning is any pytree `cond` with a leading batch axis (None, class ids, a prompt
+embedding, ...). Classifier-free guidance follows MUSE (Chang et al., arXiv 2301.00704): logits are
+uncond + s_t * (cond - uncond), so s = 0 is unconditional, s = 1 conditional and s > 1 guided; both
+passes run as one 2B batch (each leaf of `cond` and the null condition `uncond` concatenated).
+
+`cache=True` skips the network when no token changed since its previous call and reuses those
+logits: exact for a time-agnostic model, and most steps of a many-step ancestral sampler change
+nothing (MDLM's ddpm_cache). `nfe` reports the evaluations made.
+
+Sampling (and the Gumbel choice noise) uses 64-bit-resolution uniforms by default, after Zheng et
+al. (arXiv 2409.02908): float32 Gumbel noise is truncated near 16, which silently lowers the
+temperature.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +52,6 @@ import jax.numpy as jnp
 from maskgen.masking.schedules import mask_ratio
 from maskgen.sampling.categorical import PRECISIONS, gumbel_noise, sample_categorical
 
-POLICIES = ("confidence", "random")
 CFG_SCHEDULES = ("constant", "linear", "cosine")
 TEMPERATURE_SCHEDULES = ("constant", "linear")
 
@@ -45,64 +64,168 @@ _FLOOR_NUDGE = 1e-5
 class DecodeResult(NamedTuple):
     """What `iterative_decode` returns (a pytree, so it can leave `jax.jit`). S = num_steps - start_step.
 
-    tokens: int32 [B, N], the final grid, every position filled.
-    trajectory: int32 [S, B, N], per step the grid sampled at that step *before* re-masking (known
-        tokens kept), as the official code records it; trajectory[-1] == tokens.
-    masks: bool [S, B, N], per step True where the position is still unknown after re-masking.
+    tokens: int32 [B, *shape], every position filled.
+    trajectory: int32 [S, B, *shape], per step the tokens sampled at that step *before* re-masking
+        (known tokens kept), as the official MaskGIT code records them; trajectory[-1] == tokens.
+        [0, B, *shape] when decoding with record_trajectory=False.
+    masks: bool [S, B, *shape], per step True where the position is still unknown after the step
+        ([0, B, *shape] without record_trajectory).
+    nfe: int32 scalar, the network evaluations made (a guided 2B batch counts once).
+    times: float32 [S, B], the diffusion time (1 = all masked, 0 = all revealed) after each step:
+        the sampled event times for "first_hitting" (alpha_t = 1 - t), else the grid 1 - (t + 1) / T.
     """
 
     tokens: jax.Array
     trajectory: jax.Array
     masks: jax.Array
+    nfe: jax.Array
+    times: jax.Array
 
+
+# ------------------------------------------------------------------------------------ policies
+
+class ChooseFn(Protocol):
+    def __call__(self, rng: jax.Array, *, log_probs_of_sample: jax.Array, unknown: jax.Array,
+                 num_keep_masked: jax.Array, step: jax.Array, num_steps: int, ratio_prev: jax.Array,
+                 ratio: jax.Array, choice_temperature: Any, precision: str) -> jax.Array: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmaskPolicy:
+    """Which unknown positions a decoding step reveals.
+
+    choose(rng, *, log_probs_of_sample, unknown, num_keep_masked, step, num_steps, ratio_prev,
+           ratio, choice_temperature, precision) -> bool [B, N], True where the position stays
+      unknown after the step. Arguments: log_probs_of_sample float32 [B, N] (log p of this step's
+      sample), unknown bool [B, N] (before the step), num_keep_masked int32 [B] (MaskGIT's
+      clamped floor(n0 * gamma(r)); 0 on the last step), step int32 scalar t, num_steps T (static),
+      ratio_prev / ratio float32 scalars gamma(t / T) / gamma((t + 1) / T). The decoder keeps only
+      positions that were unknown and reveals everything on the last step, so a policy cannot
+      touch known tokens or leave the output incomplete.
+    event_time(rng, *, time, unknown, step, num_steps) -> float32 [B], the diffusion time after
+      the step (for `DecodeResult.times`); None reports the grid 1 - (t + 1) / T.
+    """
+
+    choose: ChooseFn
+    event_time: Callable[..., jax.Array] | None = None
+
+
+def _keep_lowest(score: jax.Array, unknown: jax.Array, num_keep_masked: jax.Array) -> jax.Array:
+    """Keeps exactly num_keep_masked[b] of the unknown positions of row b masked: the lowest scores.
+
+    A lexicographic sort (known last, then score, then later positions first) gives a strict
+    order, so ties can neither re-mask more than asked nor reach a known position; among equal
+    scores the earlier (row-major) position is the one revealed.
+    """
+    score = jnp.where(unknown, score, jnp.inf)
+    positions = jnp.broadcast_to(-jnp.arange(score.shape[-1], dtype=jnp.int32), score.shape)
+    order = jnp.lexsort((positions, score, ~unknown), axis=-1)
+    rank = jnp.argsort(order, axis=-1)  # inverse permutation: rank of each position.
+    return (rank < num_keep_masked[:, None]) & unknown
+
+
+def _confidence(rng, *, log_probs_of_sample, unknown, num_keep_masked, step, num_steps, choice_temperature,
+                precision, **_):
+    # The choice noise anneals with 1 - r, r = (t + 1) / T (the step's progress, not gamma(r)).
+    r = (step + 1).astype(jnp.float32) / num_steps
+    noise = gumbel_noise(rng, log_probs_of_sample.shape, precision)
+    return _keep_lowest(log_probs_of_sample + choice_temperature * (1.0 - r) * noise, unknown, num_keep_masked)
+
+
+def _random(rng, *, unknown, num_keep_masked, **_):
+    return _keep_lowest(jax.random.uniform(rng, unknown.shape, jnp.float32), unknown, num_keep_masked)
+
+
+def _ancestral(rng, *, unknown, ratio_prev, ratio, **_):
+    # MDLM's reverse step q(z_s | z_t, x0) for a masked z_t: x0 with probability
+    # (alpha_s - alpha_t) / (1 - alpha_t) = (gamma_t - gamma_s) / gamma_t, else still masked.
+    reveal_prob = (ratio_prev - ratio) / jnp.maximum(ratio_prev, 1e-12)
+    return unknown & (jax.random.uniform(rng, unknown.shape, jnp.float32) >= reveal_prob)
+
+
+def _first_hitting(rng, *, unknown, **_):
+    score = jnp.where(unknown, jax.random.uniform(rng, unknown.shape, jnp.float32), -1.0)
+    chosen = jax.nn.one_hot(jnp.argmax(score, axis=-1), unknown.shape[-1], dtype=bool)
+    return unknown & ~chosen  # a row with nothing unknown stays as it is
+
+
+def _first_hitting_time(rng, *, time, unknown, **_):
+    # With alpha_t = 1 - t, each of the n masked tokens at time t unmasks at an independent
+    # U(0, t) time, so the next event (the latest of them) is at t * u^(1 / n).
+    n = jnp.sum(unknown, axis=-1).astype(jnp.float32)
+    u = jax.random.uniform(rng, n.shape, jnp.float32, minval=1e-12)
+    return jnp.where(n > 0, time * u ** (1.0 / jnp.maximum(n, 1.0)), time)
+
+
+POLICIES: dict[str, UnmaskPolicy] = {
+    "confidence": UnmaskPolicy(_confidence),
+    "random": UnmaskPolicy(_random),
+    "ancestral": UnmaskPolicy(_ancestral),
+    "first_hitting": UnmaskPolicy(_first_hitting, _first_hitting_time),
+}
+
+
+# ------------------------------------------------------------------------------------- decoder
 
 def iterative_decode(
-    logits_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    logits_fn: Callable[[jax.Array, Any], jax.Array],
     *,
     tokens: jax.Array,
     known: jax.Array,
-    labels: jax.Array,
     rng: jax.Array,
     num_steps: int,
     mask_token_id: int,
-    null_label: int | None = None,
+    cond: Any = None,
+    uncond: Any = None,
     schedule: str = "cosine",
     choice_temperature: float | jax.Array = 4.5,
     temperature: float | jax.Array = 1.0,
     temperature_schedule: str = "constant",
-    policy: str = "confidence",
+    policy: str | UnmaskPolicy = "confidence",
     cfg_scale: float | jax.Array = 1.0,
     cfg_schedule: str = "constant",
     start_step: int = 0,
     precision: str = "float64",
+    cache: bool = False,
+    record_trajectory: bool = True,
 ) -> DecodeResult:
     """Decodes the unknown positions of `tokens` in `num_steps - start_step` parallel steps.
 
     Args:
-      logits_fn: pure function (tokens int32 [B', N], labels int32 [B']) -> logits [B', N, V];
+      logits_fn: pure function (tokens int32 [B', *shape], cond) -> logits [B', *shape, V];
         unknown positions are passed as `mask_token_id`.
-      tokens: int32 [B, N] initial grid; values where `known` is False are ignored.
-      known: bool [B, N], True where the token is given: it is never changed or re-masked.
-      labels: int32 [B] class labels (the conditional pass).
+      tokens: int32 [B, *shape] initial tokens (any rank >= 1 after the batch axis); values where
+        `known` is False are ignored.
+      known: bool [B, *shape], True where the token is given: it is never changed or re-masked.
       rng: PRNG key; step t uses `fold_in(rng, t)`, so a fixed key gives a fixed result.
       num_steps: T, the length of the full schedule (static).
       mask_token_id: the id fed to `logits_fn` at unknown positions.
-      null_label: the unconditional label for classifier-free guidance; required whenever guidance
-        is on (anything but a Python `cfg_scale == 1.0` with the constant schedule).
+      cond: the condition passed to `logits_fn`: None, or a pytree of arrays with leading axis B.
+      uncond: the null condition for classifier-free guidance, a pytree of `cond`'s structure whose
+        leaves broadcast to cond's; required whenever guidance is on (anything but a Python
+        `cfg_scale == 1.0` with the constant schedule).
       schedule: mask schedule name for `mask_ratio` (cosine, linear, powN, log, exp, ...).
       choice_temperature: scale of the Gumbel noise on the confidence, annealed by (1 - r).
       temperature: sampling temperature.
       temperature_schedule: "constant", or "linear": temperature * (1 - t / T), which starts at
         `temperature` and ends at temperature / T (never 0, so the last step still samples).
-      policy: "confidence" (MaskGIT) or "random" (reveal order independent of the model).
+      policy: a name in POLICIES ("confidence", "random", "ancestral", "first_hitting") or an
+        `UnmaskPolicy`.
       cfg_scale: guidance scale s; logits = uncond + s_t * (cond - uncond).
       cfg_schedule: s_t = s ("constant"), s * r ("linear") or s * (1 - cos(pi r)) / 2 ("cosine").
       start_step: first step to run (editing starts later in the same T-step schedule).
       precision: "float64" (64-bit-resolution uniforms, default) or "float32" for the Gumbel noise.
+      cache: skip the network (and reuse its last logits) when no token of the whole batch changed
+        since its last call, or when nothing is left unknown; exact for models that do not see the step.
+      record_trajectory: False returns empty trajectory/masks (long samplers need not keep S copies).
     """
     # ---- static validation: fail at trace time with the valid choices named.
-    if policy not in POLICIES:
-        raise ValueError(f"unknown decoding policy {policy!r}; valid: {POLICIES}")
+    if isinstance(policy, str):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown decoding policy {policy!r}; valid: {tuple(POLICIES)}")
+        policy = POLICIES[policy]
+    elif not isinstance(policy, UnmaskPolicy):
+        raise ValueError(f"policy must be a name in {tuple(POLICIES)} or an UnmaskPolicy, got {policy!r}")
     if cfg_schedule not in CFG_SCHEDULES:
         raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}; valid: {CFG_SCHEDULES}")
     if temperature_schedule not in TEMPERATURE_SCHEDULES:
@@ -116,54 +239,82 @@ def iterative_decode(
 
     tokens = jnp.asarray(tokens, jnp.int32)
     known = jnp.asarray(known, bool)
-    labels = jnp.asarray(labels, jnp.int32)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [B, N], got shape {tokens.shape}")
+    if tokens.ndim < 2:
+        raise ValueError(f"tokens must be [B, *shape] with at least one axis after the batch, got shape {tokens.shape}")
     if known.shape != tokens.shape:
         raise ValueError(f"known has shape {known.shape}, tokens {tokens.shape}; they must agree")
-    batch, num_tokens = tokens.shape
-    if labels.shape != (batch,):
-        raise ValueError(f"labels must be [B] = ({batch},), got shape {labels.shape}")
+    batch, shape = tokens.shape[0], tokens.shape[1:]
+    num_tokens = math.prod(shape)
+    _check_cond(cond, batch)
 
     # The extra unconditional pass is skipped only when it provably cannot matter (s_t == 1).
     guided = not (isinstance(cfg_scale, (int, float)) and float(cfg_scale) == 1.0 and cfg_schedule == "constant")
-    if guided and null_label is None:
-        raise ValueError("classifier-free guidance (cfg_scale != 1.0 or a non-constant cfg_schedule) needs null_label")
+    if guided:
+        if cond is None or uncond is None:
+            raise ValueError("classifier-free guidance (cfg_scale != 1.0 or a non-constant cfg_schedule) needs a "
+                             "condition `cond` and its null condition `uncond`")
+        if jax.tree.structure(cond) != jax.tree.structure(uncond):
+            raise ValueError(f"uncond must have cond's structure {jax.tree.structure(cond)}, got "
+                             f"{jax.tree.structure(uncond)}")
+        model_cond = jax.tree.map(
+            lambda c, u: jnp.concatenate([c, jnp.broadcast_to(jnp.asarray(u, c.dtype), c.shape)]),
+            cond, uncond)
+    else:
+        model_cond = cond
+    model_batch = 2 * batch if guided else batch
 
-    # gamma((t + 1) / T) for the steps run; this also validates `schedule` (mask_ratio raises).
+    # gamma(t / T) and gamma((t + 1) / T) for the steps run; this also validates `schedule`.
     steps = jnp.arange(start_step, num_steps, dtype=jnp.int32)
+    ratios_prev = mask_ratio(schedule, steps.astype(jnp.float32) / num_steps, num_tokens)
     ratios = mask_ratio(schedule, (steps + 1).astype(jnp.float32) / num_steps, num_tokens)
 
     # n0: unknown count before decoding, per example (editing measures it from `known` too).
-    num_unknown_start = jnp.sum(~known, axis=-1).astype(jnp.float32)
-    positions = jnp.arange(num_tokens, dtype=jnp.int32)
+    flat_known = known.reshape(batch, num_tokens)
+    num_unknown_start = jnp.sum(~flat_known, axis=-1).astype(jnp.float32)
 
-    def predict(cur_tokens, r):
+    def network(flat_in):
+        """[B, N] model input -> raw float32 logits [B', N, V] (B' = 2B when guided)."""
+        x = flat_in.reshape((batch,) + shape)
+        if guided:
+            x = jnp.concatenate([x, x])
+        logits = logits_fn(x, model_cond)
+        if logits.ndim != len(shape) + 2 or logits.shape[:-1] != (model_batch,) + shape:
+            raise ValueError(f"logits_fn must return [B'={model_batch}, {', '.join(map(str, shape))}, V] logits, "
+                             f"got shape {logits.shape}")
+        return logits.astype(jnp.float32).reshape(model_batch, num_tokens, logits.shape[-1])
+
+    def guide(raw, r):
         if not guided:
-            logits = logits_fn(cur_tokens, labels)
-            _check_logits(logits, batch, num_tokens)
-            return logits.astype(jnp.float32)
-        both = logits_fn(jnp.concatenate([cur_tokens, cur_tokens]),
-                         jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
-        _check_logits(both, 2 * batch, num_tokens)
-        both = both.astype(jnp.float32)
-        cond, uncond = both[:batch], both[batch:]
+            return raw
+        conditional, unconditional = raw[:batch], raw[batch:]
         if cfg_schedule == "constant":
             scale = cfg_scale
         elif cfg_schedule == "linear":
             scale = cfg_scale * r
         else:  # cosine: 0 at r = 0, s at r = 1, smooth at both ends.
             scale = cfg_scale * (1.0 - jnp.cos(math.pi * r)) / 2.0
-        return uncond + jnp.asarray(scale, jnp.float32) * (cond - uncond)
+        return unconditional + jnp.asarray(scale, jnp.float32) * (conditional - unconditional)
 
     def step_fn(carry, xs):
-        cur_tokens, unknown = carry  # cur_tokens holds the real token wherever unknown is False.
-        t, ratio = xs
+        # cur_tokens holds the real token wherever unknown is False.
+        cur_tokens, unknown, time, nfe, last_in, last_raw = carry
+        t, ratio_prev, ratio = xs
         r = (t + 1).astype(jnp.float32) / num_steps
         sample_rng, choice_rng = jax.random.split(jax.random.fold_in(rng, t))
 
-        # 1. Predict from the grid with unknown positions shown as the mask token, and sample.
-        logits = predict(jnp.where(unknown, mask_token_id, cur_tokens), r)
+        # 1. Predict from the tokens with unknown positions shown as the mask token, and sample.
+        model_in = jnp.where(unknown, mask_token_id, cur_tokens)
+        if cache:
+            # Skip when the input is what the network last saw, or when nothing is left to sample
+            # (then the logits are not used at all).
+            skip = jnp.all(model_in == last_in) | ~jnp.any(unknown)
+            raw = jax.lax.cond(skip, lambda: last_raw, lambda: network(model_in))
+            nfe = nfe + (~skip).astype(jnp.int32)
+            last_in, last_raw = model_in, raw
+        else:
+            raw = network(model_in)
+            nfe = nfe + 1
+        logits = guide(raw, r)
         if temperature_schedule == "linear":
             # (1 - t/T) rather than (1 - (t+1)/T): starts at the requested temperature and never
             # reaches 0, so the tokens left to the last step are still sampled, not argmaxed.
@@ -173,40 +324,58 @@ def iterative_decode(
         sampled = sample_categorical(sample_rng, logits, temp, precision)
         sampled = jnp.where(unknown, sampled, cur_tokens)
 
-        # 2. Confidence of each new sample; everything already known is +inf (never re-masked).
-        if policy == "confidence":
-            log_probs = jax.nn.log_softmax(logits, axis=-1)
-            confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
-            noise = gumbel_noise(choice_rng, confidence.shape, precision)
-            confidence = confidence + choice_temperature * (1.0 - r) * noise
-        else:
-            confidence = jax.random.uniform(choice_rng, sampled.shape, jnp.float32)
-        confidence = jnp.where(unknown, confidence, jnp.inf)
-
-        # 3. How many stay masked: floor(n0 * gamma(r)) clamped to [1, unknown_now - 1]; 0 on the
-        # last step (fill everything) and when at most one is unknown (the clamp range is empty,
-        # and for fully known examples nothing may change).
+        # 2. How many stay masked by MaskGIT's count: floor(n0 * gamma(r)) clamped to
+        # [1, unknown_now - 1]; 0 on the last step (fill everything) and when at most one is
+        # unknown (the clamp range is empty, and for fully known examples nothing may change).
         unknown_now = jnp.sum(unknown, axis=-1)
-        mask_len = jnp.floor(num_unknown_start * ratio * (1.0 + _FLOOR_NUDGE)).astype(jnp.int32)
-        mask_len = jnp.maximum(1, jnp.minimum(unknown_now - 1, mask_len))
-        mask_len = jnp.where((t == num_steps - 1) | (unknown_now <= 1), 0, mask_len)
+        last = t == num_steps - 1
+        keep = jnp.floor(num_unknown_start * ratio * (1.0 + _FLOOR_NUDGE)).astype(jnp.int32)
+        keep = jnp.maximum(1, jnp.minimum(unknown_now - 1, keep))
+        keep = jnp.where(last | (unknown_now <= 1), 0, keep)
 
-        # 4. Re-mask exactly the mask_len lowest-confidence unknown positions. A lexicographic
-        # sort (known last, then confidence, then later positions first) gives a strict order, so
-        # ties can neither re-mask more than mask_len nor reach a known position; among equal
-        # confidences the earlier (raster-order) position is the one revealed.
-        order = jnp.lexsort((jnp.broadcast_to(-positions, sampled.shape), confidence, ~unknown), axis=-1)
-        rank = jnp.argsort(order, axis=-1)  # inverse permutation: rank of each position.
-        remask = (rank < mask_len[:, None]) & unknown
+        # 3. The policy picks what stays masked, only among the unknown, and nothing after the last step.
+        log_probs = jax.nn.log_softmax(logits, axis=-1)  # unused (and dropped by XLA) unless the policy reads it
+        log_probs_of_sample = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+        still = policy.choose(choice_rng, log_probs_of_sample=log_probs_of_sample, unknown=unknown,
+                              num_keep_masked=keep, step=t, num_steps=num_steps, ratio_prev=ratio_prev,
+                              ratio=ratio, choice_temperature=choice_temperature, precision=precision)
+        still = still & unknown & ~last
+        if policy.event_time is None:
+            time = jnp.full((batch,), 1.0 - r, jnp.float32)
+        else:
+            time = policy.event_time(jax.random.fold_in(choice_rng, 1), time=time, unknown=unknown, step=t,
+                                     num_steps=num_steps)
 
-        # 5. Record the step's samples before re-masking, and the mask after it.
-        return (sampled, remask), (sampled, remask)
+        # 4. Record the step's samples before re-masking, and the mask after it.
+        record = (sampled, still, time) if record_trajectory else (time,)
+        return (sampled, still, time, nfe, last_in, last_raw), record
 
-    init = (jnp.where(known, tokens, mask_token_id), ~known)
-    _, (trajectory, masks) = jax.lax.scan(step_fn, init, (steps, ratios))
-    return DecodeResult(tokens=trajectory[-1], trajectory=trajectory, masks=masks)
+    flat_tokens = tokens.reshape(batch, num_tokens)
+    init_tokens = jnp.where(flat_known, flat_tokens, mask_token_id)
+    if cache:
+        # No earlier call: an impossible input (-1) forces the first evaluation; the logits slot
+        # gets the network's output shape and dtype, without running it.
+        last_in = jnp.full((batch, num_tokens), -1, jnp.int32)
+        last_raw = jnp.zeros(jax.eval_shape(network, init_tokens).shape, jnp.float32)
+    else:
+        last_in = last_raw = None
+    init = (init_tokens, ~flat_known, jnp.ones((batch,), jnp.float32), jnp.zeros((), jnp.int32), last_in, last_raw)
+    (final, _, _, nfe, _, _), record = jax.lax.scan(step_fn, init, (steps, ratios_prev, ratios))
+
+    unflat = lambda x: x.reshape(x.shape[:-1] + shape)  # noqa: E731  [..., N] -> [..., *shape]
+    if record_trajectory:
+        trajectory, masks, times = unflat(record[0]), unflat(record[1]), record[2]
+    else:
+        (times,) = record
+        trajectory = jnp.zeros((0, batch) + shape, jnp.int32)
+        masks = jnp.zeros((0, batch) + shape, bool)
+    return DecodeResult(tokens=unflat(final), trajectory=trajectory, masks=masks, nfe=nfe, times=times)
 
 
-def _check_logits(logits: jax.Array, batch: int, num_tokens: int) -> None:
-    if logits.ndim != 3 or logits.shape[:2] != (batch, num_tokens):
-        raise ValueError(f"logits_fn must return [B'={batch}, N={num_tokens}, V] logits, got shape {logits.shape}")
+def _check_cond(cond: Any, batch: int) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(cond)[0]:
+        leaf_shape = jnp.shape(leaf)
+        if not leaf_shape or leaf_shape[0] != batch:
+            where = jax.tree_util.keystr(path) or "cond"
+            raise ValueError(f"every leaf of cond must have the batch size {batch} as its leading axis; "
+                             f"{where} has shape {leaf_shape}")

@@ -8,7 +8,7 @@ torch-fidelity, so its weights load directly. maskgen downloads nothing: the use
 weights themselves, e.g. pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, and converts
 them once on a machine with torch:
 
-    python -m maskgen.evaluators.inception convert pt_inception-2015-12-05-6726825d.pth inception_fid.npz
+    python -m maskgen.perception.inception convert pt_inception-2015-12-05-6726825d.pth inception_fid.npz
 
 The `.npz` holds the PyTorch state_dict unchanged (names such as `Conv2d_1a_3x3.conv.weight` or
 `Mixed_5b.branch1x1.bn.running_mean`, convolution kernels in torch's OIHW layout); loading
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskgen.evaluators.frechet import feature_statistics, frechet_distance, load_reference_statistics
+from maskgen.perception.frechet import feature_statistics, frechet_distance, load_reference_statistics
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -55,7 +55,7 @@ DEFAULT_BATCH_SIZE = 50
 INPUT_LIMIT = 2.0
 METRIC_IN_RUN = "fid_inception"  # Against reference features computed in the same run.
 METRIC_ADM_REF = "fid_inception_adm_ref"  # Against precomputed (mu, sigma) in an ADM-style .npz.
-CONVERT_COMMAND = "python -m maskgen.evaluators.inception convert IN.pth OUT.npz"
+CONVERT_COMMAND = "python -m maskgen.perception.inception convert IN.pth OUT.npz"
 
 # Torch state_dict keys that are not part of the feature network: the classifier, and the
 # BatchNorm step counters that newer torch versions add.
@@ -515,7 +515,7 @@ def fid_metric_name(reference) -> str:
 # ------------------------------------------------------------------------------------------------- CLI
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maskgen.evaluators.inception",
+    parser = argparse.ArgumentParser(prog="python -m maskgen.perception.inception",
                                      description="FID InceptionV3 weights: convert pytorch-fid's .pth to .npz.")
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="IN.pth (torch state_dict, needs torch) -> OUT.npz (same names and layouts)")

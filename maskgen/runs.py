@@ -1,0 +1,436 @@
+"""A run, below the training loop: its config, its model on the mesh, and its weights.
+
+`setup(config)` checks a config against the devices and the data and builds what training,
+evaluation and sampling share (the `Run`: mesh, recipe, sharded model template).
+`restore_variables` loads a run's params or EMA *without building an optimizer*: only the model's
+arrays are read from the checkpoint (`Checkpointer.restore_model`). `RunHandle` is a restored run
+that callers use through the recipe's declared methods (`apply("generate", ...)`), and
+`TokenizerHandle` one that encodes and decodes. `make_eval_context` gives evaluators what they may
+use: the recipe's methods under jit, ordered data batches, a decoder for the data's outputs
+(tokens -> images through the tokenizer run that made them, token ids -> text) and other runs
+(`open_run`, e.g. an AR model that scores samples), so evaluators import nothing above their layer.
+
+`train.py` (the loop), `tokenize.py` and `generate.py` sit above this module; recipes,
+evaluators and data sit below it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from maskgen import parallel
+from maskgen.checkpoint import load_run_config, restore_run_model  # noqa: F401 (load_run_config: re-exported)
+from maskgen.config import ConfigError, validate_common
+from maskgen.data import data_options, eval_batches, make_source, preprocess_from_config, source_info
+from maskgen.evaluators import EvalContext, EvalResult, build_evaluator
+from maskgen.metrics import MetricWriter
+from maskgen.recipes import Recipe, get_recipe, recipe_names, recipes_with
+
+log = logging.getLogger("maskgen")
+
+
+@dataclasses.dataclass
+class Run:
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    data_info: dict
+    recipe: Recipe
+    graphdef: Any
+    # Model variables are {"params": trainable nnx.Param values, "model_state": everything else
+    # (e.g. EMA codebooks, usage counters)}, both pure dicts; shardings have the same tree.
+    variable_shardings: Any
+    init_variables: Callable[[jax.Array], Any]  # key -> sharded variables (jitted; call inside `context()`)
+    # Example -> model input, chosen by the data's field specs (images resized to data.image_size,
+    # token ids and text passed through, ...): nothing else in the loop knows what the data is.
+    preprocess: Any = None
+    compiled_methods: dict = dataclasses.field(default_factory=dict)  # recipe method name -> jitted fn
+
+    @property
+    def param_shardings(self):
+        return self.variable_shardings["params"]
+
+    def merge(self, variables) -> nnx.Module:
+        """The NNX module for `{"params", "model_state"}` (inside jit: a pure rebuild)."""
+        return nnx.merge(self.graphdef, variables["params"], variables["model_state"])
+
+    def context(self):
+        """Mesh + logical rules, needed while tracing anything that creates parameters."""
+        return parallel.sharding_context(self.mesh, self.rules)
+
+
+def setup(config: ml_collections.ConfigDict, data_info: dict | None = None) -> Run:
+    """Checks the config against the devices and data, and builds what train/eval/sample share.
+
+    `data_info` (the dataset's shapes, as `source_info` returns them) is read from the data source
+    unless given, e.g. by tools that only compile the model for a dataset that is not on this machine.
+    """
+    validate_common(config, jax.device_count(), jax.process_count(), recipe_names())
+    recipe_cls = get_recipe(config.recipe)
+    if data_info is None:
+        data_info = source_info(config.data.name, config.data.data_dir or None, data_options(config.data))
+    problems = recipe_cls.validate(config, data_info)
+    for name, spec in config.evals.items():
+        try:
+            build_evaluator(name, spec.to_dict())
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    recipe = recipe_cls.from_config(config, data_info)
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.logical_rules(config.sharding_rules)
+    try:
+        with parallel.sharding_context(mesh, rules):
+            abstract_model = nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0)))
+            graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+            variable_shardings = {
+                "params": nnx.to_pure_dict(nnx.get_named_sharding(abstract_params, mesh)),
+                "model_state": nnx.to_pure_dict(nnx.get_named_sharding(abstract_rest, mesh)),
+            }
+    except ValueError as err:
+        if "not found in mesh" not in str(err):
+            raise
+        # A logical axis with no rule is taken for a mesh axis of that name (flax's fallback).
+        raise ConfigError(
+            f"config.sharding_rules has no rule for a logical axis the model's parameters use ({err}); give every "
+            f"logical axis a rule, mapping it to mesh axes of {tuple(mesh.shape)} or to None (the defaults are "
+            "maskgen.config.DEFAULT_SHARDING_RULES)") from None
+
+    def make_variables(key):
+        _, params, rest = nnx.split(recipe.make_model(nnx.Rngs(params=key)), nnx.Param, ...)
+        return {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(rest)}
+
+    init_variables = jax.jit(make_variables, out_shardings=variable_shardings)
+    preprocess = preprocess_from_config(config.data, data_info)
+    return Run(config, mesh, rules, data_info, recipe, graphdef, variable_shardings, init_variables, preprocess)
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# Restoring a run's weights: the model only, never the optimizer.
+# --------------------------------------------------------------------------------------------
+def abstract_variables(run: Run):
+    """The model's variables as sharded ShapeDtypeStructs (nothing is allocated)."""
+    with run.context():
+        shapes = jax.eval_shape(run.init_variables, jax.random.key(0))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+                        run.variable_shardings)
+
+
+def restore_variables(run: Run, workdir: str, step: int | None = None, which: str | None = None):
+    """Loads `params` or `ema` (default: `config.eval_params`) of a step (default: the newest
+    readable one), with the non-trainable model state. Returns `(step, {"params", "model_state"})`.
+
+    Only the model's arrays are read; the optimizer state is neither built nor loaded.
+    """
+    return restore_run_model(workdir, abstract_variables(run), step=step, which=which or run.config.eval_params,
+                             keep=run.config.keep_checkpoints)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation plumbing shared by the loop and `maskgen eval` / `maskgen sample`.
+# --------------------------------------------------------------------------------------------
+def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalContext:
+    config, cache, sources = run.config, run.compiled_methods, {}
+
+    def apply(method: str, params, batch, rng, **static):
+        # `static` settings (e.g. decoding steps) are baked into the compiled function, one per value.
+        key = (method, tuple(sorted(static.items())))
+        if key not in cache:
+            def fn(p, b, r):
+                return getattr(run.recipe, method)(run.merge(p), b, r, **static)
+
+            cache[key] = jax.jit(fn)
+        with jax.set_mesh(run.mesh):
+            return cache[key](params, batch, rng)
+
+    batch_multiple = parallel.batch_sharding(run.mesh, run.rules).num_devices
+
+    def shard(full_batch):
+        """A host batch that every process holds in full -> global arrays (this process's rows)."""
+        rows = len(next(iter(full_batch.values())))
+        if rows % batch_multiple:
+            raise ValueError(f"batch of {rows} rows does not split over {batch_multiple} data-parallel devices")
+        local = rows // jax.process_count()
+        start = jax.process_index() * local
+        return parallel.global_batch({k: np.asarray(v)[start:start + local] for k, v in full_batch.items()},
+                                     run.mesh, run.rules)
+
+    def batches(split: str, limit: int | None = None):
+        if split not in sources:
+            sources[split] = _open_source(config.data.name, split, config.data.data_dir or None,
+                                          _data_options(config.data))
+        for local, valid in eval_batches(sources[split], run.preprocess, global_batch_size=config.batch_size,
+                                         process_index=jax.process_index(), process_count=jax.process_count(),
+                                         limit=limit):
+            yield parallel.global_batch(local, run.mesh, run.rules), valid
+
+    def init_params(seed: int):
+        with run.context():
+            return run.init_variables(jax.random.key(seed))
+
+    decoder = _LazyDecoder(config, run.data_info)
+    return EvalContext(
+        step=step, params=params, apply=apply, init_params=init_params,
+        batches=batches, to_host=parallel.to_host, rng=jax.random.key(config.seed + 7),
+        info=run.recipe.info(), workdir=workdir, shard=shard, batch_multiple=batch_multiple,
+        decode=decoder.decode, reference=decoder.reference, open_run=open_run,
+    )
+
+
+class _LazyDecoder:
+    """Builds the run's decoder (which may restore a tokenizer run) only when an evaluator asks."""
+
+    def __init__(self, config, data_info):
+        self.config, self.data_info, self._decoder = config, data_info, None
+
+    def _get(self) -> Decoder:
+        if self._decoder is None:
+            self._decoder = make_decoder(self.config, self.data_info)
+            if self._decoder is None:
+                raise ValueError(f"the {self.config.data.name!r} data of this run has no decoder: its outputs are "
+                                 "the data itself (images); decoding applies to token and text datasets")
+        return self._decoder
+
+    def decode(self, tokens):
+        return self._get().decode(tokens)
+
+    def reference(self, split: str, limit: int | None = None):
+        return self._get().reference(split, limit)
+
+
+def run_evaluators(run: Run, params, step: int, writer: MetricWriter, names=None) -> dict[str, EvalResult]:
+    results = {}
+    ctx = make_eval_context(run, params, step, writer.workdir)
+    for name, spec in run.config.evals.items():
+        if names is not None and name not in names:
+            continue
+        start = time.perf_counter()
+        result = build_evaluator(name, spec.to_dict()).run(ctx)
+        scalars = {f"{name}/{k}": v for k, v in result.scalars.items()}
+        if scalars:
+            writer.write_scalars(step, scalars)
+        for path in writer.write_outputs(step, name, images=result.images, audio=result.audio, texts=result.texts):
+            log.info("[%s] wrote %s", name, path)
+        log.info("[%s] step %d (%.1fs): %s", name, step, time.perf_counter() - start,
+                 ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()) or "outputs only")
+        results[name] = result
+    return results
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# What a run's outputs decode to, and the reference data they are compared with.
+# --------------------------------------------------------------------------------------------
+class Decoder:
+    """Turns a model's token outputs into what they stand for (images, text), and gives the
+    reference data those are compared with. `decode(tokens) -> {"images": float [n, H, W, C] in
+    [-1, 1]}` or `{"texts": [str]}`; `reference(split, limit) -> {"image": ..., "label": ...}`
+    (host arrays of model inputs) for images."""
+
+    kind = ""
+
+    def decode(self, tokens: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    def reference(self, split: str, limit: int | None = None) -> dict:
+        raise NotImplementedError
+
+
+class TokenizerDecoder(Decoder):
+    """Token grids made by `maskgen tokenize` -> images, through the tokenizer run that made them."""
+
+    kind = "images"
+
+    def __init__(self, tokenizer: "TokenizerHandle"):
+        self.tokenizer = tokenizer
+
+    def decode(self, tokens: np.ndarray, batch_size: int = 256) -> dict:
+        tokens = np.asarray(tokens)
+        parts = [self.tokenizer.decode(tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)]
+        return {"images": np.clip(np.concatenate(parts), -1.0, 1.0)}
+
+    def reference(self, split: str, limit: int | None = None) -> dict:
+        return self.tokenizer.dataset(split, limit)
+
+
+class TextDecoder(Decoder):
+    """Token ids -> text, with the text source's own tokenizer."""
+
+    kind = "texts"
+
+    def __init__(self, data_name: str, data_dir: str | None, options: dict):
+        self.data_name, self.data_dir, self.options = data_name, data_dir, options
+
+    def decode(self, tokens: np.ndarray) -> dict:
+        from maskgen.data import text
+
+        return {"texts": [text.decode(row) for row in np.asarray(tokens).reshape(len(tokens), -1)]}
+
+    def reference(self, split: str, limit: int | None = None) -> dict:
+        source = _open_source(self.data_name, split, self.data_dir, self.options)
+        count = len(source) if limit is None else min(limit, len(source))
+        return {"tokens": np.stack([np.asarray(source[i]["tokens"], np.int32) for i in range(count)])}
+
+
+def _data_options(data_config) -> dict:
+    return data_options(data_config)
+
+
+def _open_source(name, split, data_dir, options):
+    return make_source(name, split, data_dir, options)
+
+
+def _is_text(data_info: dict) -> bool:
+    return any(getattr(spec, "kind", None) == "text" for spec in (data_info.get("fields") or {}).values())
+
+
+def make_decoder(config: ml_collections.ConfigDict, data_info: dict) -> Decoder | None:
+    """The decoder for a run's data: text for text sources, the tokenizer run for token datasets
+    that name one, else None (the outputs are the data itself, e.g. images)."""
+    if _is_text(data_info):
+        return TextDecoder(config.data.name, config.data.data_dir or None, _data_options(config.data))
+    tokenizer = data_info.get("tokenizer") or {}
+    if tokenizer.get("workdir"):
+        return TokenizerDecoder(open_tokenizer(tokenizer["workdir"], tokenizer.get("step")))
+    return None
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# Restored runs, used through the recipe's declared methods.
+# --------------------------------------------------------------------------------------------
+class RunHandle:
+    """A trained run, restored for inference: `apply(method, host_batch, rng, **static)` runs one
+    of the recipe's declared methods (jitted, sharded over the run's mesh) on a host batch of any
+    row count and returns host numpy arrays with the same rows."""
+
+    def __init__(self, workdir: str, step: int | None = None, which: str | None = None, config=None):
+        self.workdir = workdir
+        self.config = config if config is not None else load_run_config(workdir)
+        self.recipe_cls = get_recipe(self.config.recipe)
+        self.run = setup(self.config)
+        self.recipe = self.run.recipe
+        self.step, self.variables = restore_variables(self.run, workdir, step, which)
+        self.info = self.recipe.info()
+        self.ctx = make_eval_context(self.run, self.variables, self.step, workdir)
+        self.batch_multiple = self.ctx.batch_multiple
+
+    def can(self, capability: str) -> bool:
+        return capability in self.recipe_cls.capabilities
+
+    def require(self, capability: str, doing: str) -> None:
+        if not self.can(capability):
+            raise ValueError(f"{doing} needs a run whose recipe can {capability!r} ({', '.join(recipes_with(capability))}); "
+                             f"{self.workdir} is a {self.config.recipe!r} run")
+
+    def apply(self, method: str, batch: dict, rng: jax.Array | int = 0, **static):
+        rows = len(next(iter(batch.values())))
+        pad = (-rows) % self.batch_multiple  # the batch must split evenly over the data-parallel devices
+        padded = {k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[-1:], pad, axis=0)]) if pad else np.asarray(v)
+                  for k, v in batch.items()}
+        key = jax.random.key(rng) if isinstance(rng, int) else rng
+        out = self.ctx.to_host(self.ctx.apply(method, self.variables, self.ctx.shard(padded), key, **static))
+        return jax.tree.map(lambda a: np.asarray(a)[:rows] if np.ndim(a) and len(a) == rows + pad else np.asarray(a), out)
+
+
+class TokenizerHandle(RunHandle):
+    """A restored tokenizer: `encode(images) -> int tokens` and `decode(tokens) -> images`.
+
+    Images are float [B, H, W, C] in [-1, 1] at the run's `config.data.image_size`; tokens are
+    int32 [B, h, w] (or [B, h, w, K] for residual VQ). Both are compiled once per shape, run on
+    the run's mesh with the batch sharded over the data axes, and return numpy arrays.
+    """
+
+    def __init__(self, workdir: str, step: int | None = None, which: str | None = None):
+        config = load_run_config(workdir)
+        if not {"encode", "decode"} <= get_recipe(config.recipe).capabilities:
+            raise ValueError(f"{workdir} is a {config.recipe!r} run, not a tokenizer run "
+                             f"({', '.join(recipes_with('encode'))})")
+        super().__init__(workdir, step, which, config)
+        self._multiple = self.batch_multiple
+
+    def encode(self, images) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        expected = (self.config.data.image_size,) * 2
+        if images.ndim != 4 or images.shape[1:3] != expected:
+            raise ValueError(f"encode expects images [B, {expected[0]}, {expected[1]}, C] in [-1, 1], got {images.shape}")
+        return self.apply("encode", {"image": images})
+
+    def decode(self, tokens) -> np.ndarray:
+        tokens = np.asarray(tokens, np.int32)
+        shape = tuple(self.info["token_shape"])
+        if tokens.shape[1:] != shape:
+            raise ValueError(f"decode expects tokens [B, {', '.join(map(str, shape))}], got {tokens.shape}")
+        if tokens.min() < 0 or tokens.max() >= self.info["codebook_size"]:
+            raise ValueError(f"token ids must be in [0, {self.info['codebook_size']}), got [{tokens.min()}, {tokens.max()}]")
+        return self.apply("decode", {"codes": tokens})
+
+    @functools.lru_cache(maxsize=8)
+    def dataset(self, split: str, limit: int | None = None) -> dict:
+        """This tokenizer's own dataset split as model inputs {"image", "label"} (what its tokens were
+        made from); cached, so repeated evaluations decode the images once. Do not modify."""
+        data = self.config.data
+        source = _open_source(data.name, split, data.data_dir or None, _data_options(data))
+        count = len(source) if limit is None else min(limit, len(source))
+        batches = [b for b, _ in _eval_batches(source, self.run, count)]
+        out = {k: np.concatenate([np.asarray(b[k]) for b in batches])[:count] for k in batches[0]}
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def open_tokenizer(workdir: str, step: int | None = None) -> TokenizerHandle:
+    return TokenizerHandle(workdir, step)
+
+
+@functools.lru_cache(maxsize=4)
+def open_run(workdir: str, step: int | None = None) -> RunHandle:
+    """A restored run (cached per process), e.g. the AR model that scores another run's samples."""
+    return RunHandle(workdir, step)
+
+
+def _eval_batches(source, run: Run, limit: int | None = None, batch_size: int | None = None):
+    """Host batches of a source in order, preprocessed for `run`'s model (one process's view)."""
+    return eval_batches(source, run.preprocess, global_batch_size=batch_size or run.config.batch_size, limit=limit)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluating and sampling a saved run.
+# --------------------------------------------------------------------------------------------
+def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[int, dict[str, EvalResult]]:
+    run = setup(config)
+    step, variables = restore_variables(run, workdir, step)
+    writer = MetricWriter(os.path.join(workdir, "eval"), jax.process_index() == 0, tensorboard=False)
+    results = run_evaluators(run, variables, step, writer)
+    writer.close()
+    return step, results
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, out: str, num: int = 16, step: int | None = None,
+           seed: int = 0) -> str:
+    """Writes a grid of the recipe's samples (for MAE: masked test images and reconstructions)."""
+    from maskgen.evaluators.image_grid import ImageGrid
+    from maskgen.outputs import write_png
+
+    run = setup(config)
+    step, variables = restore_variables(run, workdir, step)
+    grid_specs = [dict(s) for s in config.evals.values() if s.type == "image_grid"]
+    rows = tuple(grid_specs[0].get("rows", ())) if grid_specs else ()
+    grid = ImageGrid(num=num, seed=seed, rows=rows).run(make_eval_context(run, variables, step, workdir)).images["grid"]
+    if jax.process_index() == 0:
+        write_png(out, grid)
+    return out
