@@ -34,7 +34,7 @@ from benchmarks import common
 from maskgen import parallel
 from maskgen import train as train_lib
 from maskgen.config import load_config_file
-from maskgen.data import make_source, source_info
+from maskgen.data import data_options, make_source, source_info
 from maskgen.data.pipeline import train_dataset
 from maskgen.data.tokens import write_token_metadata, write_token_split
 
@@ -68,9 +68,9 @@ def _case(name: str, spec: str, pipeline_batches: int, steps: int, rounds: int) 
                           out_shardings=(state_sh, ema_sh, parallel.replicated(run.mesh)), donate_argnums=(0, 1))
 
     # The loop's own pipeline (one process: process_index 0 of 1).
-    source = make_source(config.data.name, config.data.train_split, config.data.data_dir or None)
-    data_iter = iter(train_dataset(source, seed=config.seed, global_batch_size=config.batch_size,
-                                   image_size=config.data.image_size, augment=config.data.augment,
+    source = make_source(config.data.name, config.data.train_split, config.data.data_dir or None,
+                         data_options(config.data))
+    data_iter = iter(train_dataset(source, run.preprocess, seed=config.seed, global_batch_size=config.batch_size,
                                    read_threads=config.data.read_threads))
 
     def next_batch():

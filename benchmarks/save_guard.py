@@ -34,8 +34,7 @@ def measure(spec: str, repeats: int) -> list:
         state, ema = jit_init(jax.random.key(0))
     source = train_lib.make_source(config.data.name, config.data.train_split, None)
     local = next(iter(train_lib.train_dataset(
-        source, seed=0, global_batch_size=config.batch_size, image_size=config.data.image_size, augment="none",
-        process_index=0, process_count=1)))
+        source, run.preprocess, seed=0, global_batch_size=config.batch_size, process_index=0, process_count=1)))
     batch = parallel.global_batch(local, run.mesh, run.rules)
     step_fn = train_lib.make_train_step(run, tx, schedule, jax.random.key(1))
     leaves = jax.tree.leaves((state, ema))

@@ -452,11 +452,22 @@ class Checkpointer:
         """A read-only manager whose handlers can restore part of a tree (the model without the
         optimizer state); the writing manager's StandardCheckpointHandler reads whole trees only."""
         if getattr(self, "_read_manager", None) is None:
-            self._read_manager = ocp.CheckpointManager(
-                self.directory, options=ocp.CheckpointManagerOptions(read_only=True),
+            # Orbax warns that a read-only manager's directory "is read only": that is the point.
+            quiet = logging.Filter()
+            quiet.filter = lambda record: "is read only" not in record.getMessage()
+            absl_log = logging.getLogger("absl")
+            absl_log.addFilter(quiet)
+            try:
+                self._read_manager = self._open_reader()
+            finally:
+                absl_log.removeFilter(quiet)
+        return self._read_manager
+
+    def _open_reader(self):
+        return ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False),
                 item_handlers=dict(state=ocp.PyTreeCheckpointHandler(), ema=ocp.PyTreeCheckpointHandler(),
                                    checksums=ocp.JsonCheckpointHandler()))
-        return self._read_manager
 
     def _saved_items(self, step: int) -> set[str]:
         """The items Orbax recorded when it wrote `step` (empty if that record is unreadable)."""

@@ -98,8 +98,14 @@ class MetricWriter:
             return None
         path = outputs.write_wav(self._path("audio", name, step, "wav"), audio, sample_rate)
         if self._tb is not None:
-            pcm = outputs.to_pcm16(audio).astype(np.float32) / 32767.0
-            self._tb.add_audio(name, pcm.mean(axis=1), int(step), sample_rate=int(sample_rate))
+            # The summary proto directly: tensorboardX's add_audio needs the soundfile package just to
+            # encode the same WAV bytes that maskgen.outputs writes with the standard library.
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            pcm = outputs.to_pcm16(audio)
+            clip = Summary.Audio(sample_rate=float(sample_rate), num_channels=pcm.shape[1], length_frames=pcm.shape[0],
+                                 encoded_audio_string=outputs.wav_bytes(audio, sample_rate), content_type="audio/wav")
+            self._tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=name, audio=clip)]), int(step))
             self._tb.flush()
         return path
 

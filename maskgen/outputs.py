@@ -8,6 +8,7 @@ run never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import io
 import os
 import wave
 
@@ -44,17 +45,26 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
     return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
-def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> str:
-    """float [T] or [T, C] in [-1, 1] -> 16-bit PCM WAV at `sample_rate` Hz (standard library only)."""
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """float [T] or [T, C] in [-1, 1] -> the bytes of a 16-bit PCM WAV file (standard library only)."""
     if int(sample_rate) <= 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
     pcm = to_pcm16(audio)
-    tmp = _target(path)
-    with wave.open(tmp, "wb") as f:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as f:
         f.setnchannels(pcm.shape[1])
         f.setsampwidth(2)
         f.setframerate(int(sample_rate))
         f.writeframes(pcm.astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> str:
+    """float [T] or [T, C] in [-1, 1] -> 16-bit PCM WAV at `sample_rate` Hz."""
+    data = wav_bytes(audio, sample_rate)
+    tmp = _target(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
     return path
 

@@ -26,18 +26,21 @@ def _assumed_data_info(config) -> dict:
     model = config.model
     info = {"image_shape": (None, None, 3), "num_classes": int(config.get("num_classes", 1000)), "splits": {},
             "tokenizer": {}, "num_levels": 1}
-    if "token_shape" in model:
-        info.update(token_shape=tuple(model.token_shape), codebook_size=int(model.codebook_size))
+    if "token_shape" in model:  # a token model's data is its token grid, not images
+        vocab = model.get("codebook_size", model.get("vocab_size"))
+        info.update(image_shape=None, token_shape=tuple(model.token_shape), codebook_size=int(vocab))
+        if config.get("recipe") and model.get("conditioning", "adaln") == "none":
+            info["num_classes"] = 0
     return info
 
 
 def parameter_table(config) -> tuple[list[dict], dict]:
     """Rows {path, shape, logical, spec, bytes_per_device} and the mesh shape, for `config`'s model."""
     from maskgen import train as train_lib
-    from maskgen.data import source_info
+    from maskgen.data import data_options, source_info
 
     try:
-        data_info = source_info(config.data.name, config.data.data_dir or None)
+        data_info = source_info(config.data.name, config.data.data_dir or None, data_options(config.data))
     except (FileNotFoundError, ValueError, ImportError) as err:
         data_info = _assumed_data_info(config)
         log.info("dataset not available (%s); assuming %s", err, data_info)

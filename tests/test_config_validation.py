@@ -36,6 +36,16 @@ def _data_info(config):
 
     if config.data.name == "tokens":
         return TOKENS_16x16 if tuple(config.model.token_shape) == (16, 16) else TOKENS_8x8
+    if config.data.name == "pydoc_text":
+        from maskgen.data import data_options
+
+        return source_info("pydoc_text", None, data_options(config.data))
+    if "seq_len" in config.data:  # a text model whose dataset (e.g. OpenWebText) is not on this machine
+        from maskgen.data.specs import TextSpec, legacy_info
+
+        splits = {"train": 10 ** 6, "validation": 10 ** 4}  # tfds slices ("train[:99%]") name these
+        vocab = config.model.get("vocab_size", config.model.get("codebook_size"))
+        return legacy_info({"tokens": TextSpec(config.data.seq_len, vocab, "bytes")}, splits)
     return source_info("digits") if config.data.name == "digits" else IMAGENET
 
 
@@ -235,7 +245,7 @@ def test_shared_keys_are_all_reported_together():
                      "config.evals.probe.every=-2: must be an int >= -1 (N > 0: every N steps and at the end; ",
                      "config.ema_decay=1.0: must be a number in [0, 1)", "config.log_every=0: must be an int >= 1",
                      "config.remat='full': must be one of 'none', 'block', 'block_save_dots'",
-                     "config.recipe='mea': must be one of 'autoregressive', 'mae', 'maskgit', 'tokenizer'"):
+                     "config.recipe='mea': must be one of 'autoregressive', 'mae', 'masked_diffusion', 'maskgit', 'tokenizer'"):
         assert expected in message, message
 
 

@@ -166,7 +166,7 @@ def test_callers_ask_recipes_what_they_can_do():
     assert {"autoregressive", "maskgit"} <= set(recipes_with("generate"))
     assert "maskgit" in recipes_with("infill") and "autoregressive" not in recipes_with("infill")
     assert "autoregressive" in recipes_with("likelihood")
-    assert recipes_with("encode") == ["tokenizer"] and not get_recipe("mae").capabilities
+    assert recipes_with("encode") == ["tokenizer"] and "generate" not in get_recipe("mae").capabilities
     assert get_recipe("maskgit").decode_options is None
     assert set(get_recipe("autoregressive").decode_options) == {"temperature", "cfg_scale", "precision"}
 
@@ -200,7 +200,7 @@ def test_text_configs_are_checked_against_the_data():
     assert "a tokenizer and model vocabulary mismatch" in problem
     assert "a sequence longer than the model's positions (12 > 10)" in problem
     config.model.token_shape = (2, 2, 2, 2)
-    assert any("1 to 3 ints" in p for p in validate(config, TEXT_INFO))
+    assert any("or of 1 ((L,) text) or 3" in p for p in validate(config, TEXT_INFO))
     config.model.token_shape, config.model.codebook_size, config.model.positions = (12,), 16, "rope2d"
     assert any("rope2d" in p and "2D" in p for p in validate(config, TEXT_INFO))
 

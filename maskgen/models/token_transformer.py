@@ -53,7 +53,7 @@ from flax import nnx
 from maskgen.models.layers import MLP, Attention, Dense, LayerNorm, block_runner, check_remat, logical_param
 from maskgen.parallel import constrain
 
-CONDITIONINGS = ("none", "adaln", "prefix")
+CONDITIONINGS = ("adaln", "prefix", "none")
 POSITIONS = ("learned", "rope", "rope2d")
 ROPE_BASE = 10000.0
 

@@ -44,6 +44,8 @@ def normalized_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 @register("mae")
 class MAERecipe(Recipe):
+    capabilities = frozenset({"features"})
+
     def __init__(self, *, image_size: int, channels: int, patch_size: int, width: int, depth: int,
                  num_heads: int, decoder_width: int, decoder_depth: int, decoder_heads: int,
                  mlp_ratio: float, mask_ratio: float, norm_pix_loss: bool, compute_dtype: str = "float32",

@@ -40,13 +40,11 @@ from maskgen.recipes.base import Recipe, register
 from maskgen.sampling.autoregressive import autoregressive_decode
 from maskgen.sampling.iterative import CFG_SCHEDULES, POLICIES, TEMPERATURE_SCHEDULES, iterative_decode
 from maskgen.sampling.categorical import PRECISIONS
+from maskgen.tasks import check_tasks
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CONDITIONINGS = ("none", "adaln", "prefix")
+CONDITIONINGS = ("adaln", "prefix", "none")
 POSITIONS = ("learned", "rope", "rope2d")
-# What `generate` can be asked to do (`supported_tasks`): "none" (unconditional), "class"
-# (class-conditional), "prefix" (continue given leading tokens), "infill" (any given tokens).
-TASKS = ("none", "class", "prefix", "infill")
 
 
 def random_token_mask(rng: jax.Array, num_masked: jax.Array, num_tokens: int) -> jax.Array:
@@ -66,7 +64,7 @@ def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothin
 # What each MaskGIT / AR setting may be (maskgen.config.check_spec). `sampling` holds the decoding
 # defaults of `maskgen sample` and the generation evaluator (`iterative_decode` arguments).
 CONFIG_SPEC = {
-    "model.token_shape": Rule("a tuple of 1 to 3 ints >= 1 ((L,) text, (h, w) images, (t, h, w) video)",
+    "model.token_shape": Rule("a tuple of 2 ints >= 1 ((h, w) images), or of 1 ((L,) text) or 3 ((t, h, w) video)",
                               lambda v: int_tuple(1).test(v) and len(v) <= 3),
     "model.codebook_size": integer(min=2),
     "model.width": integer(min=1),
@@ -204,10 +202,6 @@ class _TokenRecipe(Recipe):
                 "conditioning": self.conditioning, "tasks": sorted(self.supported_tasks()),
                 "generator": "autoregressive" if self.causal else "maskgit"}
 
-    def supported_tasks(self) -> frozenset:
-        """The subset of TASKS this configuration's `generate` supports."""
-        raise NotImplementedError
-
     def make_model(self, rngs: nnx.Rngs) -> TokenTransformer:
         return TokenTransformer(rngs=rngs, **self.model_kwargs)
 
@@ -257,7 +251,7 @@ class _TokenRecipe(Recipe):
 @register("maskgit")
 class MaskGITRecipe(_TokenRecipe):
     capabilities = frozenset({"generate", "infill"})
-    tasks = frozenset(TASKS)  # over all configurations; `supported_tasks()` for this one
+    tasks = check_tasks({"none", "class", "prefix", "infill"})  # over all configurations; `supported_tasks()`: this one
 
     def __init__(self, *, mask_schedule: str = "cosine", **kwargs):
         super().__init__(**kwargs)
@@ -274,7 +268,7 @@ class MaskGITRecipe(_TokenRecipe):
 
     def supported_tasks(self) -> frozenset:
         # Any known set is an infill, a prefix included; a class model always generates for a class.
-        return frozenset({"class", "infill"} if self.conditioned else {"none", "prefix", "infill"})
+        return check_tasks({"class", "infill"} if self.conditioned else {"none", "prefix", "infill"})
 
     def loss(self, model: TokenTransformer, batch, rng, step):
         tokens = self._flat_tokens(batch)
@@ -310,12 +304,12 @@ class MaskGITRecipe(_TokenRecipe):
 class AutoregressiveRecipe(_TokenRecipe):
     capabilities = frozenset({"generate", "likelihood"})  # left to right: it cannot infill
     decode_options = ("temperature", "cfg_scale", "precision")
-    tasks = frozenset({"none", "class", "prefix"})
+    tasks = check_tasks({"none", "class", "prefix"})
 
     causal = True
 
     def supported_tasks(self) -> frozenset:
-        return frozenset({"class" if self.conditioned else "none", "prefix"})
+        return check_tasks({"class" if self.conditioned else "none", "prefix"})
 
     def loss(self, model: TokenTransformer, batch, rng, step):
         tokens = self._flat_tokens(batch)
@@ -352,4 +346,4 @@ class AutoregressiveRecipe(_TokenRecipe):
         return {"tokens": out.reshape((-1,) + self.token_shape)}
 
 
-__all__ = ["MaskGITRecipe", "AutoregressiveRecipe", "random_token_mask", "smoothed_cross_entropy", "TASKS"]
+__all__ = ["MaskGITRecipe", "AutoregressiveRecipe", "random_token_mask", "smoothed_cross_entropy"]
