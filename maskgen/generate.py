@@ -19,6 +19,7 @@ import re
 
 import jax
 import numpy as np
+from PIL import Image
 
 from maskgen import outputs, tasks
 from maskgen.evaluators.generation import class_grid, decode_settings, generate, grey_masked, trajectory_rows

@@ -170,6 +170,18 @@ def test_infill_keeps_known_tokens(sampler, mesh_context):
     assert 1 <= nfe <= (12 if sampler == "first_hitting" else 6)
 
 
+@pytest.mark.parametrize("sampler", list(md.SAMPLERS))
+def test_samplers_draw_from_the_model(sampler):
+    """A network certain of token 3 everywhere: every unknown position becomes 3, known ones stay."""
+    recipe = _recipe(seq_len=10, vocab_size=5)
+    model = _Marginals(np.log([1e-9, 1e-9, 1e-9, 1.0, 1e-9]))
+    tokens = jnp.tile(jnp.arange(10) % 3, (2, 1))
+    known = jnp.array([[True] * 2 + [False] * 8, [False] * 10])
+    out = recipe.generate(model, {"tokens": tokens, "known": known}, jax.random.key(0), sampler=sampler, num_steps=4)
+    expected = np.where(np.asarray(known), np.asarray(tokens), 3)
+    np.testing.assert_array_equal(np.asarray(out["tokens"]), expected)
+
+
 def test_config_problems_name_both_sides():
     from maskgen import config as config_lib
     from maskgen.data import source_info
@@ -182,9 +194,7 @@ def test_config_problems_name_both_sides():
     assert "the text's vocabulary is 257 ids, config.model.vocab_size=300" in " ".join(
         md.MaskedDiffusionRecipe.validate(config, info))
     with config.unlocked():
-        config.model.vocab_size = 257
-    with config.unlocked():
-        config.data.seq_len = 256
+        config.model.vocab_size, config.data.seq_len = 257, 256
     problems = " ".join(md.MaskedDiffusionRecipe.validate(config, source_info("pydoc_text", None, {"seq_len": 256})))
     assert "sequences of 256 tokens are longer than the model's 64 positions" in problems
 

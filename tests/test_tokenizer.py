@@ -131,7 +131,7 @@ def test_tokenize_writes_tokens_that_decode_to_the_reconstructions(tokenizer_run
     codes = np.stack([r["tokens"] for r in rows])
     np.testing.assert_array_equal(handle.encode(images), codes)
     # Decoding the stored tokens gives the tokenizer's reconstructions, bit for bit.
-    ctx_out = handle._call("reconstruct", {"image": handle._pad(images)}, 5)
+    ctx_out = handle.apply("reconstruct", {"image": images})
     np.testing.assert_array_equal(handle.decode(codes), ctx_out["reconstruction"])
 
 

@@ -217,7 +217,8 @@ def text_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any], 
                                               "sequences (a text source)")
         elif length > positions:
             problems.add("model.token_shape", f"sequences of {length} tokens are longer than the model's "
-                                              f"{positions} positions (config.model.token_shape={tuple(m.token_shape)})")
+                                              f"{positions} positions (config.model.token_shape="
+                                              f"{tuple(m.token_shape)})")
         elif length < positions:
             problems.add("model.token_shape", f"sequences of {length} tokens are shorter than the model's "
                                               f"{positions} positions (config.model.token_shape="
