@@ -20,6 +20,7 @@ decode is one jitted call (compiled before timing; compile time excluded), alter
 round between samplers, medians. NFE is what `iterative_decode` reports (network calls made).
 
     python -m benchmarks.masked_diffusion --mdm-workdir runs/mdm_text --ar-workdir runs/ar_text
+    python -m benchmarks.masked_diffusion --mdm-workdir ... --ar-workdir ... --parts c --num-samples 8
     python -m benchmarks.masked_diffusion --size smoke      # trains two 10-step runs first
 """
 
@@ -80,86 +81,89 @@ def main(argv=None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--mdm-workdir", default="", help="a trained masked_diffusion run (default: train a tiny one)")
     p.add_argument("--ar-workdir", default="", help="a trained autoregressive run on the same data")
+    p.add_argument("--parts", default="a,b,c", help="which parts to run: a (likelihood), b (precision), c (speed)")
+    p.add_argument("--num-samples", type=int, default=None, help="samples per setting (default per size)")
     args = p.parse_args(argv)
     train_steps, num, sweep_steps, limit, repeats = SIZES[args.size]
-    repeats = args.repeats or repeats
+    repeats, num = args.repeats or repeats, args.num_samples or num
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    if not parts or parts - {"a", "b", "c"}:
+        p.error(f"--parts takes a comma-separated subset of a,b,c; got {args.parts!r}")
 
     from maskgen.runs import RunHandle
 
+    headline, extra = [], {"num_samples": num}
     with tempfile.TemporaryDirectory() as tmp:
         mdm_dir, ar_dir = args.mdm_workdir, args.ar_workdir
         if not (mdm_dir and ar_dir):
             mdm_dir, ar_dir = train_tiny_runs(tmp, train_steps)
         mdm, ar = RunHandle(mdm_dir), RunHandle(ar_dir)
-        seq_len = int(tuple(mdm.info["token_shape"])[-1])
+        seq_len = extra["seq_len"] = int(tuple(mdm.info["token_shape"])[-1])
         rows = []
-
         print(f"runs: {mdm_dir} (MDM), {ar_dir} (AR); {num} samples per setting", flush=True)
-        # (a) likelihood at equal budget.
-        lik_mdm, lik_ar = likelihood(mdm, limit), likelihood(ar, limit)
-        ppl_ratio = lik_mdm["perplexity"] / lik_ar["perplexity"]
-        rows.append(["(a) validation likelihood", "MDM (ELBO bound)", f"{lik_mdm['bits_per_token']:.3f} bits/token",
-                     f"PPL <= {lik_mdm['perplexity']:.2f}", "", ""])
-        rows.append(["(a) validation likelihood", "AR (exact)", f"{lik_ar['bits_per_token']:.3f} bits/token",
-                     f"PPL {lik_ar['perplexity']:.2f}", "", ""])
 
-        # References for (b) and (c): AR samples, and real validation text (its entropy).
-        ar_tokens = sample(ar, num, 0, temperature=1.0, precision="float64")["tokens"]
-        ar_ppl, ar_entropy = quality(ar, ar_tokens)
-        real = next(iter(mdm.ctx.batches("validation", 1)))[0]["tokens"]
-        real = np.asarray(mdm.ctx.to_host(real))[:num]
-        real_ppl, real_entropy = quality(ar, real)
-        rows.append(["reference", "AR samples (float64)", "", "", f"{ar_ppl:.2f}", f"{ar_entropy:.3f}"])
-        rows.append(["reference", "validation text", "", "", f"{real_ppl:.2f}", f"{real_entropy:.3f}"])
+        if "a" in parts:  # likelihood at equal budget
+            lik_mdm, lik_ar = likelihood(mdm, limit), likelihood(ar, limit)
+            extra["ppl_ratio"] = lik_mdm["perplexity"] / lik_ar["perplexity"]
+            rows.append(["(a) validation likelihood", "MDM (ELBO bound)", f"{lik_mdm['bits_per_token']:.3f} bits/token",
+                         f"PPL <= {lik_mdm['perplexity']:.2f}", "", ""])
+            rows.append(["(a) validation likelihood", "AR (exact)", f"{lik_ar['bits_per_token']:.3f} bits/token",
+                         f"PPL {lik_ar['perplexity']:.2f}", "", ""])
+            headline.append(f"MDM perplexity bound / AR perplexity = {extra['ppl_ratio']:.3f} (bits/token "
+                            f"{lik_mdm['bits_per_token']:.3f} vs {lik_ar['bits_per_token']:.3f})")
 
-        # (b) precision sweep of the ancestral sampler over the number of steps.
-        sweep = {}
-        for steps in sweep_steps:
-            for precision in ("float32", "float64"):
-                out = sample(mdm, num, 1, sampler="ancestral", num_steps=steps, schedule="linear", cache=True,
-                             precision=precision, temperature=1.0)
-                sweep[steps, precision] = quality(ar, out["tokens"])
-                print(f"(b) T={steps} {precision}: Gen PPL {sweep[steps, precision][0]:.2f}, "
-                      f"entropy {sweep[steps, precision][1]:.3f}", flush=True)
-                gen_ppl, entropy = sweep[steps, precision]
-                rows.append(["(b) ancestral precision", f"T={steps} {precision}", "", f"nfe {int(out['nfe'])}",
+        if parts & {"b", "c"}:  # references: AR samples, and real validation text
+            ar_tokens = sample(ar, num, 0, temperature=1.0, precision="float64")["tokens"]
+            ar_ppl, ar_entropy = quality(ar, ar_tokens)
+            real = next(iter(mdm.ctx.batches("validation", 1)))[0]["tokens"]
+            real = np.asarray(mdm.ctx.to_host(real))[:num]
+            real_ppl, real_entropy = quality(ar, real)
+            rows.append(["reference", "AR samples (float64)", "", "", f"{ar_ppl:.2f}", f"{ar_entropy:.3f}"])
+            rows.append(["reference", "validation text", "", "", f"{real_ppl:.2f}", f"{real_entropy:.3f}"])
+
+        if "b" in parts:  # precision sweep of the ancestral sampler over the number of steps
+            sweep = {}
+            for steps in sweep_steps:
+                for precision in ("float32", "float64"):
+                    out = sample(mdm, num, 1, sampler="ancestral", num_steps=steps, schedule="linear", cache=True,
+                                 precision=precision, temperature=1.0)
+                    gen_ppl, entropy = sweep[steps, precision] = quality(ar, out["tokens"])
+                    print(f"(b) T={steps} {precision}: Gen PPL {gen_ppl:.2f}, entropy {entropy:.3f}", flush=True)
+                    rows.append(["(b) ancestral precision", f"T={steps} {precision}", "", f"nfe {int(out['nfe'])}",
+                                 f"{gen_ppl:.2f}", f"{entropy:.3f}"])
+            top = max(sweep_steps)
+            extra["entropy_drop"] = sweep[top, "float64"][1] - sweep[top, "float32"][1]
+            extra["gen_ppl_ratio_f32_f64"] = sweep[top, "float32"][0] / sweep[top, "float64"][0]
+            headline.append(f"at T={top}, float32 vs float64 sampling: entropy {-extra['entropy_drop']:+.3f} nats, "
+                            f"Gen PPL x{extra['gen_ppl_ratio_f32_f64']:.2f}")
+
+        if "c" in parts:  # speed at equal quality: nfe and wall time, one jitted decode per contender
+            contenders = {
+                "first_hitting": dict(sampler="first_hitting", cache=True),
+                f"ancestral T={seq_len} no cache": dict(sampler="ancestral", num_steps=seq_len, cache=False),
+                f"ancestral T={seq_len} cache": dict(sampler="ancestral", num_steps=seq_len, cache=True),
+                f"ancestral T={4 * seq_len} cache": dict(sampler="ancestral", num_steps=4 * seq_len, cache=True),
+                f"maskgit T={seq_len}": dict(sampler="maskgit", num_steps=seq_len, cache=False),
+            }
+            shared = dict(schedule="linear", precision="float64", temperature=1.0)
+            outputs = {name: sample(mdm, num, 2, **s, **shared) for name, s in contenders.items()}  # compiles
+            times = common.alternate({name: (lambda s=s: sample(mdm, num, 2, **s, **shared))
+                                      for name, s in contenders.items()}, repeats=repeats, rounds=2, warmup=0)
+            base = common.median(times[f"ancestral T={seq_len} no cache"])
+            for name in contenders:
+                gen_ppl, entropy = quality(ar, outputs[name]["tokens"])
+                rows.append(["(c) sampler speed", name, common.fmt_seconds(common.median(times[name])),
+                             f"nfe {int(outputs[name]['nfe'])}, {base / common.median(times[name]):.2f}x",
                              f"{gen_ppl:.2f}", f"{entropy:.3f}"])
-        top = max(sweep_steps)
-        entropy_drop = sweep[top, "float64"][1] - sweep[top, "float32"][1]
-        ppl_drop = sweep[top, "float32"][0] / sweep[top, "float64"][0]
+            extra["fhs_speedup"] = base / common.median(times["first_hitting"])
+            headline.append(f"first-hitting vs ancestral (T=L, no cache) {extra['fhs_speedup']:.2f}x")
 
-        # (c) speed at equal quality: nfe and wall time, one jitted decode per contender.
-        contenders = {
-            "first_hitting": dict(sampler="first_hitting", cache=True),
-            f"ancestral T={seq_len} no cache": dict(sampler="ancestral", num_steps=seq_len, cache=False),
-            f"ancestral T={seq_len} cache": dict(sampler="ancestral", num_steps=seq_len, cache=True),
-            f"ancestral T={4 * seq_len} cache": dict(sampler="ancestral", num_steps=4 * seq_len, cache=True),
-            f"maskgit T={seq_len}": dict(sampler="maskgit", num_steps=seq_len, cache=False),
-        }
-        common_settings = dict(schedule="linear", precision="float64", temperature=1.0)
-        outputs = {name: sample(mdm, num, 2, **s, **common_settings) for name, s in contenders.items()}  # compiles
-        times = common.alternate({name: (lambda s=s: sample(mdm, num, 2, **s, **common_settings))
-                                  for name, s in contenders.items()}, repeats=repeats, rounds=2, warmup=0)
-        base = common.median(times[f"ancestral T={seq_len} no cache"])
-        for name in contenders:
-            gen_ppl, entropy = quality(ar, outputs[name]["tokens"])
-            rows.append(["(c) sampler speed", name, common.fmt_seconds(common.median(times[name])),
-                         f"nfe {int(outputs[name]['nfe'])}, {base / common.median(times[name]):.2f}x",
-                         f"{gen_ppl:.2f}", f"{entropy:.3f}"])
-        fhs_speedup = base / common.median(times["first_hitting"])
-
-    headline = (f"MDM perplexity bound / AR perplexity = {ppl_ratio:.3f} (bits/token {lik_mdm['bits_per_token']:.3f} "
-                f"vs {lik_ar['bits_per_token']:.3f}); at T={top}, float32 vs float64 sampling: entropy "
-                f"{-entropy_drop:+.3f} nats, Gen PPL x{ppl_drop:.2f}; first-hitting vs ancestral (T=L, no cache) "
-                f"{fhs_speedup:.2f}x")
     common.report(
         BENCH_ID, "masked diffusion vs AR: likelihood, sampling precision, sampler speed",
-        ["part", "setting", "value / time", "detail", "Gen PPL (AR)", "entropy (nats)"], rows, headline,
-        ratio=ppl_ratio,
+        ["part", "setting", "value / time", "detail", "Gen PPL (AR)", "entropy (nats)"], rows, "; ".join(headline),
+        ratio=extra.get("ppl_ratio"),
         claim="MDM PPL within ~15% of AR (MDLM); float32 lowers entropy (Zheng et al.); FHS ~1x at V=257",
-        holds=None, json_path=args.json,
-        extra={"seq_len": seq_len, "num_samples": num, "fhs_speedup": fhs_speedup, "entropy_drop": entropy_drop,
-               "gen_ppl_ratio_f32_f64": ppl_drop, "ppl_ratio": ppl_ratio})
+        holds=None, json_path=args.json, extra=extra)
     return 0
 
 
