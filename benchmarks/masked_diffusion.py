@@ -6,7 +6,8 @@ Claims tested (docs/masked_diffusion.md has a run and discusses it):
       ~10-15% of an AR model trained at the same budget (OWT: <= 22.98 vs 17.54 is ~31%; LM1B ~15%).
   (b) Zheng et al. (arXiv 2409.02908, Sec. 5): sampling categoricals with float32 Gumbel noise
       lowers the effective temperature, more so as the number of steps grows, so Gen PPL falls
-      (looks better) while the samples' unigram entropy falls too; 64-bit uniforms remove it.
+      (looks better) while the samples' unigram entropy falls too; 64-bit uniforms remove it. Swept
+      for maskgen's split draw ("ancestral") and MDLM's joint (V+1)-way draw ("ancestral_joint").
   (c) Zheng et al.: the first-hitting sampler (one token per step, L steps) matches the ancestral
       sampler's quality, and its reported ~20x speedup comes from skipping the L x V categorical
       draws at large V (GPT-2, V ~ 50k); at V = 257 (bytes) it should be ~1x. MDLM: caching p(x0)
@@ -21,6 +22,7 @@ round between samplers, medians. NFE is what `iterative_decode` reports (network
 
     python -m benchmarks.masked_diffusion --mdm-workdir runs/mdm_text --ar-workdir runs/ar_text
     python -m benchmarks.masked_diffusion --mdm-workdir ... --ar-workdir ... --parts c --num-samples 8
+    python -m benchmarks.masked_diffusion --mdm-workdir ... --ar-workdir ... --parts b --steps 16,128,1024
     python -m benchmarks.masked_diffusion --size smoke      # trains two 10-step runs first
 """
 
@@ -83,9 +85,17 @@ def main(argv=None) -> int:
     p.add_argument("--ar-workdir", default="", help="a trained autoregressive run on the same data")
     p.add_argument("--parts", default="a,b,c", help="which parts to run: a (likelihood), b (precision), c (speed)")
     p.add_argument("--num-samples", type=int, default=None, help="samples per setting (default per size)")
+    p.add_argument("--steps", default="", help="comma-separated step counts of the (b) sweep (default per size)")
     args = p.parse_args(argv)
     train_steps, num, sweep_steps, limit, repeats = SIZES[args.size]
     repeats, num = args.repeats or repeats, args.num_samples or num
+    if args.steps:
+        try:
+            sweep_steps = tuple(int(x) for x in args.steps.split(",") if x.strip())
+        except ValueError:
+            p.error(f"--steps takes comma-separated integers; got {args.steps!r}")
+        if not sweep_steps or min(sweep_steps) < 1:
+            p.error(f"--steps needs step counts >= 1; got {args.steps!r}")
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     if not parts or parts - {"a", "b", "c"}:
         p.error(f"--parts takes a comma-separated subset of a,b,c; got {args.parts!r}")
@@ -121,21 +131,26 @@ def main(argv=None) -> int:
             rows.append(["reference", "AR samples (float64)", "", "", f"{ar_ppl:.2f}", f"{ar_entropy:.3f}"])
             rows.append(["reference", "validation text", "", "", f"{real_ppl:.2f}", f"{real_entropy:.3f}"])
 
-        if "b" in parts:  # precision sweep of the ancestral sampler over the number of steps
+        if "b" in parts:  # precision sweep over the number of steps, split vs joint ancestral draw
+            # "ancestral" draws reveal and token separately (maskgen's default); "ancestral_joint" draws
+            # them as one (V+1)-way categorical like MDLM's code, where Zheng et al. locate the effect.
             sweep = {}
             for steps in sweep_steps:
-                for precision in ("float32", "float64"):
-                    out = sample(mdm, num, 1, sampler="ancestral", num_steps=steps, schedule="linear", cache=True,
-                                 precision=precision, temperature=1.0)
-                    gen_ppl, entropy = sweep[steps, precision] = quality(ar, out["tokens"])
-                    print(f"(b) T={steps} {precision}: Gen PPL {gen_ppl:.2f}, entropy {entropy:.3f}", flush=True)
-                    rows.append(["(b) ancestral precision", f"T={steps} {precision}", "", f"nfe {int(out['nfe'])}",
-                                 f"{gen_ppl:.2f}", f"{entropy:.3f}"])
+                for sampler in ("ancestral", "ancestral_joint"):
+                    for precision in ("float32", "float64"):
+                        out = sample(mdm, num, 1, sampler=sampler, num_steps=steps, schedule="linear", cache=True,
+                                     precision=precision, temperature=1.0)
+                        gen_ppl, entropy = sweep[steps, sampler, precision] = quality(ar, out["tokens"])
+                        print(f"(b) T={steps} {sampler} {precision}: Gen PPL {gen_ppl:.2f}, entropy {entropy:.3f}",
+                              flush=True)
+                        rows.append([f"(b) {sampler} precision", f"T={steps} {precision}", "", f"nfe {int(out['nfe'])}",
+                                     f"{gen_ppl:.2f}", f"{entropy:.3f}"])
             top = max(sweep_steps)
-            extra["entropy_drop"] = sweep[top, "float64"][1] - sweep[top, "float32"][1]
-            extra["gen_ppl_ratio_f32_f64"] = sweep[top, "float32"][0] / sweep[top, "float64"][0]
-            headline.append(f"at T={top}, float32 vs float64 sampling: entropy {-extra['entropy_drop']:+.3f} nats, "
-                            f"Gen PPL x{extra['gen_ppl_ratio_f32_f64']:.2f}")
+            for sampler, tag in (("ancestral", ""), ("ancestral_joint", "_joint")):
+                (ppl32, ent32), (ppl64, ent64) = sweep[top, sampler, "float32"], sweep[top, sampler, "float64"]
+                extra["entropy_drop" + tag], extra["gen_ppl_ratio_f32_f64" + tag] = ent64 - ent32, ppl32 / ppl64
+                headline.append(f"{sampler} at T={top}, float32 vs float64: entropy {ent32 - ent64:+.3f} nats, "
+                                f"Gen PPL x{ppl32 / ppl64:.2f}")
 
         if "c" in parts:  # speed at equal quality: nfe and wall time, one jitted decode per contender
             contenders = {

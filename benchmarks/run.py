@@ -1,4 +1,4 @@
-"""Runs every benchmark (B1-B9) and prints one summary table: `python -m benchmarks.run`.
+"""Runs every benchmark (B1-B10) and prints one summary table: `python -m benchmarks.run`.
 
 Each benchmark runs in its own child process (its own XLA flags, thread pools and memory peak),
 prints its full table as it goes, and leaves a JSON result that this runner collects. On a 2-core
@@ -35,6 +35,7 @@ BENCHMARKS = {
     "B7": ("tokenizer_throughput", "tokenizer encode+decode images/s per quantizer"),
     "B8": ("memory", "train-step memory with/without remat; the demo's peak RSS"),
     "B9": ("save_guard", "checkpoint guard (finite check + checksums) vs the train step"),
+    "B10": ("masked_diffusion", "masked diffusion vs AR on text: likelihood, sampling precision, sampler speed"),
 }
 
 

@@ -259,8 +259,10 @@ def main(argv: list[str]) -> int:
                 classes = [int(c) for c in args.classes.split(",")] if args.classes else None
                 result = sample_to_file(handle, out, num=args.num, classes=classes, seed=args.seed,
                                         trajectory_out=args.trajectory_out, **decode)
-                for i, text in enumerate(result.get("texts", [])):
-                    print(f"=== sample {i} ===\n{text}")
+                if result.get("texts"):
+                    from maskgen.outputs import join_samples
+
+                    print(join_samples(result["texts"]), end="")
             else:
                 if decode or args.classes or args.trajectory_out:
                     raise ValueError(f"decoding options apply to token generators; {args.workdir} is a "
@@ -330,7 +332,9 @@ def _print_train_summary(workdir, result) -> None:
     if result.get("evals"):
         _print_eval_table("final", result["evals"])
     print(f"\nmetrics:     {os.path.join(workdir, 'metrics.jsonl')}")
-    print(f"images:      {os.path.join(workdir, 'images')}")
+    for kind in ("images", "texts", "audio"):
+        if os.path.isdir(os.path.join(workdir, kind)):
+            print(f"{kind + ':':<13}{os.path.join(workdir, kind)}")
     print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}")
     print(f"tensorboard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
 

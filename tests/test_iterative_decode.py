@@ -321,7 +321,7 @@ def test_under_jit_with_mixed_known_counts_and_default_key():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(policy="greedy"), "policy.*confidence.*ancestral.*first_hitting"),
+    (dict(policy="greedy"), "policy.*confidence.*ancestral.*ancestral_joint.*first_hitting"),
     (dict(cfg_schedule="exp"), "cfg_schedule.*linear"),
     (dict(temperature_schedule="cosine"), "temperature_schedule.*linear"),
     (dict(start_step=4), "start_step"),
@@ -496,11 +496,13 @@ def test_a_custom_policy_plugs_in():
                  policy=UnmaskPolicy(leftmost))
     np.testing.assert_array_equal(np.asarray(out.masks[:, 0]).astype(int),
                                   [[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
-    assert set(POLICIES) == {"confidence", "random", "ancestral", "first_hitting"}
+    assert set(POLICIES) == {"confidence", "random", "ancestral", "ancestral_joint", "first_hitting"}
 
 
-def test_cache_skips_unchanged_steps_without_changing_the_samples():
+@pytest.mark.parametrize("policy", ["ancestral", "ancestral_joint"])
+def test_cache_skips_unchanged_steps_without_changing_the_samples(policy):
     # 200 steps for 8 tokens: most steps reveal nothing, so the next step's input is unchanged.
+    # ancestral_joint draws its tokens inside the policy, from the same (possibly cached) logits.
     batch, n, num_steps = 2, 8, 200
     table = jnp.asarray(np.random.default_rng(0).normal(size=(n, 5)) * 2, jnp.float32)
 
@@ -508,7 +510,7 @@ def test_cache_skips_unchanged_steps_without_changing_the_samples():
         return table[None] + 0.3 * jnp.sum(tokens != MASK, axis=-1)[:, None, None] * jax.nn.one_hot(tokens % 5, 5)
 
     known = np.zeros((batch, n), bool)
-    run = functools.partial(decode, fn, known, rng=2, num_steps=num_steps, policy="ancestral", schedule="linear")
+    run = functools.partial(decode, fn, known, rng=2, num_steps=num_steps, policy=policy, schedule="linear")
     plain, cached = run(), run(cache=True)
     jax.tree.map(np.testing.assert_array_equal, cached._replace(nfe=0), plain._replace(nfe=0))
     assert int(plain.nfe) == num_steps
@@ -522,3 +524,105 @@ def test_cache_skips_unchanged_steps_without_changing_the_samples():
     light = run(cache=True, record_trajectory=False)
     np.testing.assert_array_equal(light.tokens, plain.tokens)
     assert light.trajectory.shape == light.masks.shape == (0, batch, n) and int(light.nfe) == int(cached.nfe)
+
+
+# ------------------------------------------------------------------ ancestral_joint (MDLM's draw)
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_ancestral_joint_reveals_with_the_mdlm_probability_and_samples_p_x0(schedule):
+    # The same process as "ancestral", drawn as one (V+1)-way categorical per position: per step,
+    # the fraction of unknown positions revealed is (gamma_prev - gamma) / gamma_prev (within 4
+    # binomial sigmas), the last step reveals everything, and every revealed token is a p(x0) draw.
+    batch, n, num_steps = 64, 64, 6
+    probs = np.array([0.6, 0.3, 0.1])
+    logits = jnp.log(jnp.asarray(probs, jnp.float32))
+    fn = lambda tokens, cond: jnp.broadcast_to(logits, tokens.shape + (3,))  # noqa: E731
+    known = np.zeros((batch, n), bool)
+    out = decode(fn, known, num_steps=num_steps, schedule=schedule, policy="ancestral_joint")
+    masks, trajectory = np.asarray(out.masks), np.asarray(out.trajectory)
+    before = before_each_step(known, masks)
+    for t in range(num_steps - 1):
+        g_prev, g = (float(mask_ratio(schedule, x / num_steps)) for x in (t, t + 1))
+        p = (g_prev - g) / g_prev
+        trials = before[t].sum()
+        revealed = (before[t] & ~masks[t]).sum()
+        assert trials > 200
+        assert abs(revealed / trials - p) < 4 * math.sqrt(p * (1 - p) / trials) + 1e-9, (t, revealed / trials, p)
+    assert not masks[-1].any() and before[-1].any()
+    tokens = np.asarray(out.tokens)
+    np.testing.assert_allclose(np.bincount(tokens.ravel(), minlength=3) / tokens.size, probs, atol=0.03)
+    # The trajectory keeps each revealed token from its step on, and records a token everywhere.
+    assert (trajectory >= 0).all() and (trajectory < 3).all()
+    np.testing.assert_array_equal(trajectory[-1], tokens)
+
+
+def test_ancestral_joint_is_one_gumbel_max_over_stay_and_the_tokens():
+    # Bit-for-bit: the policy's draw is argmax over [log q_stay, log(1 - q_stay) + log_softmax(l / T)]
+    # plus gumbel_noise of shape [..., V + 1] from the same key (index 0 = stay masked).
+    draw = POLICIES["ancestral_joint"].draw
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50, 7)) * 3, jnp.float32)
+    unknown = jnp.asarray(np.random.default_rng(1).random((4, 50)) < 0.8)
+    for precision in ("float32", "float64"):
+        rng = key(5)
+        tokens, still = draw(rng, logits=logits, unknown=unknown, ratio_prev=jnp.float32(0.8),
+                             ratio=jnp.float32(0.5), temperature=0.7, precision=precision)
+        q = 0.5 / 0.8
+        weights = jnp.concatenate([jnp.full((4, 50, 1), math.log(q)),
+                                   math.log(1 - q) + jax.nn.log_softmax(logits / 0.7, axis=-1)], axis=-1)
+        choice = np.asarray(jnp.argmax(weights + gumbel_noise(rng, (4, 50, 8), precision), axis=-1))
+        np.testing.assert_array_equal(np.asarray(still), np.asarray(unknown) & (choice == 0))
+        revealed = choice > 0
+        np.testing.assert_array_equal(np.asarray(tokens)[revealed], choice[revealed] - 1)
+    # ratio 0 (the last step): stay has weight 0, so everything is revealed.
+    _, still = draw(key(6), logits=logits, unknown=unknown, ratio_prev=jnp.float32(0.1), ratio=jnp.float32(0.0),
+                    temperature=1.0, precision="float32")
+    assert not np.asarray(still).any()
+
+
+@pytest.mark.slow  # ~1.5 min on 2 CPU cores: 5e8 Gumbel draws, the least that shows the effect (below)
+def test_ancestral_joint_in_float32_starves_rare_tokens_and_lowers_entropy():
+    """Zheng et al.'s mechanism (arXiv 2409.02908 Sec. 5) on MDLM's joint draw, V = 257.
+
+    One step with unmask probability q = 1/1024: "stay" has weight ~1, the head token q * p0 and
+    each of 256 rare tokens q * p_rare, 17 nats below "stay". Drawing a rare token needs Gumbel
+    noise ~17 above the stay noise, past float32's ceiling (~15.94), so float32 almost never
+    reveals one; float64 (64-bit uniforms) does, at the exact rate 256 q p_rare. The revealed
+    tokens' entropy therefore drops in float32.
+
+    Why this p(x0) and not a smooth spread of log-probs: float32 noise differs from exact Gumbel
+    noise only on its top grid cell, probability 2^-23, so per token and draw it can lose at most
+    ~1.2e-7 reveal probability. Seeing ~10 lost reveals takes ~10^8 token draws whatever p is;
+    putting all the rare mass right past the ceiling is the cheapest design that still shows it.
+    """
+    vocab, gap, q = 257, 17.0, 1.0 / 1024
+    # log q + log p_rare - log(1 - q) = -gap: each rare token sits `gap` nats below "stay".
+    log_p_rare = -gap + math.log1p(-q) - math.log(q)
+    log_p = np.concatenate([[0.0], np.full(vocab - 1, log_p_rare)])
+    log_p -= np.log(np.exp(log_p).sum())
+    p = np.exp(log_p)
+    rows, n, chunks = 64, 1024, 16  # 2^20 positions, 2.7e8 Gumbel draws per precision
+    logits = jnp.broadcast_to(jnp.asarray(log_p, jnp.float32), (rows, n, vocab))
+    unknown = jnp.ones((rows, n), bool)
+    draw = POLICIES["ancestral_joint"].draw
+
+    def counts(precision):
+        def one(k):
+            tokens, still = draw(k, logits=logits, unknown=unknown, ratio_prev=jnp.float32(1.0),
+                                 ratio=jnp.float32(1.0 - q), temperature=1.0, precision=precision)
+            return jnp.zeros(vocab, jnp.int32).at[tokens].add((~still).astype(jnp.int32))  # revealed tokens
+        keys = jax.random.split(key(7), chunks)
+        return np.asarray(jax.jit(lambda ks: jax.lax.map(one, ks))(keys)).sum(0)
+
+    def entropy(c):
+        f = c[c > 0] / c.sum()
+        return float(-(f * np.log(f)).sum())
+
+    c64, c32 = counts("float64"), counts("float32")
+    positions = rows * n * chunks
+    # float64: reveals and rare reveals at the exact rates q and q * (1 - p0) (4 sigma, Poisson).
+    for got, rate in ((c64.sum(), q), (c64[1:].sum(), q * (1 - p[0]))):
+        expected = positions * rate
+        assert abs(got - expected) < 4 * math.sqrt(expected), (got, expected)
+    # float32: the head token is revealed as often, the rare ones at most a third as often.
+    assert abs(c32[0] - c64[0]) < 4 * math.sqrt(c64[0]) and c32[1:].sum() <= positions * q * (1 - p[0]) / 3
+    assert entropy(c32) < 0.5 * entropy(c64), (entropy(c32), entropy(c64))

@@ -200,38 +200,74 @@ def test_config_problems_name_both_sides():
 
 
 # ---- end to end: the loop, the text evaluators and the experiment file --------------------------
-def test_tiny_training_lowers_the_bound_and_writes_samples(tmp_path):
-    import json
-
+@pytest.fixture(scope="module")
+def tiny_text_runs(tmp_path_factory):
+    """A tiny masked-diffusion run and a tiny AR run on the same text (the Gen-PPL scorer)."""
     from maskgen import config as config_lib
     from maskgen.train import train
 
-    config = config_lib.load_config_file(f"{MDM_TEXT}:size=tiny,steps=40,seq_len=32")
-    config_lib.apply_overrides(config, ["log_every=5", "evals.samples.num_samples=2", "evals.samples.batch_size=2",
-                                        "evals.likelihood.limit=1"])
-    result = train(config, str(tmp_path))
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"loss"' in line]
+    root = tmp_path_factory.mktemp("text_runs")
+    runs = {}
+    for model, steps in (("mdm", 40), ("ar", 20)):
+        config = config_lib.load_config_file(f"{MDM_TEXT}:size=tiny,steps={steps},seq_len=32,model={model}")
+        config_lib.apply_overrides(config, ["log_every=5", "evals.samples.num_samples=2",
+                                            "evals.samples.batch_size=2", "evals.likelihood.limit=1"])
+        runs[model] = (str(root / model), train(config, str(root / model)))
+    return runs
+
+
+def test_tiny_training_lowers_the_bound_and_writes_samples(tiny_text_runs):
+    import json
+
+    workdir, result = tiny_text_runs["mdm"]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if '"loss"' in line]
     first, last = rows[0]["loss"], np.mean([r["loss"] for r in rows[-2:]])
     assert first > math.log(257) - 0.3 and last < first - 0.8  # bytes: far below uniform after 40 steps
     scalars = result["evals"]["likelihood"].scalars
     assert 0 < scalars["bits_per_token"] < math.log2(257) + 0.5
     samples = result["evals"]["samples"]
     assert 0 < samples.scalars["unigram_entropy"] <= math.log(32) and samples.scalars["nfe"] >= 1
-    assert samples.texts["samples"].startswith("--- sample 0")
+    assert samples.texts["samples"].startswith("=== sample 0 ===")
+    # Written as a text file (and to TensorBoard) by the one text writer.
+    with open(os.path.join(workdir, "texts", "samples_samples_0000040.txt"), encoding="utf-8") as f:
+        assert f.read() == samples.texts["samples"]
 
 
-@pytest.mark.bench
-def test_benchmark_runs_at_smoke_size(tmp_path):
-    import json
-    import subprocess
-    import sys
+def test_the_ar_baseline_scores_samples_through_the_eval_context(tiny_text_runs):
+    """`text_samples` opens the AR run (ctx.open_run) and reports the samples' Gen PPL under it;
+    `text_likelihood` on the AR run is its exact NLL."""
+    from conftest import run_cli
 
-    path = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.masked_diffusion", "--size", "smoke", "--json", str(path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(path.read_text())
-    assert result["id"] == "B10" and result["rows"] and "B10: " in proc.stdout
+    mdm, _ = tiny_text_runs["mdm"]
+    ar, ar_result = tiny_text_runs["ar"]
+    assert 0 < ar_result["evals"]["likelihood"].scalars["bits_per_token"] < math.log2(257) + 0.5
+    result = run_cli("eval", "--workdir", mdm, f"--config.evals.samples.scorer_workdir={ar}",
+                     "--config.evals.likelihood.every=-1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if "samples/gen_ppl" in l)
+    assert 1.0 < float(line.split()[-1]) < 257 * 4  # a perplexity over 257 byte ids, from a barely trained AR
+
+
+def test_sample_prints_text_and_edit_fills_only_the_span(tiny_text_runs, tmp_path):
+    from conftest import run_cli
+
+    workdir, _ = tiny_text_runs["mdm"]
+    result = run_cli("sample", "--workdir", workdir, "--num", "2", "--sampler", "first_hitting")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("=== sample 0 ===") and "=== sample 1 ===" in result.stdout
+    assert os.path.exists(os.path.join(workdir, "samples.txt"))
+    out = str(tmp_path / "edit.txt")
+    result = run_cli("edit", "--workdir", workdir, "--prefix", "The value ", "--span", "6", "--suffix", " is.",
+                     "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    edited = open(out, encoding="utf-8").read()
+    assert edited.startswith("The value ") and edited.endswith(" is.")
+    assert len(edited.encode("utf-8", errors="replace")) >= len("The value  is.")
+    # A span that does not fit, and image flags on a text run, are refused with the reason.
+    result = run_cli("edit", "--workdir", workdir, "--prefix", "x" * 30, "--span", "6", "--out", out)
+    assert result.returncode == 1 and "longer than the model's 32 positions" in result.stderr
+    result = run_cli("edit", "--workdir", workdir, "--image", "test:0", "--mask", "bottom", "--out", out)
+    assert result.returncode == 1 and "generates text: give --prefix" in result.stderr
 
 
 def test_owt_config_is_mdlm_small_and_its_tiny_variant_validates():

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from maskgen.config import integer, or_none, string
+from maskgen.outputs import join_samples
 from maskgen.evaluators.base import EvalContext, EvalResult, register
 
 
@@ -134,7 +135,7 @@ class TextSamples:
         texts = {}
         if self.show and ctx.decode is not None:
             decoded = ctx.decode(out["tokens"][: self.show])["texts"]
-            texts["samples"] = "\n\n".join(f"--- sample {i}\n{t}" for i, t in enumerate(decoded))
+            texts["samples"] = join_samples(decoded)
         return EvalResult(scalars=scalars, texts=texts)
 
 

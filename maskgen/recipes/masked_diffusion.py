@@ -34,8 +34,10 @@ MDLM.
 
 Sampling is `maskgen.sampling.iterative_decode` (one decoder for every masked model):
 "ancestral" (MDLM's sampler: each masked position is revealed with probability
-(gamma(r_prev) - gamma(r)) / gamma(r_prev) per step, value from p(x0)), "first_hitting" (Zheng
-et al.: one uniformly chosen masked position per step, L steps for L tokens, the same process
+(gamma(r_prev) - gamma(r)) / gamma(r_prev) per step, value from p(x0)), "ancestral_joint" (the
+same step drawn as MDLM's code draws it, one (V+1)-way categorical "stay masked or token v"; with
+precision="float32" it shows Zheng et al.'s entropy drop, which is why it exists), "first_hitting"
+(Zheng et al.: one uniformly chosen masked position per step, L steps for L tokens, the same process
 as ancestral in the limit of many steps), and "maskgit" (confidence order, for comparison). Known
 tokens (prompts, infill) are never changed.
 """
@@ -61,7 +63,8 @@ SCHEDULES = ("linear", "cosine", "loglinear")
 # MDLM's log-linear schedule keeps alpha(1) = eps > 0 (sigma(t) = -log(1 - (1 - eps) t) stays finite).
 LOGLINEAR_EPS = 1e-3
 # Sampler name -> iterative_decode policy.
-SAMPLERS = {"ancestral": "ancestral", "first_hitting": "first_hitting", "maskgit": "confidence"}
+SAMPLERS = {"ancestral": "ancestral", "ancestral_joint": "ancestral_joint", "first_hitting": "first_hitting",
+            "maskgit": "confidence"}
 POSITIONS = ("learned", "rope")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

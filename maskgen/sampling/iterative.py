@@ -19,6 +19,11 @@ Policies (`POLICIES`):
     2406.07524; MD4, Shi et al., arXiv 2406.04329). Going from r_prev = t / T to r, each unknown
     position is revealed independently with probability (gamma(r_prev) - gamma(r)) / gamma(r_prev),
     gamma = `mask_ratio(schedule, .)` ("linear" is MD4's alpha_t = 1 - t, "cosine" its cosine).
+  "ancestral_joint": the same step as MDLM's reference code draws it: per unknown position one
+    (V+1)-way categorical, "stay masked" with weight gamma(r) / gamma(r_prev) and token v with
+    (1 - gamma(r) / gamma(r_prev)) * p(v), by Gumbel-max. In exact arithmetic this is "ancestral";
+    with float32 Gumbel noise (tail cut near 16) the tiny per-step token weights lose their rare
+    tokens, the entropy drop of Zheng et al. Sec. 5. precision="float32" reproduces it.
   "first_hitting": the first-hitting sampler (Zheng et al., arXiv 2409.02908): exactly one
     uniformly chosen unknown position per step, so N tokens take N steps. The model is
     time-agnostic, so the event times are not needed to sample; they are reported in `times`.
@@ -84,6 +89,11 @@ class DecodeResult(NamedTuple):
 
 # ------------------------------------------------------------------------------------ policies
 
+class DrawFn(Protocol):
+    def __call__(self, rng: jax.Array, *, logits: jax.Array, unknown: jax.Array, ratio_prev: jax.Array,
+                 ratio: jax.Array, temperature: Any, precision: str) -> tuple[jax.Array, jax.Array]: ...
+
+
 class ChooseFn(Protocol):
     def __call__(self, rng: jax.Array, *, log_probs_of_sample: jax.Array, unknown: jax.Array,
                  num_keep_masked: jax.Array, step: jax.Array, num_steps: int, ratio_prev: jax.Array,
@@ -104,10 +114,22 @@ class UnmaskPolicy:
       touch known tokens or leave the output incomplete.
     event_time(rng, *, time, unknown, step, num_steps) -> float32 [B], the diffusion time after
       the step (for `DecodeResult.times`); None reports the grid 1 - (t + 1) / T.
+    draw(rng, *, logits, unknown, ratio_prev, ratio, temperature, precision) -> (tokens int32
+      [B, N], still bool [B, N]): for a policy whose token and reveal come from one draw (so they
+      cannot be split into "sample, then choose"). When set, the decoder skips its own sample and
+      `choose` (which may then be None) and keeps `tokens` where `still` is False. logits float32
+      [B, N, V] (guided), temperature the step's; ratio is 0 on the last step, so the draw must
+      reveal everything there. `tokens` where `still` is True go only into the trajectory and
+      should be a sample of p(x0) too.
     """
 
-    choose: ChooseFn
+    choose: ChooseFn | None
     event_time: Callable[..., jax.Array] | None = None
+    draw: DrawFn | None = None
+
+    def __post_init__(self):
+        if self.choose is None and self.draw is None:
+            raise ValueError("an UnmaskPolicy needs `choose` or `draw`")
 
 
 def _keep_lowest(score: jax.Array, unknown: jax.Array, num_keep_masked: jax.Array) -> jax.Array:
@@ -143,6 +165,27 @@ def _ancestral(rng, *, unknown, ratio_prev, ratio, **_):
     return unknown & (jax.random.uniform(rng, unknown.shape, jnp.float32) >= reveal_prob)
 
 
+def _ancestral_joint(rng, *, logits, unknown, ratio_prev, ratio, temperature, precision):
+    # MDLM's reference step (`_ddpm_caching_update`): q(z_s | z_t = mask, x0 ~ p) as one categorical
+    # over [stay masked, token 0 .. V-1] with weights [gamma_s / gamma_t, (1 - gamma_s / gamma_t) p(v)],
+    # sampled by Gumbel-max. It is done in log space, but the float32 failure is the same one: a
+    # token's weight log(1 - q) + log p(v) sits far below the stay weight log q ~ 0 when T is large,
+    # so only a Gumbel draw above ~16 - the gap could pick it, and float32 noise never exceeds ~16.
+    # q in [0, 1]: log(0) = -inf on the last step (must reveal), log1p(-1) = -inf on a flat step.
+    q = jnp.clip(ratio / jnp.maximum(ratio_prev, 1e-12), 0.0, 1.0)
+    log_p = jax.nn.log_softmax(logits / jnp.maximum(jnp.asarray(temperature, jnp.float32), 1e-8), axis=-1)
+    # One noise array over all V + 1 outcomes (index 0 = stay), as MDLM draws them.
+    noise = gumbel_noise(rng, logits.shape[:-1] + (logits.shape[-1] + 1,), precision)
+    token_scores = jnp.log1p(-q) + log_p + noise[..., 1:]
+    stay_score = jnp.log(q) + noise[..., 0]
+    # argmax over the V + 1 outcomes, split in two: the best token, and whether "stay" beats it
+    # (ties go to "stay", the lower index). The best token alone is a sample of p(x0) (the shared
+    # log(1 - q) does not change the argmax), so it is also what the trajectory records.
+    tokens = jnp.argmax(token_scores, axis=-1).astype(jnp.int32)
+    still = stay_score >= jnp.max(token_scores, axis=-1)
+    return tokens, unknown & still
+
+
 def _first_hitting(rng, *, unknown, **_):
     score = jnp.where(unknown, jax.random.uniform(rng, unknown.shape, jnp.float32), -1.0)
     chosen = jax.nn.one_hot(jnp.argmax(score, axis=-1), unknown.shape[-1], dtype=bool)
@@ -161,6 +204,7 @@ POLICIES: dict[str, UnmaskPolicy] = {
     "confidence": UnmaskPolicy(_confidence),
     "random": UnmaskPolicy(_random),
     "ancestral": UnmaskPolicy(_ancestral),
+    "ancestral_joint": UnmaskPolicy(None, draw=_ancestral_joint),
     "first_hitting": UnmaskPolicy(_first_hitting, _first_hitting_time),
 }
 
@@ -209,7 +253,8 @@ def iterative_decode(
       temperature: sampling temperature.
       temperature_schedule: "constant", or "linear": temperature * (1 - t / T), which starts at
         `temperature` and ends at temperature / T (never 0, so the last step still samples).
-      policy: a name in POLICIES ("confidence", "random", "ancestral", "first_hitting") or an
+      policy: a name in POLICIES ("confidence", "random", "ancestral", "ancestral_joint",
+        "first_hitting") or an
         `UnmaskPolicy`.
       cfg_scale: guidance scale s; logits = uncond + s_t * (cond - uncond).
       cfg_schedule: s_t = s ("constant"), s * r ("linear") or s * (1 - cos(pi r)) / 2 ("cosine").
@@ -321,24 +366,34 @@ def iterative_decode(
             temp = temperature * (1.0 - t.astype(jnp.float32) / num_steps)
         else:
             temp = temperature
-        sampled = sample_categorical(sample_rng, logits, temp, precision)
-        sampled = jnp.where(unknown, sampled, cur_tokens)
-
-        # 2. How many stay masked by MaskGIT's count: floor(n0 * gamma(r)) clamped to
-        # [1, unknown_now - 1]; 0 on the last step (fill everything) and when at most one is
-        # unknown (the clamp range is empty, and for fully known examples nothing may change).
-        unknown_now = jnp.sum(unknown, axis=-1)
         last = t == num_steps - 1
-        keep = jnp.floor(num_unknown_start * ratio * (1.0 + _FLOOR_NUDGE)).astype(jnp.int32)
-        keep = jnp.maximum(1, jnp.minimum(unknown_now - 1, keep))
-        keep = jnp.where(last | (unknown_now <= 1), 0, keep)
+        if policy.draw is not None:
+            # The policy draws the token and the reveal together (from the step's sample key). The
+            # last step passes ratio 0 (stay weight -inf) so its draw reveals a real token even where
+            # a schedule's gamma(1) rounds above 0; the mask below would otherwise reveal a "stay".
+            sampled, still = policy.draw(sample_rng, logits=logits, unknown=unknown, ratio_prev=ratio_prev,
+                                         ratio=jnp.where(last, 0.0, ratio), temperature=temp,
+                                         precision=precision)
+            sampled = jnp.where(unknown, sampled, cur_tokens)
+        else:
+            sampled = sample_categorical(sample_rng, logits, temp, precision)
+            sampled = jnp.where(unknown, sampled, cur_tokens)
 
-        # 3. The policy picks what stays masked, only among the unknown, and nothing after the last step.
-        log_probs = jax.nn.log_softmax(logits, axis=-1)  # unused (and dropped by XLA) unless the policy reads it
-        log_probs_of_sample = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
-        still = policy.choose(choice_rng, log_probs_of_sample=log_probs_of_sample, unknown=unknown,
-                              num_keep_masked=keep, step=t, num_steps=num_steps, ratio_prev=ratio_prev,
-                              ratio=ratio, choice_temperature=choice_temperature, precision=precision)
+            # 2. How many stay masked by MaskGIT's count: floor(n0 * gamma(r)) clamped to
+            # [1, unknown_now - 1]; 0 on the last step (fill everything) and when at most one is
+            # unknown (the clamp range is empty, and for fully known examples nothing may change).
+            unknown_now = jnp.sum(unknown, axis=-1)
+            keep = jnp.floor(num_unknown_start * ratio * (1.0 + _FLOOR_NUDGE)).astype(jnp.int32)
+            keep = jnp.maximum(1, jnp.minimum(unknown_now - 1, keep))
+            keep = jnp.where(last | (unknown_now <= 1), 0, keep)
+
+            # 3. The policy picks what stays masked, only among the unknown.
+            log_probs = jax.nn.log_softmax(logits, axis=-1)  # unused (and dropped by XLA) unless the policy reads it
+            log_probs_of_sample = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+            still = policy.choose(choice_rng, log_probs_of_sample=log_probs_of_sample, unknown=unknown,
+                                  num_keep_masked=keep, step=t, num_steps=num_steps, ratio_prev=ratio_prev,
+                                  ratio=ratio, choice_temperature=choice_temperature, precision=precision)
+        # Only unknown positions can stay masked, and nothing after the last step.
         still = still & unknown & ~last
         if policy.event_time is None:
             time = jnp.full((batch,), 1.0 - r, jnp.float32)
