@@ -74,6 +74,10 @@ def get_config(arg=None):
     config.optimizer.warmup_steps = min(2500, config.total_steps // 10)
     config.optimizer.min_lr_ratio = 1.0  # MDLM keeps the learning rate constant after warm-up
     config.ema_decay = 0.9 if tiny else 0.9999
+    # The byte vocabulary (257 ids) does not split over a tensor axis, so the output bias and logits
+    # stay replicated along the vocabulary; heads and MLPs still shard over `tensor`.
+    config.sharding_rules = tuple((axis, None if axis == "vocab" else mesh_axes)
+                                  for axis, mesh_axes in config.sharding_rules)
     config.eval_params = "ema"
     config.log_every = 1 if tiny else 1000
     config.checkpoint_every = config.total_steps if tiny else 10_000

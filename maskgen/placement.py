@@ -26,10 +26,14 @@ def _assumed_data_info(config) -> dict:
     model = config.model
     info = {"image_shape": (None, None, 3), "num_classes": int(config.get("num_classes", 1000)), "splits": {},
             "tokenizer": {}, "num_levels": 1}
-    if "token_shape" in model:  # a token model's data is its token grid, not images
-        vocab = model.get("codebook_size", model.get("vocab_size"))
-        info.update(image_shape=None, token_shape=tuple(model.token_shape), codebook_size=int(vocab))
-        if config.get("recipe") and model.get("conditioning", "adaln") == "none":
+    if "token_shape" in model:  # a token model's data is its token grid (or text), not images
+        vocab = int(model.get("codebook_size", model.get("vocab_size")))
+        if "seq_len" in config.data:  # text: its fields say so (the data checks read them)
+            from maskgen.data.specs import TextSpec, legacy_info
+
+            return legacy_info({"tokens": TextSpec(int(config.data.seq_len), vocab, "bytes")}, {})
+        info.update(image_shape=None, token_shape=tuple(model.token_shape), codebook_size=vocab)
+        if model.get("conditioning", "adaln") == "none":
             info["num_classes"] = 0
     return info
 
