@@ -144,7 +144,7 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--choice-temperature", type=float, default=None)
     p.add_argument("--policy", default=None, help="which tokens to reveal: confidence | random (MaskGIT)")
     p.add_argument("--sampler", default=None,
-                   help="masked diffusion: ancestral | first_hitting | maskgit (default: the run's config.sampling)")
+                   help="masked diffusion: ancestral | ancestral_joint | first_hitting | maskgit (default: the run's config.sampling)")
     p.add_argument("--precision", default=None, choices=["float64", "float32"],
                    help="categorical sampling: 64-bit-resolution uniforms (default) or float32")
 
