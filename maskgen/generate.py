@@ -14,7 +14,6 @@ This sits beside `train.py`, above `maskgen.runs`; recipes never import it.
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 import jax

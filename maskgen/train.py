@@ -9,7 +9,6 @@ Setting a run up, restoring its weights and evaluating it are `maskgen.runs`, be
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
