@@ -167,7 +167,12 @@ def test_callers_ask_recipes_what_they_can_do():
     assert "maskgit" in recipes_with("infill") and "autoregressive" not in recipes_with("infill")
     assert "autoregressive" in recipes_with("likelihood")
     assert recipes_with("encode") == ["tokenizer"] and "generate" not in get_recipe("mae").capabilities
-    assert get_recipe("maskgit").decode_options is None
+    # Every decoding setting MaskGIT reads is an iterative_decode argument; others (a diffusion sampler) are dropped.
+    import inspect
+
+    from maskgen.sampling.iterative import iterative_decode
+
+    assert set(get_recipe("maskgit").decode_options) <= set(inspect.signature(iterative_decode).parameters)
     assert set(get_recipe("autoregressive").decode_options) == {"temperature", "cfg_scale", "precision"}
 
 

@@ -252,6 +252,9 @@ class _TokenRecipe(Recipe):
 class MaskGITRecipe(_TokenRecipe):
     capabilities = frozenset({"generate", "infill"})
     tasks = check_tasks({"none", "class", "prefix", "infill"})  # over all configurations; `supported_tasks()`: this one
+    # `iterative_decode`'s settings; others (e.g. a masked-diffusion `sampler`) are ignored with a warning.
+    decode_options = ("num_steps", "schedule", "choice_temperature", "temperature", "temperature_schedule", "policy",
+                      "cfg_scale", "cfg_schedule", "start_step", "precision", "cache")
 
     def __init__(self, *, mask_schedule: str = "cosine", **kwargs):
         super().__init__(**kwargs)
