@@ -170,8 +170,8 @@ def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalCon
 
     def batches(split: str, limit: int | None = None):
         if split not in sources:
-            sources[split] = _open_source(config.data.name, split, config.data.data_dir or None,
-                                          _data_options(config.data))
+            sources[split] = make_source(config.data.name, split, config.data.data_dir or None,
+                                          data_options(config.data))
         for local, valid in eval_batches(sources[split], run.preprocess, global_batch_size=config.batch_size,
                                          process_index=jax.process_index(), process_count=jax.process_count(),
                                          limit=limit):
@@ -281,17 +281,9 @@ class TextDecoder(Decoder):
         return {"texts": [text.decode(row) for row in np.asarray(tokens).reshape(len(tokens), -1)]}
 
     def reference(self, split: str, limit: int | None = None) -> dict:
-        source = _open_source(self.data_name, split, self.data_dir, self.options)
+        source = make_source(self.data_name, split, self.data_dir, self.options)
         count = len(source) if limit is None else min(limit, len(source))
         return {"tokens": np.stack([np.asarray(source[i]["tokens"], np.int32) for i in range(count)])}
-
-
-def _data_options(data_config) -> dict:
-    return data_options(data_config)
-
-
-def _open_source(name, split, data_dir, options):
-    return make_source(name, split, data_dir, options)
 
 
 def _is_text(data_info: dict) -> bool:
@@ -302,7 +294,7 @@ def make_decoder(config: ml_collections.ConfigDict, data_info: dict) -> Decoder 
     """The decoder for a run's data: text for text sources, the tokenizer run for token datasets
     that name one, else None (the outputs are the data itself, e.g. images)."""
     if _is_text(data_info):
-        return TextDecoder(config.data.name, config.data.data_dir or None, _data_options(config.data))
+        return TextDecoder(config.data.name, config.data.data_dir or None, data_options(config.data))
     tokenizer = data_info.get("tokenizer") or {}
     if tokenizer.get("workdir"):
         return TokenizerDecoder(open_tokenizer(tokenizer["workdir"], tokenizer.get("step")))
@@ -385,7 +377,7 @@ class TokenizerHandle(RunHandle):
         """This tokenizer's own dataset split as model inputs {"image", "label"} (what its tokens were
         made from); cached, so repeated evaluations decode the images once. Do not modify."""
         data = self.config.data
-        source = _open_source(data.name, split, data.data_dir or None, _data_options(data))
+        source = make_source(data.name, split, data.data_dir or None, data_options(data))
         count = len(source) if limit is None else min(limit, len(source))
         batches = [b for b, _ in _eval_batches(source, self.run, count)]
         out = {k: np.concatenate([np.asarray(b[k]) for b in batches])[:count] for k in batches[0]}

@@ -226,6 +226,20 @@ def before_each_step(known, masks):
     return np.concatenate([~np.asarray(known)[None], np.asarray(masks)[:-1]])
 
 
+def assert_ancestral_reveal_rates(known, masks, schedule, num_steps):
+    """Each step reveals a still-masked position with probability (gamma_prev - gamma) / gamma_prev:
+    the empirical fraction is within 4 binomial sigmas. Returns the masks before each step."""
+    before = before_each_step(known, masks)
+    for t in range(num_steps - 1):
+        g_prev, g = (float(mask_ratio(schedule, x / num_steps)) for x in (t, t + 1))
+        p = (g_prev - g) / g_prev
+        trials = before[t].sum()
+        revealed = (before[t] & ~masks[t]).sum()
+        assert trials > 200
+        assert abs(revealed / trials - p) < 4 * math.sqrt(p * (1 - p) / trials) + 1e-9, (t, revealed / trials, p)
+    return before
+
+
 @pytest.mark.parametrize("cfg_schedule", ["constant", "linear", "cosine"])
 def test_cfg_schedule_sets_the_scale_per_step(cfg_schedule):
     # Two tokens; position i has uncond logits [0, -c_i] and cond [0, 1 - c_i], so the guided
@@ -450,14 +464,7 @@ def test_ancestral_reveals_each_unknown_position_with_the_mdlm_probability(sched
     known = np.zeros((batch, n), bool)
     out = decode(fn, known, num_steps=num_steps, schedule=schedule, policy="ancestral")
     masks = np.asarray(out.masks)
-    before = before_each_step(known, masks)
-    for t in range(num_steps - 1):
-        g_prev, g = (float(mask_ratio(schedule, x / num_steps)) for x in (t, t + 1))
-        p = (g_prev - g) / g_prev
-        trials = before[t].sum()
-        revealed = (before[t] & ~masks[t]).sum()
-        assert trials > 200
-        assert abs(revealed / trials - p) < 4 * math.sqrt(p * (1 - p) / trials) + 1e-9, (t, revealed / trials, p)
+    before = assert_ancestral_reveal_rates(known, masks, schedule, num_steps)
     assert not masks[-1].any() and before[-1].any()  # the last step had work left and finished it
     # The revealed tokens are samples of p(x0): frequencies of the final tokens follow the logits.
     np.testing.assert_allclose(np.bincount(np.asarray(out.tokens).ravel(), minlength=3) / (batch * n),
@@ -540,14 +547,7 @@ def test_ancestral_joint_reveals_with_the_mdlm_probability_and_samples_p_x0(sche
     known = np.zeros((batch, n), bool)
     out = decode(fn, known, num_steps=num_steps, schedule=schedule, policy="ancestral_joint")
     masks, trajectory = np.asarray(out.masks), np.asarray(out.trajectory)
-    before = before_each_step(known, masks)
-    for t in range(num_steps - 1):
-        g_prev, g = (float(mask_ratio(schedule, x / num_steps)) for x in (t, t + 1))
-        p = (g_prev - g) / g_prev
-        trials = before[t].sum()
-        revealed = (before[t] & ~masks[t]).sum()
-        assert trials > 200
-        assert abs(revealed / trials - p) < 4 * math.sqrt(p * (1 - p) / trials) + 1e-9, (t, revealed / trials, p)
+    before = assert_ancestral_reveal_rates(known, masks, schedule, num_steps)
     assert not masks[-1].any() and before[-1].any()
     tokens = np.asarray(out.tokens)
     np.testing.assert_allclose(np.bincount(tokens.ravel(), minlength=3) / tokens.size, probs, atol=0.03)
