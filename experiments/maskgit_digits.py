@@ -42,7 +42,7 @@ def get_config(arg=None):
         token_shape=(8, 8), codebook_size=256, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
         conditioning=args["conditioning"], positions=args["positions"], qk_norm=False, tie_head=True,
     )
-    config.loss = dict(mask_schedule="cosine", label_smoothing=0.1, class_dropout=0.1)
+    config.loss = dict(mask_schedule="cosine", label_smoothing=0.1, class_dropout=0.1, weighting="per_example")
     # Decoding defaults for `maskgen sample`, `maskgen edit` and the evaluator (MaskGIT: 8 steps,
     # cosine schedule, choice temperature 4.5).
     config.sampling = dict(num_steps=8, schedule="cosine", choice_temperature=4.5, temperature=1.0,

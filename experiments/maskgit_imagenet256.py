@@ -45,7 +45,7 @@ def get_config(arg=None):
         depth=1 if tiny else 24, num_heads=2 if tiny else 16, mlp_ratio=4.0, conditioning="prefix",
         positions="learned", qk_norm=False, tie_head=True,
     )
-    config.loss = dict(mask_schedule="cosine", label_smoothing=0.1, class_dropout=0.1)
+    config.loss = dict(mask_schedule="cosine", label_smoothing=0.1, class_dropout=0.1, weighting="per_example")
     config.sampling = dict(num_steps=8, schedule="cosine", choice_temperature=4.5, temperature=1.0,
                            policy="confidence", cfg_scale=1.0, cfg_schedule="constant")
     config.optimizer = dict(lr=1e-4, b1=0.9, b2=0.96, weight_decay=0.045, warmup_steps=2 if tiny else 5000,

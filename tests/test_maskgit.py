@@ -72,6 +72,28 @@ def test_smoothed_cross_entropy_matches_the_formula():
     assert got == pytest.approx(-(target * np.log([0.7, 0.2, 0.1])).sum(), rel=1e-5)
 
 
+def test_masked_loss_averages_per_example_then_over_the_batch():
+    from maskgen.recipes.maskgit import masked_mean
+
+    # Example 0 has 1 masked token with loss 4; example 1 has 3 masked tokens with loss 1 each.
+    values = jnp.array([[4.0, 9.0, 9.0, 9.0], [1.0, 1.0, 1.0, 9.0]])
+    weights = jnp.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    # MaskGIT/MAGVIT: mean over each example's masked tokens (4 and 1), then over the batch.
+    np.testing.assert_allclose(masked_mean(values, weights, "per_example"), 2.5)
+    # Token-weighted: (4 + 3) / 4 masked tokens.
+    np.testing.assert_allclose(masked_mean(values, weights, "per_token"), 1.75)
+    # A row with nothing masked contributes 0, not NaN.
+    np.testing.assert_allclose(masked_mean(values, jnp.zeros_like(weights), "per_example"), 0.0)
+
+
+def test_maskgit_configs_use_the_papers_loss_weighting():
+    from maskgen.config import load_config_file
+
+    for name in ("maskgit_digits.py", "maskgit_imagenet256.py"):
+        config = load_config_file(f"{REPO}/experiments/{name}")
+        assert config.loss.weighting == "per_example", name
+
+
 def test_maskgit_trains_on_tokens_and_evaluates(maskgit_run):
     workdir, result = maskgit_run
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
