@@ -555,6 +555,8 @@ COMMON_SPEC: dict[str, Rule] = {
     "remat": one_of("none", "block", "block_save_dots", optional=True),
     "ema_decay": number(0, 1, max_open=True),
     "eval_params": one_of("params", "ema"),
+    "init_from": string(optional=True, why="a run's workdir (e.g. from `maskgen import-weights`) whose weights "
+                        "start a new run; '' starts from a random init"),
     "optimizer.lr": number(0, min_open=True),
     "optimizer.b1": number(0, 1, max_open=True),
     "optimizer.b2": number(0, 1, max_open=True),
@@ -613,6 +615,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.remat = "none"  # transformer blocks: "none" | "block" | "block_save_dots" (models/layers.py)
     config.ema_decay = 0.999
     config.eval_params = "ema"  # which weights evaluators and `maskgen sample` use: "ema" or "params"
+    # A workdir whose weights (its eval weights, with its model state) start a new run instead of a
+    # random init: a run trained here or one made by `maskgen import-weights`. Ignored on resume.
+    config.init_from = ""
     config.optimizer = ml_collections.ConfigDict(dict(
         lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.05, warmup_steps=100, min_lr_ratio=0.0, grad_clip_norm=1.0,
     ))

@@ -11,6 +11,7 @@
   maskgen edit   --workdir TEXT_DIR --prefix "The " --span 20 --suffix " is" --out edited.txt
   maskgen tokenize --tokenizer-workdir DIR --data digits --out TOKENS_DIR
   maskgen prepare --source digits --out DIR
+  maskgen import-weights --format mae --weights mae_pretrain_vit_base.pth --workdir runs/mae_base
   maskgen prepare --source folder --input DIR --out DIR --resolution 32 [--skip-bad]
 """
 
@@ -55,6 +56,22 @@ def _at_least(minimum: int):
 
     parse.__name__ = f"int >= {minimum}"
     return parse
+
+
+def _parse_options(items: list[str]) -> dict:
+    """`KEY=VALUE` strings -> dict; values are read as Python literals where they parse (12, 0.1, True)."""
+    import ast
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --option {item!r} must be KEY=VALUE")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--splits", default=None, help="comma-separated (default: all)")
     tok.add_argument("--step", type=_at_least(0), default=None, help="tokenizer checkpoint (default: latest)")
     tok.add_argument("--num-shards", type=_at_least(1), default=1)
+
+    imp = sub.add_parser("import-weights", help="convert released weights (MAE, MaskGIT, its VQGAN) into a maskgen run")
+    imp.add_argument("--format", required=True, help="mae | maskgit_transformer | maskgit_vqgan")
+    imp.add_argument("--weights", required=True, help="the released file (.pth, .safetensors or a Flax checkpoint)")
+    imp.add_argument("--workdir", required=True, help="a new directory for the run")
+    imp.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="importer options (e.g. num_heads=12, tokenizer=VQGAN_WORKDIR); repeatable")
 
     prep = sub.add_parser("prepare", help="write a dataset as ArrayRecord shards + metadata.json")
     prep.add_argument("--source", required=True, choices=["digits", "folder"])
@@ -196,6 +220,13 @@ def main(argv: list[str]) -> int:
             splits = ", ".join(f"{k}: {v['num_examples']}" for k, v in meta["splits"].items())
             print(f"wrote {args.out}: {splits}; token grid {tuple(meta['token_shape'])}, "
                   f"codebook {meta['codebook_size']}, from step {meta['tokenizer']['step']}")
+            return 0
+        if args.command == "import-weights":
+            from maskgen.weights import import_weights
+
+            summary = import_weights(args.format, args.weights, args.workdir, _parse_options(args.option), overrides)
+            print(f"wrote {summary['workdir']}: a {summary['recipe']!r} run at step 0 with {summary['parameters']:,} "
+                  f"parameters from {summary['weights']} ({summary['format']})")
             return 0
         if args.command == "demo":
             from maskgen.demo import print_summary, run_demo

@@ -25,13 +25,13 @@ import optax
 from flax import nnx
 
 from maskgen import parallel
-from maskgen.checkpoint import Checkpointer, CheckpointDamagedError
+from maskgen.checkpoint import Checkpointer, CheckpointDamagedError, CheckpointMismatchError, restore_run_model
 from maskgen.config import ConfigError, config_to_json
 from maskgen.data import data_options, make_source, train_dataset
 from maskgen.metrics import MetricWriter, Progress, format_eta
 # A run's setup, restoring and evaluation live below the loop (maskgen.runs); re-exported here
 # because callers of the loop use them beside `train`.
-from maskgen.runs import (Run, evaluate, load_run_config, make_eval_context, restore_variables,  # noqa: F401
+from maskgen.runs import (Run, abstract_variables, evaluate, load_run_config, make_eval_context, restore_variables,  # noqa: F401
                           run_evaluators, sample, setup)
 
 log = logging.getLogger("maskgen")
@@ -131,6 +131,22 @@ def _state_initializer(run: Run, tx):
     attach = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
     abstract = (jax.tree.map(attach, abstract_state, state_sh), jax.tree.map(attach, abstract_ema, ema_sh))
     return jit_init, abstract, (state_sh, ema_sh)
+
+
+def _initialise_from(run: Run, source_workdir: str, state, state_sh, ema_sh):
+    """`(state, ema)` of a new run whose params, EMA and model state are another run's eval weights
+    (its `eval_params`, newest checkpoint); the optimizer state stays fresh. The model must have the
+    same parameter tree: a difference raises a ConfigError naming it."""
+    source_config = load_run_config(source_workdir)
+    try:
+        step, variables = restore_run_model(source_workdir, abstract_variables(run), which=source_config.eval_params,
+                                            keep=run.config.keep_checkpoints)
+    except CheckpointMismatchError as err:
+        raise ConfigError(f"config.init_from={source_workdir!r}: its weights do not fit this config's model ({err})") from None
+    log.info("starting from %s (step %d, %s weights)", source_workdir, step, source_config.eval_params)
+    state = jax.device_put({**state, "params": variables["params"], "model_state": variables["model_state"]}, state_sh)
+    # Copies: the train step donates state and EMA, which must not share buffers.
+    return state, jax.device_put(jax.tree.map(jnp.copy, variables["params"]), ema_sh)
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -290,6 +306,7 @@ def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | N
 RESUME_SAFE_KEYS = (
     "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "evals", "eval_params",
     "mesh", "sharding_rules", "remat", "data.read_threads", "data.data_dir",
+    "init_from",  # only read when a run starts; a resume continues from its own checkpoint
 )
 
 
@@ -461,8 +478,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, allow_changes=()) ->
         start_step = 0
         with run.context():
             state, ema = jit_init(init_key)
-        log.info("initialised a new run (%d parameters)",
-                 sum(x.size for x in jax.tree.leaves(state["params"])))
+        if config.get("init_from", ""):
+            state, ema = _initialise_from(run, config.init_from, state, state_sh, ema_sh)
+        log.info("initialised a new run (%d parameters)%s",
+                 sum(x.size for x in jax.tree.leaves(state["params"])),
+                 f" from the weights of {config.init_from}" if config.get("init_from", "") else "")
     # Files are only written once the checkpoint (if any) is known to fit this config.
     writer = MetricWriter(workdir, is_primary)
     writer.supersede_after(start_step)

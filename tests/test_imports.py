@@ -27,7 +27,7 @@ LAYERS = [
     ("recipes", "evaluators"),
     ("runs",),
     ("train", "tokenize", "generate"),
-    ("demo", "placement"),
+    ("demo", "placement", "weights"),
     ("main",),
     ("__main__",),
 ]
