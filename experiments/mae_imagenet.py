@@ -49,7 +49,7 @@ def get_config(arg=None):
     config.model = dict(
         patch_size=patch, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0,
         decoder_width=32 if tiny else 512, decoder_depth=1 if tiny else 8, decoder_heads=2 if tiny else 16,
-        mask_ratio=0.75, norm_pix_loss=True,
+        mask_ratio=0.75, norm_pix_loss=True, sincos_order="x_first",  # util/pos_embed.py's layout
     )
     config.optimizer = dict(lr=1.5e-4 * batch / 256, b1=0.9, b2=0.95, weight_decay=0.05,
                             warmup_steps=2 if tiny else 40 * steps_per_epoch, min_lr_ratio=0.0,
@@ -62,12 +62,20 @@ def get_config(arg=None):
     config.log_every = 1 if tiny else 100
     config.checkpoint_every = 10 if tiny else 2000
     config.evals = dict(
-        # A quick probe on 50k train images with the (ImageNet) validation split as held-out set;
-        # the paper's full linear probe (90 epochs, LARS) is a separate fine-tuning job.
+        # A quick probe (mean-pooled tokens + Adam) on 50k train images with the (ImageNet)
+        # validation split as held-out set, to follow training.
         probe=dict(type="linear_probe", every=0 if tiny else 50_000, baselines=("random_init",),
-                   train_split="train", test_split="validation", steps=1000, learning_rate=1e-2,
+                   train_split="train", test_split="validation", protocol="quick", steps=1000, learning_rate=1e-2,
                    weight_decay=1e-4, max_examples=64 if tiny else 50_000),
         reconstruction=dict(type="image_grid", every=0 if tiny else 10_000, split="validation", num=8 if tiny else 16,
                             rows=("original", "masked", "reconstruction")),
     )
+    if not tiny:
+        # The paper's linear probe (Appendix A.2, Table 9) at the end of training: the class token,
+        # BatchNorm without affine, LARS at base lr 0.1 x 16384/256, no weight decay, 10 warm-up of
+        # 90 epochs, on the whole train split (features computed once, without the paper's
+        # RandomResizedCrop + flip: see docs/mae.md).
+        config.evals.linprobe = dict(type="linear_probe", every=0, baselines=(), train_split="train",
+                                     test_split="validation", protocol="paper", epochs=90, batch_size=16384,
+                                     base_learning_rate=0.1, warmup_epochs=10, max_examples=None)
     return config

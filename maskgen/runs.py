@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -32,7 +31,7 @@ from flax import nnx
 from maskgen import parallel
 from maskgen.checkpoint import load_run_config, restore_run_model  # noqa: F401 (load_run_config: re-exported)
 from maskgen.config import ConfigError, validate_common
-from maskgen.data.specs import fields_from_json, fields_to_json
+from maskgen.data.run_info import load_run_data_info
 from maskgen.data import data_options, eval_batches, make_source, preprocess_from_config, source_info
 from maskgen.evaluators import EvalContext, EvalResult, build_evaluator
 from maskgen.metrics import MetricWriter
@@ -303,45 +302,6 @@ def make_decoder(config: ml_collections.ConfigDict, data_info: dict) -> Decoder 
     return None
 
 
-
-
-# --------------------------------------------------------------------------------------------
-# The data shapes of runs with no dataset at hand (imported weights).
-# --------------------------------------------------------------------------------------------
-RUN_DATA_INFO_FILE = "data_info.json"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    return value
-
-
-def save_run_data_info(workdir: str, data_info: dict) -> None:
-    """Records the data shapes (`source_info`'s dict) a run was built for, for a run whose dataset
-    need not be on the machine that uses it (`maskgen import-weights`)."""
-    info = dict(data_info)
-    if "fields" in info:
-        info["fields"] = fields_to_json(info["fields"])
-    with open(os.path.join(workdir, RUN_DATA_INFO_FILE), "w") as f:
-        json.dump(_jsonable(info), f, indent=1, sort_keys=True)
-
-
-def load_run_data_info(workdir: str) -> dict | None:
-    """The data shapes saved by `save_run_data_info`, or None: a run trained here reads them from
-    its data source."""
-    path = os.path.join(workdir, RUN_DATA_INFO_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        info = json.load(f)
-    if "fields" in info:
-        info["fields"] = fields_from_json(info["fields"])
-    return info
 
 
 # --------------------------------------------------------------------------------------------

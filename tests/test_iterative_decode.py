@@ -5,6 +5,7 @@ logits functions."""
 
 import functools
 import math
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import pytest
 from maskgen.sampling.categorical import gumbel_noise, sample_categorical
 from maskgen.masking.schedules import mask_ratio
 from maskgen.sampling.iterative import POLICIES, DecodeResult, UnmaskPolicy, iterative_decode
+from test_schedules import exact_floor
 
 MASK = 99  # deliberately not a valid token id: any leak into the output shows up.
 
@@ -56,19 +58,16 @@ def decode(fn, known, *, labels=None, rng=0, **kwargs):
     return _compiled(fn, tuple(sorted(static.items())))(arrays)
 
 
-def gamma64(schedule, r):
-    return {"linear": 1 - r, "cosine": math.cos(math.pi / 2 * r), "square": 1 - r ** 2}[schedule]
-
-
 def expected_masked_counts(known, num_steps, schedule, start_step=0):
-    """The schedule formula in float64, per step and example: the count still masked after the step."""
+    """The reference's count per step and example, with the schedule in exact arithmetic: the count
+    still masked after the step, max(1, min(now - 1, floor(n0 * gamma))) and 0 on the last step."""
     counts = []
     for row in np.asarray(known):
         n0 = now = int((~row).sum())
         per_step = []
         for t in range(start_step, num_steps):
-            keep = math.floor(n0 * gamma64(schedule, (t + 1) / num_steps) + 1e-9)
-            keep = 0 if t == num_steps - 1 or now <= 1 else max(1, min(now - 1, keep))
+            keep = exact_floor(schedule, n0, Fraction(t + 1, num_steps))
+            keep = 0 if t == num_steps - 1 or now == 0 else max(1, min(now - 1, keep))
             per_step.append(keep)
             now = keep
         counts.append(per_step)
@@ -99,6 +98,40 @@ def test_hand_worked_reveal_order(case):
     # The trajectory is recorded before re-masking: every step's record is a full argmax grid.
     np.testing.assert_array_equal(out.trajectory[:, 0], np.broadcast_to(targets, (3, n)))
     assert out.tokens.dtype == jnp.int32 and out.trajectory.shape == (3, 1, n) and out.masks.dtype == bool
+
+
+def test_counts_are_exact_where_float32_rounds_either_way():
+    # N = 256, T = 12, cosine. Row 0 starts with all 256 unknown: after step 7 (r = 2/3) it keeps
+    # 256 * cos(pi/3) = 128 masked exactly (float32 gives 127.99999). Row 1 has 17 given tokens,
+    # n0 = 239: after step 5 (r = 1/2) it keeps floor(239 * cos(pi/4)) = floor(168.9985) = 168
+    # (a relative 1e-5 nudge made it 169). The reference clamp never binds at these steps.
+    known = np.zeros((2, 256), bool)
+    known[1, :17] = True
+    out = decode(lambda tokens, labels: jnp.zeros(tokens.shape + (3,)), known, num_steps=12, policy="random")
+    counts = np.asarray(out.masks).sum(-1)
+    assert counts[7, 0] == 128 and counts[5, 1] == 168
+    np.testing.assert_array_equal(counts, expected_masked_counts(known, 12, "cosine"))
+
+
+def test_lone_unknown_token_is_sampled_with_the_last_steps_settings():
+    # One unknown position per row. Guided logits of token 1 are -4 + 8 s_t (uncond [0, -4], cond
+    # [0, 4]) with the linear CFG schedule s_t = 3 (t + 1) / T: sampled at step 0 (s = 0.375) the
+    # token would be 1 with p = sigmoid(-1) = 0.27; at the last step (s = 3) with p = sigmoid(20).
+    # The reference keeps the lone token masked until the last step, so every row must take 1.
+    batch, n, num_steps = 256, 4, 8
+    known = np.ones((batch, n), bool)
+    known[np.arange(batch), np.arange(batch) % n] = False
+
+    def fn(tokens, labels):
+        sign = jnp.where(labels == NULL, -1.0, 1.0)[:, None, None]
+        return jnp.broadcast_to(jnp.stack([jnp.zeros(()), 4.0 * jnp.ones(())]) * jnp.array([0.0, 1.0]) * sign,
+                                tokens.shape + (2,))
+
+    out = decode(fn, known, labels=jnp.zeros(batch, jnp.int32), num_steps=num_steps, cfg_scale=3.0,
+                 cfg_schedule="linear", uncond=NULL)
+    masks = np.asarray(out.masks)
+    np.testing.assert_array_equal(masks.sum(-1), np.tile([[1]] * (num_steps - 1) + [[0]], (1, batch)))
+    assert (np.asarray(out.tokens)[~known] == 1).all()
 
 
 def test_ties_reveal_in_raster_order():
@@ -153,11 +186,14 @@ def test_known_tokens_and_schedule_counts(policy, schedule, num_steps, start_ste
     # Every grid is filled with real tokens; the last mask is empty.
     assert ((traj >= 0) & (traj < vocab)).all() and not masks[-1].any()
     np.testing.assert_array_equal(out.tokens, traj[-1])
-    # Counts follow floor(n0 * gamma(r)) with the clamps; at least one reveal per step while any
-    # position is unknown.
+    # Counts follow floor(n0 * gamma(r)) with the clamps; at least one reveal per step while two or
+    # more positions are unknown, and a lone unknown position waits for the last step.
     np.testing.assert_array_equal(masks.sum(-1), expected_masked_counts(known, num_steps, schedule, start_step))
     before = np.concatenate([~known[None], masks[:-1]])
-    assert (masks.sum(-1) < np.maximum(before.sum(-1), 1)).all()
+    last = np.arange(len(masks))[:, None] == len(masks) - 1
+    lone = (before.sum(-1) == 1) & ~last
+    assert (masks.sum(-1)[~lone] < np.maximum(before.sum(-1), 1)[~lone]).all()
+    assert (masks.sum(-1)[lone] == 1).all() and lone[:-1, 1].all()  # row 1: one unknown position
     # Revealed positions stay revealed with the same token; masks only shrink.
     assert not (masks & ~before).any()
     for step in range(1, len(traj)):

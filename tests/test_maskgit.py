@@ -6,6 +6,7 @@ plumbing and invariants (the class-consistency bar of the demo-length run is a s
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -311,3 +312,44 @@ def test_maskgit_unconditional_text_infills(mesh_context):
     # First hitting reveals one token per step, so the network runs once per token of the longest
     # row; the steps after both rows are done skip it.
     assert int(out["nfe"]) == int((~np.asarray(known)).sum(-1).max())
+
+
+def test_paper_config_uses_the_official_transformer_and_digits_keep_theirs():
+    from maskgen.config import load_config_file
+    from maskgen.recipes.maskgit import MaskGITRecipe
+
+    paper = load_config_file(f"{REPO}/experiments/maskgit_imagenet256.py")
+    assert (paper.model.architecture, paper.model.dropout, paper.model.conditioning) == ("bert", 0.1, "prefix")
+    digits = tiny_maskgit_config("/nonexistent/tokens")
+    assert (digits.model.architecture, digits.model.dropout) == ("pre_ln", 0.0)
+    info = {"codebook_size": 256, "token_shape": (8, 8), "num_classes": 10, "tokenizer": {}}
+    assert MaskGITRecipe.validate(digits, info) == []
+    for key, value, match in [("architecture", "bert", "architecture='bert'.*conditioning='prefix'"),
+                              ("architecture", "post_ln", "model.architecture"), ("dropout", 1.0, "model.dropout")]:
+        config = tiny_maskgit_config("/nonexistent/tokens", "model.conditioning=adaln", f"model.{key}={value!r}"
+                                     if isinstance(value, str) else f"model.{key}={value}")
+        assert any(re.search(match, p) for p in MaskGITRecipe.validate(config, info)), (key, value)
+
+
+def test_training_loss_applies_dropout_deterministically_per_key(mesh_context):
+    from flax import nnx
+
+    from maskgen.recipes.maskgit import MaskGITRecipe
+
+    bert = {**TEXT_MODEL, "architecture": "bert", "positions": "learned"}
+    with_dropout, without = MaskGITRecipe(**bert, dropout=0.1), MaskGITRecipe(**bert, dropout=0.0)
+    graphdef, params, rest = perturbed_model(with_dropout)
+    graphdef_without = nnx.split(without.make_model(nnx.Rngs(0)), nnx.Param, ...)[0]
+    tokens = jax.random.randint(jax.random.key(0), (4, 12), 0, 16)
+
+    @jax.jit
+    def losses(params, rng):
+        a, b = nnx.merge(graphdef, params, rest), nnx.merge(graphdef_without, params, rest)
+        return with_dropout.loss(a, {"tokens": tokens}, rng, 0)[0], without.loss(b, {"tokens": tokens}, rng, 0)[0]
+
+    key = jax.random.key(1, impl="rbg")  # RBG: XLA:CPU compiles threefry bit generation slowly
+    dropped, plain = losses(params, key)
+    again, plain_again = losses(params, key)
+    # The key draws the same masks for both (the dropout key is folded in, not split off), so only
+    # dropout differs; a given key always gives the same loss.
+    assert float(dropped) != float(plain) and float(again) == float(dropped) and float(plain_again) == float(plain)

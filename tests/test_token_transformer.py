@@ -494,3 +494,105 @@ def test_autoregressive_decode_unconditional_with_a_prompt():
         autoregressive_decode(merged, None, jax.random.key(0), batch_size=3, cfg_scale=2.0)
     with pytest.raises(ValueError, match="batch_size"):
         autoregressive_decode(merged, None, jax.random.key(0))
+
+
+# ---------------------------------------------------------------- the official (BERT) variant
+
+BERT = dict(conditioning="prefix", positions="learned", qk_norm=False, tie_head=True, architecture="bert",
+            dropout=0.1)
+
+
+def test_bert_variant_tree_init_and_invalid_combinations():
+    # The official layout: an embedding norm, post-norms in the blocks, no final norm, an MLM head.
+    model = make(**BERT, depth=1)
+    tree = param_tree(model)
+    assert {"embed_norm/scale", "mlm_dense/kernel", "mlm_dense/bias", "mlm_norm/scale", "head_bias",
+            "blocks/0/norm1/scale", "blocks/0/norm2/bias"} <= set(tree)
+    assert not any(k.startswith("final_norm") for k in tree) and tree["mlm_dense/kernel"] == (32, 32)
+    # Truncated-normal(0.02) as the reference draws it: within 2 sigma, std 0.02 * 0.8796.
+    kernels = np.concatenate([np.ravel(model.blocks[0].mlp.fc1.kernel[...]), np.ravel(model.blocks[0].attn.qkv.kernel[...]),
+                              np.ravel(model.token_embed[...]), np.ravel(model.mlm_dense.kernel[...])])
+    assert np.abs(kernels).max() <= 0.04 + 1e-7 and abs(kernels.std() / 0.02 - 0.8796) < 0.03
+    assert model.blocks[0].norm1.eps == model.embed_norm.eps == model.mlm_norm.eps == 1e-12
+    with pytest.raises(ValueError, match="bert.*prefix.*adaLN"):
+        make(architecture="bert", conditioning="adaln")
+    with pytest.raises(ValueError, match="unknown architecture 'post_ln'.*pre_ln.*bert"):
+        make(architecture="post_ln")
+    with pytest.raises(ValueError, match="dropout"):
+        make(**{**BERT, "dropout": 1.0})
+
+
+def test_dropout_only_with_a_key_and_the_block_is_post_ln():
+    model = perturbed(make(**BERT))
+    graphdef, state = nnx.split(model)
+    graphdef_no_dropout = nnx.split(make(**{**BERT, "dropout": 0.0}))[0]
+    tokens = random_tokens()
+    x = jax.random.normal(jax.random.key(2), (2, 5, 32)) * 3 + 1
+
+    @jax.jit
+    def run(state, key):
+        merged, no_dropout = nnx.merge(graphdef, state), nnx.merge(graphdef_no_dropout, state)
+        block = nnx.merge(graphdef, jax.tree.map(lambda a: a, state)).blocks[0]
+        block.norm1.scale[...], block.norm2.scale[...] = jnp.ones(32), jnp.ones(32)
+        block.norm1.bias[...], block.norm2.bias[...] = jnp.zeros(32), jnp.zeros(32)
+        return (merged(tokens, LABELS), merged(tokens, LABELS, dropout_rng=key), no_dropout(tokens, LABELS),
+                no_dropout(tokens, LABELS, dropout_rng=key), block(x, None)[0])
+
+    # RBG keys: XLA:CPU compiles threefry bit generation several times slower.
+    plain, dropped, no_dropout, no_dropout_keyed, block_out = run(state, jax.random.key(0, impl="rbg"))
+    again, dropped_other, *_ = run(state, jax.random.key(1, impl="rbg"))
+    np.testing.assert_array_equal(plain, again)  # no key: deterministic
+    assert not np.allclose(plain, dropped, atol=1e-3) and not np.allclose(dropped, dropped_other, atol=1e-3)
+    # The same parameters with dropout=0 compute the same function; a key changes nothing there.
+    np.testing.assert_allclose(no_dropout, plain, atol=1e-5)
+    np.testing.assert_array_equal(no_dropout_keyed, no_dropout)
+    # Post-LN: a block's output is LayerNorm-ed, so with unit scale and zero bias each position's
+    # hidden state has mean 0 and variance 1 (a pre-LN residual stream does not).
+    np.testing.assert_allclose(block_out.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(block_out.var(-1), 1.0, atol=1e-4)
+
+
+def test_attention_dropout_drops_normalised_probabilities():
+    from maskgen.models.layers import Attention, dropout
+
+    attn = Attention(16, 2, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(attn)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    key, rate = jax.random.key(3, impl="rbg"), 0.25  # RBG: much faster to compile on CPU than threefry
+
+    @jax.jit
+    def run(state):
+        attn = nnx.merge(graphdef, state)
+        q, k, v = attn.project(x)
+        probs = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q * attn.scale, k), axis=-1)
+        keep = jax.random.bernoulli(key, 1 - rate, probs.shape)
+        want = attn.out(jnp.transpose(jnp.einsum("bhqk,bhkd->bhqd", probs * keep / (1 - rate), v), (0, 2, 1, 3)))
+        return (attn(x, dropout_rate=rate, dropout_rng=key), want, attn(x, dropout_rate=rate), attn(x),
+                dropout(jnp.ones(20_000), rate, key))
+
+    got, want, unkeyed, plain, ones = run(state)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(unkeyed, plain)  # no key, no dropout
+    # Inverted dropout keeps the mean: about `rate` of a large array is zeroed, the rest scaled.
+    assert abs(float((ones == 0).mean()) - rate) < 0.015  # 5 binomial sigmas
+    np.testing.assert_allclose(np.unique(ones), [0.0, 1 / (1 - rate)], rtol=1e-6)
+
+
+def test_bert_cached_decode_steps_match_the_full_causal_forward():
+    model = perturbed(make(**{**BERT, "causal": True}))
+    graphdef, params = nnx.split(model)
+    tokens = random_tokens()
+
+    @jax.jit
+    def stepwise(params, tokens, labels):
+        merged = nnx.merge(graphdef, params)
+
+        def step(cache, i):
+            prev = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(i - 1, 0), axis=1, keepdims=False)
+            logits, cache = merged.decode_step(cache, prev, i, labels)
+            return cache, logits
+
+        _, logits = jax.lax.scan(step, merged.init_cache(tokens.shape[0]), jnp.arange(N))
+        return jnp.swapaxes(logits, 0, 1)
+
+    np.testing.assert_allclose(stepwise(params, tokens, LABELS), jit_forward(model)(tokens, LABELS), atol=1e-4)

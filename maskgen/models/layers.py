@@ -8,8 +8,9 @@ Logical names used here (mapped to mesh axes by `config.sharding_rules`):
 The modules are plain trees (no shared submodules), so they split cleanly in NNX tree mode.
 Attention follows Vaswani et al. (arXiv 1706.03762); blocks are pre-norm as in ViT (arXiv 2010.11929).
 Optional attention extras (off by default, used by the token transformer): QK-norm (Dehghani et al.,
-arXiv 2302.05442), rotary position embeddings (Su et al., arXiv 2104.09864), a boolean attention mask
-and a KV-cached single-step `decode`.
+arXiv 2302.05442), rotary position embeddings (Su et al., arXiv 2104.09864), a boolean attention mask,
+dropout on the attention probabilities (as BERT, Devlin et al., arXiv 1810.04805) and a KV-cached
+single-step `decode`. Every option defaults to off and then computes exactly what it did before.
 """
 
 from __future__ import annotations
@@ -105,6 +106,16 @@ class LayerNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each element with probability `rate`, scale the rest by 1 / (1 - rate).
+
+    The identity when rate == 0 or rng is None (evaluation and sampling pass no key)."""
+    if rate == 0.0 or rng is None:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotary embedding (Su et al., arXiv 2104.09864), "rotate-half" pairing.
 
@@ -126,16 +137,21 @@ class Attention(nnx.Module):
       __call__(x, mask=..., rope=...): a boolean mask broadcastable to [B, H, T, T] (True = attend)
         and rotary (cos, sin) tables [T, d/2] applied to q and k after the norm.
       decode(x, cache, index): one new element attending over a KV cache (causal decoding).
+      __call__(x, dropout_rate=p, dropout_rng=key): dropout on the attention probabilities, each
+        (example, head, query, key) weight independently (training only: no key, no dropout).
     """
 
-    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, qk_norm: bool = False):
+    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, qk_norm: bool = False,
+                 kernel_init=None):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
         self.num_heads = num_heads
         self.head_dim = head_dim
-        self.qkv = Dense((width,), (3, num_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype)
-        self.out = Dense((num_heads, head_dim), (width,), ("heads", "kv", "embed"), rngs=rngs, dtype=dtype)
+        self.qkv = Dense((width,), (3, num_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype,
+                         kernel_init=kernel_init)
+        self.out = Dense((num_heads, head_dim), (width,), ("heads", "kv", "embed"), rngs=rngs, dtype=dtype,
+                         kernel_init=kernel_init)
         self.scale = 1.0 / math.sqrt(head_dim)
         # Created after qkv/out so that qk_norm=False models draw exactly the same parameter keys.
         self.q_norm = LayerNorm(head_dim, rngs=rngs, dtype=dtype) if qk_norm else None
@@ -152,24 +168,29 @@ class Attention(nnx.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         return q, k, v
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+               dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Softmax attention (logits and softmax in float32) and the output projection.
 
         The softmax is normalised after the PV product (as flash attention does): dividing the
         [.., T, d] result instead of the [.., T, T] weights does a quarter of the divisions at
-        T = 4d, and saves a pass over the weights in forward and backward. Same math.
+        T = 4d, and saves a pass over the weights in forward and backward. Same math. Dropout on
+        the probabilities drops unnormalised weights and divides by the full (undropped) sum,
+        which is dropout applied to the normalised probabilities.
         """
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * self.scale, k).astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         unnormalised = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-        attended = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        weights = dropout(unnormalised, dropout_rate, dropout_rng)
+        attended = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
         attended = (attended / unnormalised.sum(-1, keepdims=True)).astype(v.dtype)
         return self.out(jnp.transpose(attended, (0, 2, 1, 3)))
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None,
-                 rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
-        return self.attend(*self.project(x, rope), mask)
+                 rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
+        return self.attend(*self.project(x, rope), mask, dropout_rate, dropout_rng)
 
     def decode(self, x: jax.Array, cache: dict[str, jax.Array], index: jax.Array,
                rope: tuple[jax.Array, jax.Array] | None = None):
@@ -198,15 +219,25 @@ def gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
-class MLP(nnx.Module):
-    """Two-layer GELU MLP."""
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """GELU's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): BERT's, and
+    `jax.nn.gelu`'s default, which the official MaskGIT transformer uses."""
+    return jax.nn.gelu(x, approximate=True)
 
-    def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.fc1 = Dense((width,), (hidden,), ("embed", "mlp"), rngs=rngs, dtype=dtype)
-        self.fc2 = Dense((hidden,), (width,), ("mlp", "embed"), rngs=rngs, dtype=dtype)
+
+class MLP(nnx.Module):
+    """Two-layer GELU MLP (exact GELU; `approximate_gelu=True` for the tanh form).
+
+    kernel_init: None is Dense's Glorot-uniform."""
+
+    def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32, approximate_gelu: bool = False,
+                 kernel_init=None):
+        self.fc1 = Dense((width,), (hidden,), ("embed", "mlp"), rngs=rngs, dtype=dtype, kernel_init=kernel_init)
+        self.fc2 = Dense((hidden,), (width,), ("mlp", "embed"), rngs=rngs, dtype=dtype, kernel_init=kernel_init)
+        self.approximate_gelu = approximate_gelu
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(gelu(self.fc1(x)))
+        return self.fc2((gelu_tanh if self.approximate_gelu else gelu)(self.fc1(x)))
 
 
 class Block(nnx.Module):

@@ -39,6 +39,23 @@ Layout and conventions:
     positions="learned" adds a table [L, width] (L = sequence length, including a prefix token).
   * Parameters are float32; compute runs in `dtype`; attention softmax and logits are float32.
     With K = 1 the parameter tree is the one MaskGIT checkpoints were written with (no K axis).
+  * architecture="pre_ln" (the default) is the block above: x + f(LN(x)), a final LayerNorm
+    (eps 1e-6), exact GELU, Glorot-uniform kernels, and a bare tied head.
+    architecture="bert" is the official MaskGIT transformer (google-research/maskgit,
+    maskgit/nets/maskgit_transformer.py, a BERT without next-sentence prediction; Devlin et al.,
+    arXiv 1810.04805): LayerNorm(token + position embedding) (`embed_norm`), post-LN blocks
+    LN(x + f(x)), no final norm, and an MLM head LN(GELU(Dense(x))) (`mlm_dense`, `mlm_norm`)
+    before the tied projection plus `head_bias`. Every LayerNorm has eps 1e-12, GELU is the tanh
+    approximation, and every kernel and embedding is drawn from N(0, 0.02) truncated at 2 sigma
+    (not rescaled, as the reference draws it). It takes the class as a prefix token (or none);
+    adaLN modulates pre-norms, which a post-LN block does not have.
+  * dropout (default 0): inverted dropout with this rate after the embedding, on the attention
+    probabilities and on each block's two sublayer outputs (before the residual sum), where the
+    reference applies it (0.1). Only when the call is given `dropout_rng` (training): evaluation
+    and sampling pass none and are deterministic.
+  * The official checkpoint's vocabulary holds codebook tokens, then the classes (offset by the
+    codebook size), then [MASK] last; maskgen keeps [MASK] as row vocab_size of `token_embed` and
+    the classes in `class_embed` (`maskgen.weights.maskgit_transformer` maps one onto the other).
 """
 
 from __future__ import annotations
@@ -50,12 +67,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskgen.models.layers import MLP, Attention, Dense, LayerNorm, block_runner, check_remat, logical_param
+from maskgen.models.layers import (MLP, Attention, Dense, LayerNorm, block_runner, check_remat, dropout, gelu_tanh,
+                                   logical_param)
 from maskgen.parallel import constrain
 
 CONDITIONINGS = ("adaln", "prefix", "none")
 POSITIONS = ("learned", "rope", "rope2d")
+ARCHITECTURES = ("pre_ln", "bert")
 ROPE_BASE = 10000.0
+BERT_LAYERNORM_EPS = 1e-12  # the official MaskGIT transformer's (BERT's) LayerNorm epsilon
+BERT_INIT_STDDEV = 0.02
+
+
+def bert_truncated_normal(stddev: float = BERT_INIT_STDDEV):
+    """The reference's initializer: a standard normal truncated to [-2, 2], times stddev (so the
+    actual std is ~0.88 stddev; jax.nn.initializers.truncated_normal would rescale it)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * stddev
+
+    return init
 
 
 def rope_axial(coords, head_dim: int, base: float = ROPE_BASE):
@@ -92,14 +123,26 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 class TokenBlock(nnx.Module):
-    """Pre-norm block; with adaLN, norms are modulated and residual branches gated by the class."""
+    """Pre-norm block; with adaLN, norms are modulated and residual branches gated by the class.
+
+    post_ln=True is the BERT block: x = LN1(x + Attn(x)), then LN2(x + MLP(x)) (norm1/norm2 are
+    then the post-norms; the parameter names stay). `dropout` acts on the attention probabilities
+    and on both sublayer outputs before the residual sum, when the call gets a `dropout_rng`.
+    """
 
     def __init__(self, width: int, num_heads: int, mlp_ratio: float, *, adaln: bool, qk_norm: bool,
-                 rngs: nnx.Rngs, dtype=jnp.float32):
-        self.norm1 = LayerNorm(width, rngs=rngs, dtype=dtype, affine=not adaln)
-        self.attn = Attention(width, num_heads, rngs=rngs, dtype=dtype, qk_norm=qk_norm)
-        self.norm2 = LayerNorm(width, rngs=rngs, dtype=dtype, affine=not adaln)
-        self.mlp = MLP(width, int(width * mlp_ratio), rngs=rngs, dtype=dtype)
+                 rngs: nnx.Rngs, dtype=jnp.float32, post_ln: bool = False, dropout: float = 0.0):
+        if post_ln and adaln:
+            raise ValueError("a post-LN (bert) block has no pre-norms for adaLN to modulate")
+        # The default (pre-LN) block passes no new arguments, so its layers are built as before.
+        bert = dict(eps=BERT_LAYERNORM_EPS) if post_ln else {}
+        init = dict(kernel_init=bert_truncated_normal()) if post_ln else {}
+        self.norm1 = LayerNorm(width, rngs=rngs, dtype=dtype, affine=not adaln, **bert)
+        self.attn = Attention(width, num_heads, rngs=rngs, dtype=dtype, qk_norm=qk_norm, **init)
+        self.norm2 = LayerNorm(width, rngs=rngs, dtype=dtype, affine=not adaln, **bert)
+        self.mlp = MLP(width, int(width * mlp_ratio), rngs=rngs, dtype=dtype, approximate_gelu=post_ln, **init)
+        self.post_ln = post_ln
+        self.dropout = float(dropout)
         # Rows: shift/scale/gate for attention, then for the MLP. Zero init: the block starts as identity.
         self.modulation = (
             Dense((width,), (6, width), ("cond", None, "embed"), rngs=rngs, dtype=dtype,
@@ -107,26 +150,39 @@ class TokenBlock(nnx.Module):
             if adaln else None
         )
 
-    def __call__(self, x: jax.Array, cond: jax.Array | None, *, mask=None, rope=None, cache=None, index=None):
+    def __call__(self, x: jax.Array, cond: jax.Array | None, *, mask=None, rope=None, cache=None, index=None,
+                 dropout_rng: jax.Array | None = None):
         """x [B, T, width]; cond = SiLU(class embedding) [B, width] in adaLN mode, else None.
 
         With `cache` (and `index`), x is the single element at sequence position `index` and the
-        attention runs through the KV cache. Returns (x, updated cache or None).
+        attention runs through the KV cache. `dropout_rng` (training only) turns dropout on.
+        Returns (x, updated cache or None).
         """
+        rate = self.dropout if dropout_rng is not None else 0.0
+        keys = jax.random.split(dropout_rng, 3) if rate > 0 else (None, None, None)
+        if self.post_ln:
+            if cache is None:
+                a = self.attn(x, mask=mask, rope=rope, dropout_rate=rate, dropout_rng=keys[0])
+            else:
+                a, cache = self.attn.decode(x, cache, index, rope=rope)
+            x = self.norm1(x + dropout(a, rate, keys[1]))
+            return self.norm2(x + dropout(self.mlp(x), rate, keys[2])), cache
         if self.modulation is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = jnp.unstack(self.modulation(cond), axis=1)
             h = _modulate(self.norm1(x), shift1, scale1)
         else:
             h = self.norm1(x)
         if cache is None:
-            a = self.attn(h, mask=mask, rope=rope)
+            a = self.attn(h, mask=mask, rope=rope, dropout_rate=rate, dropout_rng=keys[0])
         else:
             a, cache = self.attn.decode(h, cache, index, rope=rope)
+        a = dropout(a, rate, keys[1])
         if self.modulation is not None:
             x = x + gate1[:, None] * a
-            return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2)), cache
+            m = dropout(self.mlp(_modulate(self.norm2(x), shift2, scale2)), rate, keys[2])
+            return x + gate2[:, None] * m, cache
         x = x + a
-        return x + self.mlp(self.norm2(x)), cache
+        return x + dropout(self.mlp(self.norm2(x)), rate, keys[2]), cache
 
 
 class TokenTransformer(nnx.Module):
@@ -142,10 +198,18 @@ class TokenTransformer(nnx.Module):
                  depth: int, num_heads: int, mlp_ratio: float = 4.0, conditioning: str = "adaln",
                  positions: str = "learned", qk_norm: bool = False, tie_head: bool = True,
                  causal: bool = False, num_streams: int = 1, dtype=jnp.float32, remat: str = "none",
-                 rngs: nnx.Rngs):
+                 architecture: str = "pre_ln", dropout: float = 0.0, rngs: nnx.Rngs):
         self.remat = check_remat(remat)
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: {CONDITIONINGS}")
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {architecture!r}; valid: {ARCHITECTURES}")
+        if architecture == "bert" and conditioning == "adaln":
+            raise ValueError("architecture='bert' (the official MaskGIT transformer) takes the class as a prefix "
+                             "token: use conditioning='prefix' (or 'none'); adaLN modulates pre-norms, which its "
+                             "post-LN blocks do not have")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if positions not in POSITIONS:
             raise ValueError(f"unknown positions {positions!r}; valid: {POSITIONS}")
         token_shape = tuple(int(s) for s in token_shape)
@@ -179,6 +243,9 @@ class TokenTransformer(nnx.Module):
         self.positions = positions
         self.causal = causal
         self.dtype = dtype
+        self.architecture = architecture
+        self.dropout = float(dropout)
+        bert = architecture == "bert"
         adaln = conditioning == "adaln"
         # A bidirectional prefix model has one extra (class) element; a causal one feeds its start
         # element in place of the last token, so its length stays N.
@@ -187,7 +254,7 @@ class TokenTransformer(nnx.Module):
 
         # Parameters are created in the order MaskGIT checkpoints were written with, so that a
         # default model draws the same initial values from the same seed as before.
-        embed_init = jax.nn.initializers.normal(0.02)
+        embed_init = bert_truncated_normal() if bert else jax.nn.initializers.normal(0.02)
         # Row vocab_size is [MASK]; row num_classes of the class table is the CFG null label.
         # Rows are not sharded: vocab_size + 1 rows rarely divide a mesh axis, and the table is small.
         # K streams get K tables in one array (K leads and is replicated: K is a handful).
@@ -202,11 +269,18 @@ class TokenTransformer(nnx.Module):
                             if causal and conditioning != "prefix" else None)
         self.pos_embed = (logical_param(rngs, embed_init, (self.seq_len, width), ("positions", "embed"))
                           if positions == "learned" else None)
+        # BERT normalises the summed embeddings (eps 1e-12) before the first block.
+        self.embed_norm = LayerNorm(width, rngs=rngs, dtype=dtype, eps=BERT_LAYERNORM_EPS) if bert else None
         self.blocks = nnx.List([
-            TokenBlock(width, num_heads, mlp_ratio, adaln=adaln, qk_norm=qk_norm, rngs=rngs, dtype=dtype)
+            TokenBlock(width, num_heads, mlp_ratio, adaln=adaln, qk_norm=qk_norm, rngs=rngs, dtype=dtype,
+                       **(dict(post_ln=True) if bert else {}), dropout=dropout)
             for _ in range(depth)
         ])
-        self.final_norm = LayerNorm(width, rngs=rngs, dtype=dtype, affine=not adaln)
+        # Post-LN blocks end normalised: BERT has no final norm, but the MLM head's transform.
+        self.final_norm = None if bert else LayerNorm(width, rngs=rngs, dtype=dtype, affine=not adaln)
+        self.mlm_dense = (Dense((width,), (width,), ("embed", "mlp"), rngs=rngs, dtype=dtype,
+                                kernel_init=bert_truncated_normal()) if bert else None)
+        self.mlm_norm = LayerNorm(width, rngs=rngs, dtype=dtype, eps=BERT_LAYERNORM_EPS) if bert else None
         self.final_modulation = (
             Dense((width,), (2, width), ("cond", None, "embed"), rngs=rngs, dtype=dtype,
                   kernel_init=jax.nn.initializers.zeros)
@@ -218,7 +292,7 @@ class TokenTransformer(nnx.Module):
                                            stream_axes + ("vocab",))
         else:
             self.head = Dense((width,), streams + (vocab_size,), ("embed",) + stream_axes + ("vocab",), rngs=rngs,
-                              dtype=dtype)
+                              dtype=dtype, **(dict(kernel_init=bert_truncated_normal()) if bert else {}))
             self.head_bias = None
 
     # ----------------------------------------------------------------------------------------- parts
@@ -283,9 +357,19 @@ class TokenTransformer(nnx.Module):
             coords = np.concatenate([np.zeros((1, len(self.token_shape)), coords.dtype), coords])
         return rope_axial(coords, self.head_dim)
 
+    def _embedding_out(self, x: jax.Array, dropout_rng: jax.Array | None) -> jax.Array:
+        """The summed embeddings [B, T, width] as the blocks see them: BERT's LayerNorm, then dropout."""
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return dropout(x, self.dropout, dropout_rng)
+
     def _logits(self, x: jax.Array, cond: jax.Array | None) -> jax.Array:
-        """Final (modulated) norm and the head: [B, T, width] -> float32 [B, T(, K), vocab_size]."""
-        x = self.final_norm(x)
+        """Final (modulated) norm, or BERT's MLM transform, and the head: [B, T, width] -> float32
+        [B, T(, K), vocab_size]."""
+        if self.mlm_dense is not None:
+            x = self.mlm_norm(gelu_tanh(self.mlm_dense(x)))
+        else:
+            x = self.final_norm(x)
         if self.final_modulation is not None:
             shift, scale = jnp.unstack(self.final_modulation(cond), axis=1)
             x = _modulate(x, shift, scale)
@@ -298,9 +382,14 @@ class TokenTransformer(nnx.Module):
 
     # ------------------------------------------------------------------------------------ forward
 
-    def __call__(self, tokens: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, labels: jax.Array | None = None, *,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
         """tokens int in [0, vocab_size] ([B, N(, K)] or [B, *token_shape(, K)]); labels int [B] in
-        [0, num_classes] (None for conditioning="none") -> float32 logits [*tokens.shape, vocab]."""
+        [0, num_classes] (None for conditioning="none") -> float32 logits [*tokens.shape, vocab].
+
+        dropout_rng: a PRNG key turns dropout on (training); None (the default) is deterministic."""
+        if self.dropout == 0.0:
+            dropout_rng = None
         in_shape = tokens.shape
         tokens = self._flatten(tokens)
         batch = tokens.shape[0]
@@ -315,11 +404,16 @@ class TokenTransformer(nnx.Module):
             x = self._embed_tokens(tokens)
         if self.pos_embed is not None:
             x = x + self.pos_embed[...].astype(self.dtype)
+        # One key for the embedding dropout and one per block (each block splits its own three).
+        keys = [None] * (len(self.blocks) + 1) if dropout_rng is None else jax.random.split(dropout_rng,
+                                                                                            len(self.blocks) + 1)
+        x = self._embedding_out(x, keys[0])
         mask = jnp.tril(jnp.ones((self.seq_len, self.seq_len), bool)) if self.causal else None
         rope = self._rope_tables()
-        run = block_runner(lambda block, x, cond, mask, rope: block(x, cond, mask=mask, rope=rope)[0], self.remat)
-        for block in self.blocks:
-            x = constrain(run(block, x, cond, mask, rope))
+        run = block_runner(lambda block, x, cond, mask, rope, key: block(x, cond, mask=mask, rope=rope,
+                                                                         dropout_rng=key)[0], self.remat)
+        for block, key in zip(self.blocks, keys[1:]):
+            x = constrain(run(block, x, cond, mask, rope, key))
         if self.has_prefix:
             x = x[:, 1:]
         logits = self._logits(x, cond)
@@ -352,6 +446,7 @@ class TokenTransformer(nnx.Module):
         x = jnp.where(index == 0, self._start_element(labels, batch), embedded)[:, None]  # [B, 1, width]
         if self.pos_embed is not None:
             x = x + jax.lax.dynamic_index_in_dim(self.pos_embed[...], index, keepdims=True).astype(self.dtype)
+        x = self._embedding_out(x, None)
         rope = self._rope_tables()
         if rope is not None:
             rope = tuple(jax.lax.dynamic_index_in_dim(t, index, keepdims=True) for t in rope)

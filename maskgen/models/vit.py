@@ -33,34 +33,54 @@ def unpatchify(patches: jax.Array, patch_size: int, height: int, width: int) -> 
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, height, width, c)
 
 
-def sincos_2d(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
-    """Fixed 2D sine-cosine position embeddings [grid_h*grid_w, dim] (half per spatial axis)."""
+# Which half of the sin-cos channels encodes which axis: "x_first" is facebookresearch/mae's layout
+# (the default, needed for its released weights); "y_first" is maskgen's layout before issue 15,
+# kept so that runs trained with it (whose config.json has no `sincos_order`) load unchanged.
+SINCOS_ORDERS = ("x_first", "y_first")
+
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int, order: str = "x_first") -> np.ndarray:
+    """Fixed 2D sine-cosine position embeddings [grid_h*grid_w, dim], positions in raster order.
+
+    order="x_first" is the layout of facebookresearch/mae's `util/pos_embed.py` (and so of its
+    released weights): the first half of the channels encodes the column (x) coordinate, the second
+    half the row (y), because the reference builds its grid with `np.meshgrid(grid_w, grid_h)` ("w
+    goes first") and gives the first half to `grid[0]`. Each half is [sin(pos * omega), cos(pos * omega)]
+    with omega_i = 10000^(-i / (dim/4)). "y_first" swaps the halves. The class token gets no
+    position (the reference's zero row).
+    """
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    if order not in SINCOS_ORDERS:
+        raise ValueError(f"unknown sin-cos order {order!r}; valid: {', '.join(SINCOS_ORDERS)}")
     quarter = dim // 4
     omega = 1.0 / (10000 ** (np.arange(quarter, dtype=np.float64) / quarter))
-    ys, xs = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
-    out_y = ys.reshape(-1, 1) * omega[None]
-    out_x = xs.reshape(-1, 1) * omega[None]
-    emb = np.concatenate([np.sin(out_y), np.cos(out_y), np.sin(out_x), np.cos(out_x)], axis=1)
-    return emb.astype(np.float32)
+    rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
+    angle_x = cols.reshape(-1, 1) * omega[None]
+    angle_y = rows.reshape(-1, 1) * omega[None]
+    halves = [np.concatenate([np.sin(a), np.cos(a)], axis=1) for a in (angle_x, angle_y)]
+    if order == "y_first":
+        halves = halves[::-1]
+    return np.concatenate(halves, axis=1).astype(np.float32)
 
 
 class ViTEncoder(nnx.Module):
     """Patch embedding + fixed 2D sin-cos positions + class token + pre-norm transformer."""
 
     def __init__(self, *, patch_dim: int, grid: tuple[int, int], width: int, depth: int, num_heads: int,
-                 mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
+                 mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none",
+                 sincos_order: str = "x_first"):
         self.grid = tuple(grid)
         self.width = width
         self.dtype = dtype
+        self.sincos_order = sincos_order
         self.patch_embed = Dense((patch_dim,), (width,), ("patch", "embed"), rngs=rngs, dtype=dtype)
         self.cls_token = logical_param(rngs, jax.nn.initializers.normal(0.02), (width,), ("embed",))
         self.transformer = Transformer(width, depth, num_heads, mlp_ratio, rngs=rngs, dtype=dtype, remat=remat)
 
     def __call__(self, patches: jax.Array, visible: jax.Array | None = None) -> jax.Array:
         """patches [B, N, patch_dim]; visible int [B, K] or None (all). Returns [B, 1+K, width]."""
-        x = self.patch_embed(patches) + jnp.asarray(sincos_2d(*self.grid, self.width), self.dtype)
+        x = self.patch_embed(patches) + jnp.asarray(sincos_2d(*self.grid, self.width, self.sincos_order), self.dtype)
         if visible is not None:
             x = jnp.take_along_axis(x, visible[..., None], axis=1)
         cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (x.shape[0], 1, self.width))
@@ -72,12 +92,13 @@ class MAE(nnx.Module):
 
     def __init__(self, *, patch_dim: int, grid: tuple[int, int], width: int, depth: int, num_heads: int,
                  decoder_width: int, decoder_depth: int, decoder_heads: int, mlp_ratio: float,
-                 rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
+                 rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none", sincos_order: str = "x_first"):
         self.grid = tuple(grid)
         self.decoder_width = decoder_width
         self.dtype = dtype
+        self.sincos_order = sincos_order
         self.encoder = ViTEncoder(patch_dim=patch_dim, grid=grid, width=width, depth=depth, num_heads=num_heads,
-                                  mlp_ratio=mlp_ratio, rngs=rngs, dtype=dtype, remat=remat)
+                                  mlp_ratio=mlp_ratio, rngs=rngs, dtype=dtype, remat=remat, sincos_order=sincos_order)
         self.decoder_embed = Dense((width,), (decoder_width,), ("embed", None), rngs=rngs, dtype=dtype)
         self.mask_token = logical_param(rngs, jax.nn.initializers.normal(0.02), (decoder_width,), ("embed",))
         self.decoder = Transformer(decoder_width, decoder_depth, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype,
@@ -102,10 +123,20 @@ class MAE(nnx.Module):
         # Undo the permutation: position i takes the token at index restore[i] of [visible, masked].
         restore = jnp.argsort(order, axis=-1)
         tokens = jnp.take_along_axis(jnp.concatenate([visible_tokens, mask_tokens], 1), restore[..., None], axis=1)
-        tokens = tokens + jnp.asarray(sincos_2d(*self.grid, self.decoder_width), self.dtype)
+        tokens = tokens + jnp.asarray(sincos_2d(*self.grid, self.decoder_width, self.sincos_order), self.dtype)
         y = self.decoder(jnp.concatenate([cls, tokens], axis=1))
         return self.decoder_pred(y[:, 1:]).astype(jnp.float32)
 
-    def features(self, patches: jax.Array) -> jax.Array:
-        """Mean-pooled encoder features of all patches, [B, width], for linear probing."""
-        return self.encoder(patches)[:, 1:].astype(jnp.float32).mean(axis=1)
+    def features(self, patches: jax.Array, pool: str = "mean") -> jax.Array:
+        """Encoder features of all patches, [B, width], for linear probing.
+
+        pool="mean": the mean of the patch tokens; pool="cls": the class token (both after the
+        encoder's final LayerNorm). MAE's linear probe (main_linprobe.py, global_pool=False) uses
+        the class token.
+        """
+        tokens = self.encoder(patches).astype(jnp.float32)
+        if pool == "cls":
+            return tokens[:, 0]
+        if pool == "mean":
+            return tokens[:, 1:].mean(axis=1)
+        raise ValueError(f"unknown feature pooling {pool!r}; valid: 'cls', 'mean'")

@@ -2,6 +2,11 @@
 
 Random masking with a fixed keep count, an encoder on visible patches only, a light decoder with
 mask tokens, and MSE on per-patch-normalised pixels of the masked patches only.
+
+Matches facebookresearch/mae's models_mae.py where it matters for loading its weights
+(maskgen.weights.mae_torch): the 2-D sin-cos position layout (`model.sincos_order="x_first"`; runs
+saved before this setting existed used "y_first" and keep it), LayerNorm eps 1e-6, the patch
+layout (p, p, C), and the `norm_pix_loss` target with torch's unbiased patch variance.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from maskgen.config import boolean, integer, number, recipe_problems
+from maskgen.config import boolean, integer, number, one_of, recipe_problems
 from maskgen.masking import num_masked, random_mask
-from maskgen.models.vit import MAE, patchify, unpatchify
+from maskgen.models.vit import MAE, SINCOS_ORDERS, patchify, unpatchify
 from maskgen.recipes.base import Recipe, register
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -32,14 +37,29 @@ CONFIG_SPEC = {
     "model.mlp_ratio": number(0, min_open=True),
     "model.mask_ratio": number(0, 1, min_open=True, max_open=True),
     "model.norm_pix_loss": boolean(),
+    # Optional: a config.json without it is a run from before issue 15, trained with "y_first".
+    "model.sincos_order": one_of(*SINCOS_ORDERS, optional=True),
 }
+
+# What `model.sincos_order` means when a config lacks it: the layout such (older) runs were trained with.
+LEGACY_SINCOS_ORDER = "y_first"
+
+
+def patch_mean_std(patches: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+    """Per-patch mean and sqrt(var + eps) over the last axis, with the unbiased variance (sum of
+    squares over n - 1), as MAE's `target.var(dim=-1)` computes it (torch.var's default)."""
+    n = patches.shape[-1]
+    if n < 2:
+        raise ValueError(f"norm_pix_loss needs patches of at least 2 values for their variance, got {n}")
+    mean = patches.mean(-1, keepdims=True)
+    var = jnp.square(patches - mean).sum(-1, keepdims=True) / (n - 1)
+    return mean, jnp.sqrt(var + eps)
 
 
 def normalized_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """MAE's `norm_pix_loss` target: each patch minus its mean, over sqrt(var + eps)."""
-    mean = patches.mean(-1, keepdims=True)
-    var = patches.var(-1, keepdims=True)
-    return (patches - mean) / jnp.sqrt(var + eps)
+    """MAE's `norm_pix_loss` target: each patch minus its mean, over sqrt(unbiased var + eps)."""
+    mean, std = patch_mean_std(patches, eps)
+    return (patches - mean) / std
 
 
 @register("mae")
@@ -49,7 +69,7 @@ class MAERecipe(Recipe):
     def __init__(self, *, image_size: int, channels: int, patch_size: int, width: int, depth: int,
                  num_heads: int, decoder_width: int, decoder_depth: int, decoder_heads: int,
                  mlp_ratio: float, mask_ratio: float, norm_pix_loss: bool, compute_dtype: str = "float32",
-                 remat: str = "none"):
+                 remat: str = "none", sincos_order: str = "x_first"):
         self.image_size = image_size
         self.channels = channels
         self.patch_size = patch_size
@@ -62,6 +82,7 @@ class MAERecipe(Recipe):
             patch_dim=patch_size * patch_size * channels, grid=self.grid, width=width, depth=depth,
             num_heads=num_heads, decoder_width=decoder_width, decoder_depth=decoder_depth,
             decoder_heads=decoder_heads, mlp_ratio=mlp_ratio, dtype=_DTYPES[compute_dtype], remat=remat,
+            sincos_order=sincos_order,
         )
 
     @classmethod
@@ -73,6 +94,7 @@ class MAERecipe(Recipe):
             decoder_width=m.decoder_width, decoder_depth=m.decoder_depth, decoder_heads=m.decoder_heads,
             mlp_ratio=m.mlp_ratio, mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss,
             compute_dtype=config.compute_dtype, remat=config.get("remat", "none"),
+            sincos_order=m.get("sincos_order", LEGACY_SINCOS_ORDER),
         )
 
     @staticmethod
@@ -88,6 +110,10 @@ class MAERecipe(Recipe):
             if not 0 < masked < patches:
                 problems.append(f"config.model.mask_ratio={m.mask_ratio} masks {masked} of the {patches} patches; "
                                 "at least one must be masked and one visible")
+        if (problems.ok("model.patch_size", "model.norm_pix_loss") and m.norm_pix_loss and data_info.get("image_shape")
+                and m.patch_size ** 2 * int(data_info["image_shape"][-1]) < 2):
+            problems.append(f"config.model.norm_pix_loss=True needs patches of at least 2 values (their variance); "
+                            f"patch_size={m.patch_size} with {data_info['image_shape'][-1]} channel(s) gives 1")
         for width_key, heads_key in (("width", "num_heads"), ("decoder_width", "decoder_heads")):
             if problems.ok(f"model.{width_key}", "model.mlp_ratio") and int(m[width_key] * m.mlp_ratio) < 1:
                 problems.append(f"config.model.mlp_ratio={m.mlp_ratio} gives MLPs of width "
@@ -127,8 +153,7 @@ class MAERecipe(Recipe):
         mask, order = self._mask_order(rng, patches.shape[0])
         pred = model(patches, order, self.num_visible)
         if self.norm_pix_loss:  # Undo the per-patch normalisation with the true patch statistics.
-            mean = patches.mean(-1, keepdims=True)
-            std = jnp.sqrt(patches.var(-1, keepdims=True) + 1e-6)
+            mean, std = patch_mean_std(patches)
             pred = pred * std + mean
         m = mask[..., None]
         reconstruction = jnp.where(m, jnp.clip(pred, -1.0, 1.0), patches)
@@ -140,8 +165,9 @@ class MAERecipe(Recipe):
             "reconstruction": unpatchify(reconstruction, self.patch_size, h, w),
         }
 
-    def features(self, model: MAE, batch, rng):
-        return model.features(patchify(batch["image"], self.patch_size))
+    def features(self, model: MAE, batch, rng, pool: str = "mean"):
+        """[B, width] encoder features: pool="mean" over patch tokens, or "cls" (MAE's linear probe)."""
+        return model.features(patchify(batch["image"], self.patch_size), pool)
 
 
 def load_encoder_features(workdir: str, step: int | None = None) -> Callable[[jax.Array], jax.Array]:
@@ -152,11 +178,14 @@ def load_encoder_features(workdir: str, step: int | None = None) -> Callable[[ja
     """
     from maskgen.checkpoint import load_run_config, restore_run_model
     from maskgen.data import source_info
+    from maskgen.data.run_info import load_run_data_info
 
     config = load_run_config(workdir)
     if config.recipe != "mae":
         raise ValueError(f"{workdir} is a {config.recipe!r} run; a perceptual network needs an 'mae' run")
-    recipe = MAERecipe.from_config(config, source_info(config.data.name, config.data.data_dir or None))
+    # An imported run (`maskgen import-weights`) records its data shapes; its dataset need not be here.
+    info = load_run_data_info(workdir) or source_info(config.data.name, config.data.data_dir or None)
+    recipe = MAERecipe.from_config(config, info)
     with nnx.use_eager_sharding(False):  # a frozen single-device copy: no mesh needed
         graphdef, abstract_params, abstract_rest = nnx.split(
             nnx.eval_shape(lambda: recipe.make_model(nnx.Rngs(0))), nnx.Param, ...)

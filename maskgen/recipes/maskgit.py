@@ -9,7 +9,10 @@ paper), averaged over each example's masked tokens and then over the batch, as t
 does (`loss.weighting`, LOSS_WEIGHTINGS). A class-conditional model replaces the class by a learned null class with probability
 `class_dropout`, so one model serves classifier-free guidance (Ho & Salimans, arXiv 2207.12598;
 as in MUSE, arXiv 2301.00704); an unconditional one (conditioning="none", e.g. for unlabeled
-text) has no classes at all. Sampling is `maskgen.sampling.iterative_decode`.
+text) has no classes at all. Sampling is `maskgen.sampling.iterative_decode`. The backbone is
+maskgen's pre-LN `TokenTransformer`, or with `model.architecture="bert"` the official MaskGIT
+transformer (post-LN BERT with an MLM head; `model.dropout`, 0.1 there, acts in training only:
+`loss` passes the model a dropout key, sampling never does).
 
 The `autoregressive` recipe trains the same backbone causally (next-token cross-entropy in reading
 order, as in VQGAN's transformer, Esser et al. arXiv 2012.09841) and samples with a KV cache,
@@ -36,7 +39,7 @@ from flax import nnx
 from maskgen.config import Problems, Rule, boolean, int_tuple, integer, number, one_of, recipe_problems, string
 from maskgen.data.tokens import TokenMetadataError, check_token_metadata
 from maskgen.masking.schedules import mask_ratio, num_to_mask
-from maskgen.models.token_transformer import TokenTransformer
+from maskgen.models.token_transformer import ARCHITECTURES, TokenTransformer
 from maskgen.recipes.base import Recipe, register
 from maskgen.sampling.autoregressive import autoregressive_decode
 from maskgen.sampling.iterative import CFG_SCHEDULES, POLICIES, TEMPERATURE_SCHEDULES, iterative_decode
@@ -93,6 +96,10 @@ CONFIG_SPEC = {
     "model.positions": one_of(*POSITIONS),
     "model.qk_norm": boolean(),
     "model.tie_head": boolean(),
+    # "pre_ln": maskgen's block; "bert": the official MaskGIT transformer (post-LN, embedding norm,
+    # MLM head; see maskgen.models.token_transformer). Dropout: the reference's 0.1, training only.
+    "model.architecture": one_of(*ARCHITECTURES, optional=True),
+    "model.dropout": number(0, 1, max_open=True, optional=True),
     "loss.label_smoothing": number(0, 1, max_open=True),
     "loss.class_dropout": number(0, 1),
     "sampling.num_steps": integer(min=1, optional=True),
@@ -121,6 +128,11 @@ def _token_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any]
                 mask_ratio(config[group][name], 0.5, 2)
             except ValueError as err:
                 problems.add(key, f"config.{key}={config[group][name]!r}: {err}")
+    if (problems.ok("model.architecture", "model.conditioning") and m.get("architecture", "pre_ln") == "bert"
+            and m.conditioning == "adaln"):
+        problems.append("config.model.architecture='bert' (the official MaskGIT transformer) takes the class as a "
+                        "prefix token: set config.model.conditioning='prefix' (or 'none'); adaLN modulates "
+                        "pre-norms, which its post-LN blocks do not have")
     if problems.ok("model.width", "model.num_heads", "model.positions", "model.token_shape"):
         rank = len(m.token_shape)
         if m.width % m.num_heads:
@@ -173,7 +185,8 @@ class _TokenRecipe(Recipe):
     def __init__(self, *, token_shape, codebook_size: int, num_classes: int, width: int, depth: int,
                  num_heads: int, mlp_ratio: float, conditioning: str, positions: str, qk_norm: bool,
                  tie_head: bool, label_smoothing: float, class_dropout: float, compute_dtype: str = "float32",
-                 remat: str = "none", tokenizer: dict | None = None, sampling: dict | None = None):
+                 remat: str = "none", tokenizer: dict | None = None, sampling: dict | None = None,
+                 architecture: str = "pre_ln", dropout: float = 0.0):
         self.token_shape = tuple(int(s) for s in token_shape)
         self.num_tokens = math.prod(self.token_shape)
         self.codebook_size, self.num_classes = int(codebook_size), int(num_classes)
@@ -189,8 +202,9 @@ class _TokenRecipe(Recipe):
             num_classes=self.num_classes if self.conditioned else 0,
             width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, conditioning=conditioning,
             positions=positions, qk_norm=qk_norm, tie_head=tie_head, causal=self.causal,
-            dtype=_DTYPES[compute_dtype], remat=remat,
+            dtype=_DTYPES[compute_dtype], remat=remat, architecture=architecture, dropout=dropout,
         )
+        self.dropout = float(dropout)
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, data_info: dict[str, Any]):
@@ -202,7 +216,8 @@ class _TokenRecipe(Recipe):
             conditioning=m.conditioning, positions=m.positions, qk_norm=m.qk_norm, tie_head=m.tie_head,
             label_smoothing=config.loss.label_smoothing, class_dropout=config.loss.class_dropout,
             compute_dtype=config.compute_dtype, remat=config.get("remat", "none"), tokenizer=data_info.get("tokenizer", {}),
-            sampling=config.sampling.to_dict() if "sampling" in config else {}, **cls._own_settings(config),
+            sampling=config.sampling.to_dict() if "sampling" in config else {},
+            architecture=m.get("architecture", "pre_ln"), dropout=m.get("dropout", 0.0), **cls._own_settings(config),
         )
 
     @staticmethod
@@ -248,6 +263,11 @@ class _TokenRecipe(Recipe):
             return None
         drop = jax.random.uniform(rng, labels.shape) < self.class_dropout
         return jnp.where(drop, null_class, labels)
+
+    def _dropout_rng(self, rng: jax.Array) -> jax.Array | None:
+        """The model's dropout key for a training step (None without dropout). Folded in, not split
+        off, so a model without dropout draws its masks and class drops exactly as before."""
+        return jax.random.fold_in(rng, 0x0D0) if self.dropout > 0 else None
 
     def _batch_size(self, batch) -> int:
         for name in ("tokens", "known", "label"):
@@ -302,7 +322,8 @@ class MaskGITRecipe(_TokenRecipe):
         r = jax.random.uniform(ratio_rng, (tokens.shape[0],))
         masked = random_token_mask(mask_rng, num_to_mask(self.mask_schedule, r, self.num_tokens), self.num_tokens)
         inputs = jnp.where(masked, model.mask_token_id, tokens)
-        logits = model(inputs, self._train_labels(class_rng, batch, model.null_class))
+        logits = model(inputs, self._train_labels(class_rng, batch, model.null_class),
+                       dropout_rng=self._dropout_rng(rng))
         weights = masked.astype(jnp.float32)
         per_token = smoothed_cross_entropy(logits, tokens, self.label_smoothing)
         loss = masked_mean(per_token, weights, self.loss_weighting)
@@ -339,7 +360,8 @@ class AutoregressiveRecipe(_TokenRecipe):
 
     def loss(self, model: TokenTransformer, batch, rng, step):
         tokens = self._flat_tokens(batch)
-        logits = model(tokens, self._train_labels(rng, batch, model.null_class))  # position i predicts token i
+        # Position i predicts token i.
+        logits = model(tokens, self._train_labels(rng, batch, model.null_class), dropout_rng=self._dropout_rng(rng))
         loss = jnp.mean(smoothed_cross_entropy(logits, tokens, self.label_smoothing))
         return loss, {"accuracy": jnp.mean((jnp.argmax(logits, -1) == tokens).astype(jnp.float32))}
 

@@ -12,8 +12,11 @@ video); `known` marks the given tokens (all False for generation). At step t of 
 Policies (`POLICIES`):
   "confidence": MaskGIT's `parallel_decode` (Chang et al., arXiv 2202.04200, Sec. 3.2): score each
     sample by log p(sampled) + choice_temperature * (1 - r) * Gumbel, r = (t + 1) / T, and keep
-    the floor(n0 * gamma(r)) lowest masked (n0 = the unknown count before decoding), clamped so
-    each step reveals at least one token and one stays masked until the last step.
+    the floor(n0 * gamma(r)) lowest masked (n0 = the unknown count before decoding), clamped to
+    [1, unknown - 1] as the reference clamps it: each step reveals at least one token while two or
+    more are unknown, and at least one stays masked until the last step, so a lone unknown token
+    is sampled on the last step, with the last step's guidance scale and temperature. The count
+    floor(n0 * gamma(r)) is exact (computed on the host; `keep_masked_table`).
   "random": the same counts, positions chosen uniformly at random (independent of the model).
   "ancestral": the ancestral sampler of absorbing-state masked diffusion (MDLM, Sahoo et al., arXiv
     2406.07524; MD4, Shi et al., arXiv 2406.04329). Going from r_prev = t / T to r, each unknown
@@ -54,16 +57,11 @@ from typing import Any, Callable, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from maskgen.masking.schedules import mask_ratio
+from maskgen.masking.schedules import keep_masked_table, mask_ratio
 from maskgen.sampling.categorical import PRECISIONS, gumbel_noise, sample_categorical
 
 CFG_SCHEDULES = ("constant", "linear", "cosine")
 TEMPERATURE_SCHEDULES = ("constant", "linear")
-
-# gamma(r) is evaluated in float32, so n0 * gamma(r) can land a few ulps below an exact integer
-# (linear, n0 = 6, r = 1/3 gives 3.9999998) and floor would drop a token. A relative nudge well
-# above float32 rounding (~1e-7 per op) but far below one token restores the exact count.
-_FLOOR_NUDGE = 1e-5
 
 
 class DecodeResult(NamedTuple):
@@ -108,7 +106,8 @@ class UnmaskPolicy:
            ratio, choice_temperature, precision) -> bool [B, N], True where the position stays
       unknown after the step. Arguments: log_probs_of_sample float32 [B, N] (log p of this step's
       sample), unknown bool [B, N] (before the step), num_keep_masked int32 [B] (MaskGIT's
-      clamped floor(n0 * gamma(r)); 0 on the last step), step int32 scalar t, num_steps T (static),
+      floor(n0 * gamma(r)) clamped to [1, unknown - 1], at least 1 while anything is unknown; 0 on
+      the last step), step int32 scalar t, num_steps T (static),
       ratio_prev / ratio float32 scalars gamma(t / T) / gamma((t + 1) / T). The decoder keeps only
       positions that were unknown and reveals everything on the last step, so a policy cannot
       touch known tokens or leave the output incomplete.
@@ -121,11 +120,15 @@ class UnmaskPolicy:
       [B, N, V] (guided), temperature the step's; ratio is 0 on the last step, so the draw must
       reveal everything there. `tokens` where `still` is True go only into the trajectory and
       should be a sample of p(x0) too.
+    uses_count: False when `choose` ignores num_keep_masked (it then gets a placeholder, not the count).
     """
 
     choose: ChooseFn | None
     event_time: Callable[..., jax.Array] | None = None
     draw: DrawFn | None = None
+    # Whether `choose` reads num_keep_masked. The exact counts are a host table [S, N + 1], so a
+    # policy that ignores them (ancestral, first hitting) spares a long sampler that constant.
+    uses_count: bool = True
 
     def __post_init__(self):
         if self.choose is None and self.draw is None:
@@ -203,9 +206,9 @@ def _first_hitting_time(rng, *, time, unknown, **_):
 POLICIES: dict[str, UnmaskPolicy] = {
     "confidence": UnmaskPolicy(_confidence),
     "random": UnmaskPolicy(_random),
-    "ancestral": UnmaskPolicy(_ancestral),
-    "ancestral_joint": UnmaskPolicy(None, draw=_ancestral_joint),
-    "first_hitting": UnmaskPolicy(_first_hitting, _first_hitting_time),
+    "ancestral": UnmaskPolicy(_ancestral, uses_count=False),
+    "ancestral_joint": UnmaskPolicy(None, draw=_ancestral_joint, uses_count=False),
+    "first_hitting": UnmaskPolicy(_first_hitting, _first_hitting_time, uses_count=False),
 }
 
 
@@ -313,9 +316,15 @@ def iterative_decode(
     ratios_prev = mask_ratio(schedule, steps.astype(jnp.float32) / num_steps, num_tokens)
     ratios = mask_ratio(schedule, (steps + 1).astype(jnp.float32) / num_steps, num_tokens)
 
-    # n0: unknown count before decoding, per example (editing measures it from `known` too).
+    # n0: unknown count before decoding, per example (editing measures it from `known` too), and
+    # per step the exact floor(n0 * gamma(r)) for every possible n0 (a host table: float32 on the
+    # device puts n0 * gamma a few ulps off, and no fixed nudge rounds both ways right).
     flat_known = known.reshape(batch, num_tokens)
-    num_unknown_start = jnp.sum(~flat_known, axis=-1).astype(jnp.float32)
+    num_unknown_start = jnp.sum(~flat_known, axis=-1).astype(jnp.int32)
+    if policy.uses_count and policy.draw is None:
+        keep_tables = jnp.asarray(keep_masked_table(schedule, num_steps, num_tokens, start_step))
+    else:  # nothing reads the count: one zero column (indexed with the clamp below)
+        keep_tables = jnp.zeros((num_steps - start_step, 1), jnp.int32)
 
     def network(flat_in):
         """[B, N] model input -> raw float32 logits [B', N, V] (B' = 2B when guided)."""
@@ -343,7 +352,7 @@ def iterative_decode(
     def step_fn(carry, xs):
         # cur_tokens holds the real token wherever unknown is False.
         cur_tokens, unknown, time, nfe, last_in, last_raw = carry
-        t, ratio_prev, ratio = xs
+        t, ratio_prev, ratio, keep_table = xs
         r = (t + 1).astype(jnp.float32) / num_steps
         sample_rng, choice_rng = jax.random.split(jax.random.fold_in(rng, t))
 
@@ -379,13 +388,14 @@ def iterative_decode(
             sampled = sample_categorical(sample_rng, logits, temp, precision)
             sampled = jnp.where(unknown, sampled, cur_tokens)
 
-            # 2. How many stay masked by MaskGIT's count: floor(n0 * gamma(r)) clamped to
-            # [1, unknown_now - 1]; 0 on the last step (fill everything) and when at most one is
-            # unknown (the clamp range is empty, and for fully known examples nothing may change).
+            # 2. How many stay masked, by the reference's count: max(1, min(unknown_now - 1,
+            # floor(n0 * gamma(r)))). A lone unknown token therefore stays masked until the last
+            # step, which fills everything (0). A fully known example keeps 0: `still & unknown`
+            # below leaves nothing to keep there, whatever the count says.
             unknown_now = jnp.sum(unknown, axis=-1)
-            keep = jnp.floor(num_unknown_start * ratio * (1.0 + _FLOOR_NUDGE)).astype(jnp.int32)
-            keep = jnp.maximum(1, jnp.minimum(unknown_now - 1, keep))
-            keep = jnp.where(last | (unknown_now <= 1), 0, keep)
+            floor_count = keep_table[jnp.minimum(num_unknown_start, keep_table.shape[0] - 1)]
+            keep = jnp.maximum(1, jnp.minimum(unknown_now - 1, floor_count))
+            keep = jnp.where(last | (unknown_now == 0), 0, keep)
 
             # 3. The policy picks what stays masked, only among the unknown.
             log_probs = jax.nn.log_softmax(logits, axis=-1)  # unused (and dropped by XLA) unless the policy reads it
@@ -415,7 +425,7 @@ def iterative_decode(
     else:
         last_in = last_raw = None
     init = (init_tokens, ~flat_known, jnp.ones((batch,), jnp.float32), jnp.zeros((), jnp.int32), last_in, last_raw)
-    (final, _, _, nfe, _, _), record = jax.lax.scan(step_fn, init, (steps, ratios_prev, ratios))
+    (final, _, _, nfe, _, _), record = jax.lax.scan(step_fn, init, (steps, ratios_prev, ratios, keep_tables))
 
     unflat = lambda x: x.reshape(x.shape[:-1] + shape)  # noqa: E731  [..., N] -> [..., *shape]
     if record_trajectory:

@@ -89,7 +89,8 @@ def import_weights(fmt: str, weights_path: str, workdir: str, options: dict | No
     """
     from maskgen.config import apply_overrides, config_to_json
     from maskgen.checkpoint import Checkpointer
-    from maskgen.runs import save_run_data_info, setup
+    from maskgen.data.run_info import save_run_data_info
+    from maskgen.runs import setup
     from maskgen.train import _state_initializer, check_workdir, make_optimizer
 
     module = importer(fmt)
