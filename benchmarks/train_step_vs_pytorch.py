@@ -20,8 +20,8 @@ Claim: >= 1.3x (aim), >= 1.0x (bar): maskgen is not slower than what PyTorch use
     python -m benchmarks.train_step_vs_pytorch --size smoke     # tiny shapes (< 30 s), also without torch
     python -m benchmarks.train_step_vs_pytorch --no-compile     # skip torch.compile peers
 
-timm needs torchvision, which the CPU torch in the main venv lacks: run this from a venv with a
-torch/torchvision pair (e.g. torch 2.14.1 + torchvision 0.29.1) plus `pip install timm` and maskgen.
+The `bench` extra (`pip install -e '.[bench]'`) installs the peers: torch 2.14.1, torchvision 0.29.1
+(which timm needs) and timm.
 """
 
 from __future__ import annotations
