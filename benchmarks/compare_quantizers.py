@@ -2,6 +2,7 @@
 
     python benchmarks/compare_quantizers.py                  # 4 runs of experiments/tokenizer_digits.py
     python benchmarks/compare_quantizers.py --steps 300 --out docs/tokenizers_table.md
+    python benchmarks/compare_quantizers.py --quantizers fsq,rvq          # only some rows
 
 Each run is `maskgen train --config experiments/tokenizer_digits.py:quantizer=Q` (same steps,
 batch, model and data), evaluated on the 359 held-out digits: PSNR, codebook usage, perplexity,
@@ -75,7 +76,8 @@ def main():
         print(f"done {q}: {rows[-1]}", file=sys.stderr)
     lines = [
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"command: python benchmarks/compare_quantizers.py{' --steps ' + str(args.steps) if args.steps else ''}",
+        f"command: python benchmarks/compare_quantizers.py{' --steps ' + str(args.steps) if args.steps else ''}"
+        f"{' --quantizers ' + args.quantizers if args.quantizers != 'vq,fsq,lfq,rvq' else ''}",
         "",
         "| quantizer | codes | PSNR (dB) | codebook usage | perplexity | Fréchet distance (digit features) | train time (s) |",
         "|---|---|---|---|---|---|---|",

@@ -41,19 +41,25 @@ def get_config(arg=None):
         base_channels=channels, channel_multipliers=(1, 2), num_res_blocks=res_blocks,
         quantizer=args["quantizer"], embed_dim=16, codebook_size=256,
         vq=dict(l2_normalize=True, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
-                kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=0.1),
+                kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=0.1,
+                entropy_weight=0.0, entropy_temperature=0.01),
         fsq_levels=(4, 4, 4, 4),  # 256 codes
+        fsq_bound="paper",
         lfq_bits=8,  # 256 codes
         lfq=dict(entropy_weight=0.1, commitment_weight=0.25, temperature=0.01, diversity_weight=1.0),
+        lfq_group_norm=False,
         rvq_levels=2, quantizer_dropout=0.5,
-        discriminator_channels=16, discriminator_downsamples=2,
+        conv_variant="maskgen", pixel_range="minus_one_to_one",
+        discriminator="patch", discriminator_channels=16, discriminator_downsamples=2,
+        stylegan_channel_multiplier=1, stylegan_max_channels=16, stylegan_blur_resample=True,
     )
     config.loss = dict(
         reconstruction="l1", reconstruction_weight=1.0,
         perceptual_weight=0.1 if args["perceptual"] else 0.0, perceptual_network="digit_classifier",
         adversarial_weight=0.1 if args["gan"] else 0.0, gan_loss="hinge",
         gan_start_step=config.total_steps // 2, lecam_weight=0.001, lecam_decay=0.99, r1_weight=0.0,
-        discriminator_lr=1e-4, discriminator_b1=0.5,
+        discriminator_lr=1e-4, discriminator_b1=0.5, adaptive_gan_weight=False,
+        entropy_anneal_factor=0.0, entropy_anneal_steps=0,
     )
     config.optimizer.lr = 1e-3
     config.optimizer.b2 = 0.99

@@ -1,9 +1,16 @@
 r"""The MaskGIT VQGAN tokenizer at paper scale: ImageNet 256x256, f16 (16x16 tokens), 1024 codes.
 
-Chang et al., arXiv 2202.04200 (and methods notes): conv encoder/decoder without attention,
-GroupNorm + swish, channel multipliers [1, 1, 2, 2, 4] on 128 base channels, 2 residual blocks,
-codebook 1024 x 256, commitment 0.25, adversarial loss 0.1 with a patch discriminator (hinge),
-R1 10 and LeCam 0.001 (MAGVIT), EMA 0.999 of the generator. The paper's perceptual loss uses
+Chang et al., arXiv 2202.04200, with the values of google-research/maskgit's
+maskgit/configs/vqgan_config.py: conv encoder/decoder without attention, GroupNorm + swish,
+channel multipliers [1, 1, 2, 2, 4] on 128 base channels, 2 residual blocks, codebook 1024 x 256,
+commitment 0.25 and the VQ entropy loss (weight 0.1, temperature 0.01) with neither k-means init
+nor dead-code restarts (the reference uses neither; set model.vq.kmeans_init /
+restart_dead_codes to add them), a non-saturating GAN loss with weight 0.1 (fixed: neither
+MaskGIT's config nor MAGVIT's trainer uses VQGAN's adaptive weight) and the StyleGAN
+discriminator, R1 10 (full strength), LeCam 0.001 (MAGVIT), EMA 0.999 of the generator.
+LFQ (MAGVIT-v2, arXiv 2310.05737): temperature 0.01, a GroupNorm before LFQ and MAGVIT's
+entropy-loss annealing (the factor 3 over 5,000 steps is maskgen's choice: neither paper gives
+numbers). FSQ: the paper's bound. The paper's perceptual loss uses
 pretrained VGG/LPIPS weights, which maskgen does not download: set
 `--config.loss.perceptual_weight=0.1` only with a feature network of your own (see docs/tokenizers.md).
 
@@ -36,17 +43,26 @@ def get_config(arg=None):
         base_channels=8 if tiny else 128, channel_multipliers=(1, 2) if tiny else (1, 1, 2, 2, 4),
         num_res_blocks=1 if tiny else 2, quantizer=args["quantizer"], embed_dim=256, codebook_size=1024,
         vq=dict(l2_normalize=False, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
-                kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=0.1),
+                kmeans_init=False, kmeans_iters=10, restart_dead_codes=False, dead_code_threshold=0.1,
+                entropy_weight=0.1, entropy_temperature=0.01),
         fsq_levels=(8, 8, 8, 5, 5, 5),  # 64,000 codes (FSQ paper's large setting)
+        fsq_bound="paper",
         lfq_bits=10,  # 1024 codes
-        lfq=dict(entropy_weight=0.1, commitment_weight=0.25, temperature=0.1, diversity_weight=1.0),
+        lfq=dict(entropy_weight=0.1, commitment_weight=0.25, temperature=0.01, diversity_weight=1.0),
+        lfq_group_norm=True,
         rvq_levels=4, quantizer_dropout=0.0,
+        conv_variant="maskgen", pixel_range="minus_one_to_one",
+        discriminator="stylegan", stylegan_channel_multiplier=1, stylegan_max_channels=16 if tiny else 512,
+        stylegan_blur_resample=True,
+        # The patch discriminator's settings, used with model.discriminator="patch".
         discriminator_channels=8 if tiny else 64, discriminator_downsamples=2 if tiny else 3,
     )
     config.loss = dict(
         reconstruction="l2", reconstruction_weight=1.0, perceptual_weight=0.0, perceptual_network="digit_classifier",
-        adversarial_weight=0.1, gan_loss="hinge", gan_start_step=5 if tiny else 20_000, lecam_weight=0.001,
+        adversarial_weight=0.1, gan_loss="non_saturating", adaptive_gan_weight=False,
+        gan_start_step=5 if tiny else 20_000, lecam_weight=0.001,
         lecam_decay=0.999, r1_weight=10.0, discriminator_lr=1e-4, discriminator_b1=0.0,
+        entropy_anneal_factor=3.0 if args["quantizer"] == "lfq" else 0.0, entropy_anneal_steps=10 if tiny else 5000,
     )
     config.optimizer = dict(lr=1e-4, b1=0.0 if not tiny else 0.9, b2=0.99, weight_decay=1e-4,
                             warmup_steps=2 if tiny else 5000, min_lr_ratio=0.1, grad_clip_norm=1.0)

@@ -4,7 +4,16 @@ decoder, trained with a reconstruction loss, optional perceptual and adversarial
 References: VQ-VAE (van den Oord et al., arXiv 1711.00937), VQGAN (Esser et al., arXiv 2012.09841)
 and the MaskGIT tokenizer (Chang et al., arXiv 2202.04200), FSQ (Mentzer et al., arXiv 2309.15505),
 LFQ (MAGVIT-v2, Yu et al., arXiv 2310.05737), residual VQ (SoundStream, arXiv 2107.03312), LeCam
-regularisation (Tseng et al., arXiv 2104.03310), R1 (Mescheder et al., arXiv 1801.04406).
+regularisation (Tseng et al., arXiv 2104.03310), R1 (Mescheder et al., arXiv 1801.04406), the
+StyleGAN discriminator (Karras et al., arXiv 1912.04958, as in MaskGIT/MAGVIT).
+
+Paper-fidelity switches (issue 15; docs/fidelity.md): the VQ entropy loss (`model.vq.entropy_*`),
+R1 at full strength (w * mean_batch ||grad_x D(x)||^2, the MaskGIT/MAGVIT `r1_gradient_penalty`),
+`model.discriminator` = "patch" | "stylegan", the VQGAN adaptive GAN weight (Esser et al.,
+arXiv 2012.09841, Eq. 7; `loss.adaptive_gan_weight`), MAGVIT's entropy-loss annealing
+(`loss.entropy_anneal_factor` / `_steps`), a GroupNorm before LFQ (`model.lfq_group_norm`), the
+official MaskGIT VQGAN block (`model.conv_variant`) and pixel range (`model.pixel_range`) for its
+weights, and the FSQ bound (`model.fsq_bound`).
 
 The GAN runs inside the one loop with one loss: the generator's adversarial term sees the
 discriminator through `stop_gradient`, and the discriminator's term sees reconstructions through
@@ -23,13 +32,17 @@ import ml_collections
 from flax import nnx
 
 from maskgen.config import boolean, int_tuple, integer, number, one_of, recipe_problems, string
-from maskgen.models.conv import Decoder, Discriminator, Encoder
+from maskgen.models.conv import VARIANTS, Decoder, Discriminator, Encoder, GroupNorm, StyleGANDiscriminator
 from maskgen.recipes.base import Recipe, register
 from maskgen.tokenizers import make_quantizer
-from maskgen.tokenizers.quantizers import LFQ
+from maskgen.tokenizers.quantizers import FSQ, LFQ
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 QUANTIZERS = ("vq", "fsq", "lfq", "rvq")
+DISCRIMINATORS = ("patch", "stylegan")
+PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")
+# Eq. 7 of VQGAN (arXiv 2012.09841, taming-transformers): lambda = ||g_rec|| / (||g_gan|| + 1e-4), clipped.
+_ADAPTIVE_EPS, _ADAPTIVE_MAX = 1e-4, 1e4
 
 # What each tokenizer setting may be (maskgen.config.check_spec); the quantizer's own keys are
 # checked only for the quantizer chosen (QUANTIZER_SPECS).
@@ -40,6 +53,16 @@ CONFIG_SPEC = {
     "model.quantizer": one_of(*QUANTIZERS),
     "model.discriminator_channels": integer(min=1),
     "model.discriminator_downsamples": integer(min=0),
+    # Optional keys (absent from configs saved before issue 15: their defaults keep those runs exact).
+    "model.discriminator": one_of(*DISCRIMINATORS, optional=True),
+    "model.stylegan_channel_multiplier": integer(min=1, optional=True),
+    "model.stylegan_max_channels": integer(min=1, why="the width up to 32 px (512 in MaskGIT)", optional=True),
+    "model.stylegan_blur_resample": boolean(optional=True),
+    "model.conv_variant": one_of(*VARIANTS, optional=True),
+    "model.pixel_range": one_of(*PIXEL_RANGES, optional=True),
+    "loss.adaptive_gan_weight": boolean(optional=True),
+    "loss.entropy_anneal_factor": number(0, why="extra multiple of the entropy loss at step 0", optional=True),
+    "loss.entropy_anneal_steps": integer(min=0, optional=True),
     "loss.reconstruction": one_of("l1", "l2"),
     "loss.reconstruction_weight": number(0),
     "loss.perceptual_weight": number(0),
@@ -65,16 +88,19 @@ _VQ_SPEC = {
     "model.vq.kmeans_iters": integer(min=0),
     "model.vq.restart_dead_codes": boolean(),
     "model.vq.dead_code_threshold": number(0),
+    "model.vq.entropy_weight": number(0, optional=True),
+    "model.vq.entropy_temperature": number(0, min_open=True, optional=True),
 }
 QUANTIZER_SPECS = {
     "vq": _VQ_SPEC,
     "rvq": {**_VQ_SPEC, "model.rvq_levels": integer(min=1), "model.quantizer_dropout": number(0, 1)},
     # FSQ rounds dimension i to levels[i] values: fewer than 2 would be a constant (FSQ.__init__).
-    "fsq": {"model.fsq_levels": int_tuple(2, why="levels per dimension; the codebook is their product")},
+    "fsq": {"model.fsq_levels": int_tuple(2, why="levels per dimension; the codebook is their product"),
+            "model.fsq_bound": one_of(*FSQ.BOUNDS, optional=True)},
     # The entropy terms enumerate all 2**bits codes (LFQ.MAX_DIM).
     "lfq": {"model.lfq_bits": integer(1, LFQ.MAX_DIM), "model.lfq.entropy_weight": number(0),
             "model.lfq.commitment_weight": number(0), "model.lfq.temperature": number(0, min_open=True),
-            "model.lfq.diversity_weight": number(0)},
+            "model.lfq.diversity_weight": number(0), "model.lfq_group_norm": boolean(optional=True)},
 }
 
 
@@ -83,23 +109,47 @@ class Tokenizer(nnx.Module):
 
     def __init__(self, *, channels: int, base_channels: int, channel_multipliers, num_res_blocks: int,
                  quantizer: str, quantizer_kwargs: dict, embed_dim: int, discriminator: dict | None,
-                 spatial_dims: int = 2, rngs: nnx.Rngs, dtype=jnp.float32):
+                 spatial_dims: int = 2, rngs: nnx.Rngs, dtype=jnp.float32, conv_variant: str = "maskgen",
+                 pixel_range: str = "minus_one_to_one", pre_quantizer_norm: bool = False):
+        """discriminator: None, or {"kind": "patch" | "stylegan", **that class's keyword arguments}.
+        pixel_range "zero_to_one": the encoder reads (x + 1)/2 and the decoder's output y becomes
+        2y - 1 (the official MaskGIT VQGAN's networks work in [0, 1]; maskgen's data are in [-1, 1]).
+        pre_quantizer_norm: a GroupNorm (no activation) on the encoder output before the quantizer."""
+        if pixel_range not in PIXEL_RANGES:
+            raise ValueError(f"unknown pixel_range {pixel_range!r}; valid: {PIXEL_RANGES}")
         conv = dict(base_channels=base_channels, channel_multipliers=tuple(channel_multipliers),
-                    num_res_blocks=num_res_blocks, embed_dim=embed_dim, spatial_dims=spatial_dims, rngs=rngs, dtype=dtype)
+                    num_res_blocks=num_res_blocks, embed_dim=embed_dim, spatial_dims=spatial_dims, rngs=rngs,
+                    dtype=dtype, variant=conv_variant)
+        self.unit_pixels = pixel_range == "zero_to_one"
         self.encoder = Encoder(in_channels=channels, **conv)
+        self.pre_quantizer_norm = GroupNorm(embed_dim, rngs=rngs) if pre_quantizer_norm else None
         self.quantizer = make_quantizer(quantizer, embed_dim, rngs=rngs, **quantizer_kwargs)
         self.decoder = Decoder(out_channels=channels, **conv)
-        self.discriminator = (
-            Discriminator(in_channels=channels, spatial_dims=spatial_dims, rngs=rngs, dtype=dtype, **discriminator)
-            if discriminator else None
-        )
+        disc = None
+        if discriminator:
+            kwargs = dict(discriminator)
+            cls = {"patch": Discriminator, "stylegan": StyleGANDiscriminator}[kwargs.pop("kind", "patch")]
+            disc = cls(in_channels=channels, spatial_dims=spatial_dims, rngs=rngs, dtype=dtype, **kwargs)
+        self.discriminator = disc
+
+    def latents(self, x: jax.Array) -> jax.Array:
+        """x [B, H, W, C] in [-1, 1] -> the continuous latents the quantizer reads (float32)."""
+        z = self.encoder((x + 1.0) * 0.5 if self.unit_pixels else x).astype(jnp.float32)
+        return z if self.pre_quantizer_norm is None else self.pre_quantizer_norm(z)
 
     def encode(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None):
         """x [B, H, W, C] -> (z_q, codes, aux)."""
-        return self.quantizer(self.encoder(x).astype(jnp.float32), train=train, rng=rng)
+        return self.quantizer(self.latents(x), train=train, rng=rng)
+
+    def output_pixels(self, y: jax.Array) -> jax.Array:
+        """The decoder's raw output -> images in [-1, 1] space."""
+        return y * 2.0 - 1.0 if self.unit_pixels else y
+
+    def decode(self, z_q: jax.Array) -> jax.Array:
+        return self.output_pixels(self.decoder(z_q))
 
     def decode_codes(self, codes: jax.Array) -> jax.Array:
-        return self.decoder(self.quantizer.decode_codes(codes))
+        return self.decode(self.quantizer.decode_codes(codes))
 
 
 def _frozen(module: nnx.Module) -> nnx.Module:
@@ -116,7 +166,8 @@ class TokenizerRecipe(Recipe):
                  reconstruction_weight: float, perceptual_weight: float, perceptual_network: str,
                  adversarial_weight: float, gan_loss: str, gan_start_step: int, lecam_weight: float,
                  lecam_decay: float, r1_weight: float, discriminator_overrides: dict,
-                 perceptual_fn: Callable[[jax.Array], jax.Array] | None = None):
+                 perceptual_fn: Callable[[jax.Array], jax.Array] | None = None, adaptive_gan_weight: bool = False,
+                 entropy_anneal_factor: float = 0.0, entropy_anneal_steps: int = 0):
         self.image_size, self.channels = image_size, channels
         self.model_kwargs = model_kwargs
         self.reconstruction, self.reconstruction_weight = reconstruction, reconstruction_weight
@@ -125,6 +176,8 @@ class TokenizerRecipe(Recipe):
         self.adversarial_weight, self.gan_loss, self.gan_start_step = adversarial_weight, gan_loss, gan_start_step
         self.lecam_weight, self.lecam_decay, self.r1_weight = lecam_weight, lecam_decay, r1_weight
         self.discriminator_overrides = discriminator_overrides
+        self.adaptive_gan_weight = adaptive_gan_weight
+        self.entropy_anneal_factor, self.entropy_anneal_steps = entropy_anneal_factor, entropy_anneal_steps
         levels = len(model_kwargs["channel_multipliers"]) - 1
         self.token_grid = (image_size // 2 ** levels, image_size // 2 ** levels)
         q = model_kwargs["quantizer_kwargs"]
@@ -146,18 +199,28 @@ class TokenizerRecipe(Recipe):
                        quantizer_dropout=m.quantizer_dropout, **m.vq.to_dict())
             embed_dim = m.embed_dim
         elif kind == "fsq":
-            qkw = dict(levels=tuple(m.fsq_levels))
+            # Runs saved before issue 15 have no fsq_bound and keep the bound they were trained with.
+            qkw = dict(levels=tuple(m.fsq_levels), bound=m.get("fsq_bound", "maskgen_v1"))
             embed_dim = len(m.fsq_levels)
         else:  # lfq
             qkw = dict(**m.lfq.to_dict())
             embed_dim = m.lfq_bits
         use_gan = loss.adversarial_weight > 0
+        if m.get("discriminator", "patch") == "stylegan":
+            discriminator = dict(kind="stylegan", image_size=config.data.image_size,
+                                 channel_multiplier=m.get("stylegan_channel_multiplier", 1),
+                                 max_channels=m.get("stylegan_max_channels", 512),
+                                 blur_resample=m.get("stylegan_blur_resample", True))
+        else:
+            discriminator = dict(kind="patch", base_channels=m.discriminator_channels,
+                                 num_downsamples=m.discriminator_downsamples)
         model_kwargs = dict(
             base_channels=m.base_channels, channel_multipliers=tuple(m.channel_multipliers),
             num_res_blocks=m.num_res_blocks, quantizer=kind, quantizer_kwargs=qkw, embed_dim=embed_dim,
-            discriminator=dict(base_channels=m.discriminator_channels, num_downsamples=m.discriminator_downsamples)
-            if use_gan else None,
-            dtype=_DTYPES[config.compute_dtype],
+            discriminator=discriminator if use_gan else None,
+            dtype=_DTYPES[config.compute_dtype], conv_variant=m.get("conv_variant", "maskgen"),
+            pixel_range=m.get("pixel_range", "minus_one_to_one"),
+            pre_quantizer_norm=kind == "lfq" and m.get("lfq_group_norm", False),
         )
         perceptual_fn = None
         if loss.perceptual_weight > 0:
@@ -169,7 +232,9 @@ class TokenizerRecipe(Recipe):
             adversarial_weight=loss.adversarial_weight, gan_loss=loss.gan_loss, gan_start_step=loss.gan_start_step,
             lecam_weight=loss.lecam_weight, lecam_decay=loss.lecam_decay, r1_weight=loss.r1_weight,
             discriminator_overrides=dict(lr=loss.discriminator_lr, b1=loss.discriminator_b1),
-            perceptual_fn=perceptual_fn,
+            perceptual_fn=perceptual_fn, adaptive_gan_weight=loss.get("adaptive_gan_weight", False),
+            entropy_anneal_factor=loss.get("entropy_anneal_factor", 0.0),
+            entropy_anneal_steps=loss.get("entropy_anneal_steps", 0),
         )
 
     @staticmethod
@@ -186,6 +251,10 @@ class TokenizerRecipe(Recipe):
                 and not (loss.perceptual_network == "digit_classifier" or loss.perceptual_network.startswith("mae:"))):
             problems.append(f"config.loss.perceptual_network must be one of {PERCEPTUAL_NETWORKS}, got "
                             f"{loss.perceptual_network!r}")
+        if (m.get("discriminator", "patch") == "stylegan" and problems.ok("data.image_size", "model.discriminator")
+                and (config.data.image_size < 4 or config.data.image_size & (config.data.image_size - 1))):
+            problems.append(f"config.model.discriminator='stylegan' needs a power-of-two config.data.image_size "
+                            f">= 4 (it halves the images down to 4x4), got {config.data.image_size}")
         if m.quantizer == "fsq" and problems.ok("model.fsq_levels") and math.prod(m.fsq_levels) >= 2 ** 31:
             problems.append(f"config.model.fsq_levels={tuple(m.fsq_levels)}: the codebook prod = "
                             f"{math.prod(m.fsq_levels)} must be < 2**31 (int32 codes)")
@@ -218,29 +287,66 @@ class TokenizerRecipe(Recipe):
         x = batch["image"]
         quant_rng, _ = jax.random.split(rng)
         z_q, codes, qaux = model.encode(x, train=True, rng=quant_rng)
-        x_rec = model.decoder(z_q)
+        features = model.decoder.features(z_q)
+        x_rec = model.output_pixels(model.decoder.conv_out(features).astype(jnp.float32))
         rec = self._reconstruction_loss(x, x_rec)
         total = self.reconstruction_weight * rec + qaux["loss"]
         metrics = {"reconstruction": rec, "quantizer_loss": qaux["loss"],
                    **{f"quantizer/{k}": v for k, v in qaux.items() if k != "loss"}}
+        if self.entropy_anneal_factor > 0 and "entropy_loss" in qaux:
+            extra = entropy_anneal_multiplier(step, self.entropy_anneal_factor, self.entropy_anneal_steps)
+            total = total + extra * qaux["entropy_loss"]
+            metrics["quantizer/entropy_anneal_extra"] = extra
         if self.perceptual_fn is not None:
             perceptual = perceptual_distance(self.perceptual_fn, x, x_rec)
             total = total + self.perceptual_weight * perceptual
             metrics["perceptual"] = perceptual
         if model.discriminator is not None:
-            gan_total, gan_metrics = self._gan_losses(model.discriminator, x, x_rec, step)
+            gan_weight = jnp.asarray(self.adversarial_weight, jnp.float32)
+            if self.adaptive_gan_weight:
+                adaptive = self._adaptive_weight(model, features, x, model.discriminator)
+                gan_weight = gan_weight * adaptive
+                metrics["gan/adaptive_weight"] = adaptive
+            gan_total, gan_metrics = self._gan_losses(model.discriminator, x, x_rec, step, gan_weight)
             total = total + gan_total
             metrics.update(gan_metrics)
         return total, metrics
 
-    def _gan_losses(self, disc: Discriminator, x, x_rec, step):
+    def _generator_rec_loss(self, x, x_rec):
+        """Weighted reconstruction + perceptual terms (the "L_rec" of VQGAN's adaptive weight)."""
+        total = self.reconstruction_weight * self._reconstruction_loss(x, x_rec)
+        if self.perceptual_fn is not None:
+            total = total + self.perceptual_weight * perceptual_distance(self.perceptual_fn, x, x_rec)
+        return total
+
+    def _generator_gan_loss(self, logits):
+        return -logits.mean() if self.gan_loss == "hinge" else jax.nn.softplus(-logits).mean()
+
+    def _adaptive_weight(self, model: Tokenizer, features, x, disc):
+        """VQGAN's lambda (arXiv 2012.09841, Eq. 7): ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + 1e-4),
+        clipped to [0, 1e4] and detached, with G_L the decoder's last conv kernel. Both gradients
+        are taken at the current values with everything else held fixed (only the last layer
+        varies), so they cost one decoder head and one discriminator pass."""
+        sg = jax.lax.stop_gradient
+        features = sg(features)
+        frozen_disc = _frozen(disc)
+        graphdef, state = nnx.split(model.decoder.conv_out)
+        state = jax.lax.stop_gradient(nnx.to_pure_dict(state))
+
+        def reconstruct(kernel):  # the decoder's output as a function of its last kernel only
+            layer = nnx.merge(graphdef, {**state, "kernel": kernel})
+            return model.output_pixels(layer(features).astype(jnp.float32))
+
+        kernel = state["kernel"]
+        g_rec = jax.grad(lambda k: self._generator_rec_loss(x, reconstruct(k)))(kernel)
+        g_gan = jax.grad(lambda k: self._generator_gan_loss(frozen_disc(reconstruct(k))))(kernel)
+        weight = jnp.linalg.norm(g_rec) / (jnp.linalg.norm(g_gan) + _ADAPTIVE_EPS)
+        return sg(jnp.clip(weight, 0.0, _ADAPTIVE_MAX))
+
+    def _gan_losses(self, disc, x, x_rec, step, gan_weight):
         on = (step >= self.gan_start_step).astype(jnp.float32)
         # Generator term: the discriminator is frozen.
-        fake_for_g = _frozen(disc)(x_rec)
-        if self.gan_loss == "hinge":
-            g_loss = -fake_for_g.mean()
-        else:
-            g_loss = jax.nn.softplus(-fake_for_g).mean()
+        g_loss = self._generator_gan_loss(_frozen(disc)(x_rec))
         # Discriminator term: reconstructions are constants.
         real = disc(x)
         fake = disc(jax.lax.stop_gradient(x_rec))
@@ -254,14 +360,12 @@ class TokenizerRecipe(Recipe):
         decay = self.lecam_decay
         disc.ema_real[...] = decay * disc.ema_real[...] + (1 - decay) * jax.lax.stop_gradient(real.mean())
         disc.ema_fake[...] = decay * disc.ema_fake[...] + (1 - decay) * jax.lax.stop_gradient(fake.mean())
-        total = on * (self.adversarial_weight * g_loss + d_loss + self.lecam_weight * lecam)
+        total = on * (gan_weight * g_loss + d_loss + self.lecam_weight * lecam)
         metrics = {"gan/generator": g_loss, "gan/discriminator": d_loss, "gan/lecam": lecam,
                    "gan/logits_real": real.mean(), "gan/logits_fake": fake.mean(), "gan/active": on}
         if self.r1_weight > 0:
-            graphdef, state = nnx.split(disc)
-            grad_x = jax.grad(lambda xx: nnx.merge(graphdef, state)(xx).sum())(x)
-            r1 = jnp.square(grad_x).reshape(x.shape[0], -1).sum(-1).mean()
-            total = total + on * 0.5 * self.r1_weight * r1
+            r1 = r1_penalty(disc, x)
+            total = total + on * self.r1_weight * r1
             metrics["gan/r1"] = r1
         return total, metrics
 
@@ -279,6 +383,27 @@ class TokenizerRecipe(Recipe):
 
     def decode(self, model: Tokenizer, batch, rng):
         return model.decode_codes(batch["codes"])
+
+
+# -------------------------------------------------------------------- regularisers
+
+
+def r1_penalty(disc: nnx.Module, x: jax.Array) -> jax.Array:
+    """mean over the batch of ||grad_x sum D(x)||^2 on real images x (R1, arXiv 1801.04406), the form
+    of MaskGIT's and MAGVIT's `r1_gradient_penalty` (weighted by `r1_weight`, without StyleGAN's
+    1/2). The gradient reaches the discriminator's parameters through the second derivative."""
+    graphdef, state = nnx.split(disc)
+    grad_x = jax.grad(lambda xx: nnx.merge(graphdef, state)(xx).sum())(x)
+    return jnp.square(grad_x.astype(jnp.float32)).reshape(x.shape[0], -1).sum(-1).mean()
+
+
+def entropy_anneal_multiplier(step, factor: float, steps: int) -> jax.Array:
+    """MAGVIT's entropy-loss annealing (videogvt/trainers/vqgan_trainer.py, `entropy_loss_enlarge_*`):
+    the quantizer's weighted entropy loss is added a further factor * max(0, 1 - step / steps) times,
+    so its weight starts at (1 + factor) x and decays linearly to 1 x at `steps`."""
+    if steps <= 0:
+        return jnp.zeros((), jnp.float32)
+    return factor * jnp.maximum(0.0, 1.0 - jnp.asarray(step, jnp.float32) / steps)
 
 
 # -------------------------------------------------------------------- perceptual loss

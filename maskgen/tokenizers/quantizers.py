@@ -50,6 +50,7 @@ _NORM_EPS = 1e-12        # floor of vector norms in l2 normalisation
 _RESTART_NOISE = 1e-3    # restarted codes: a batch vector + this x its rms x N(0, 1) noise
 _HIST_MAX_CODES = 1 << 20  # histogram-based diagnostics (perplexity, usage) up to this many codes
 _CHUNK_ELEMENTS = 1 << 22  # LFQ batch entropy: rows x codes per chunk (16 MiB of float32)
+_FSQ_EPS = 1e-3          # FSQ's bound margin, (L - 1)(1 - eps)/2 (the paper's code)
 
 
 class CodebookState(nnx.Variable):
@@ -120,6 +121,18 @@ def _entropy(p: jax.Array, axis: int = -1) -> jax.Array:
     return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=axis)
 
 
+def vq_entropy(logits: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+    """MaskGIT's VQ entropy loss (maskgit/libml/losses.py `entropy_loss`, "softmax" type) for
+    logits [N, K] = -distances / temperature: mean per-row entropy minus the entropy of the mean
+    distribution, the latter with log(p + 1e-5) as in the reference. `weight` [N] (0/1) selects rows."""
+    weight = jnp.ones(logits.shape[:1], jnp.float32) if weight is None else weight
+    total = jnp.maximum(weight.sum(), 1.0)
+    probs = jax.nn.softmax(logits, axis=-1)
+    sample_entropy = jnp.sum(weight * -jnp.sum(probs * jax.nn.log_softmax(logits, axis=-1), -1)) / total
+    mean_probs = jnp.sum(weight[:, None] * probs, axis=0) / total
+    return sample_entropy - (-jnp.sum(mean_probs * jnp.log(mean_probs + 1e-5)))
+
+
 def _usage_stats(counts: jax.Array) -> dict[str, jax.Array]:
     """perplexity = exp(entropy of the batch code histogram); usage = fraction of codes used."""
     p = counts / jnp.maximum(counts.sum(), 1.0)
@@ -169,8 +182,8 @@ class VectorQuantizer(Quantizer):
     Losses (means over all elements, i.e. MSE; `z` here is l2-normalised when `l2_normalize`):
       commitment = mean((z - sg(q))^2)                     weighted by `commitment_weight`
       codebook   = mean((sg(z) - q)^2), only without EMA    weighted by `codebook_weight`
-    aux: loss, commitment, codebook (0 with EMA), perplexity, usage, dead_codes_restarted (0 when
-    `train=False`).
+    aux: loss, commitment, codebook (0 with EMA), entropy and entropy_loss (0 unless entropy_weight > 0),
+    perplexity, usage, dead_codes_restarted (0 when `train=False`).
 
     Options:
       l2_normalize: cosine codes (ViT-VQGAN, arXiv 2110.04627): z and the codebook are l2-normalised
@@ -181,6 +194,12 @@ class VectorQuantizer(Quantizer):
         and is overwritten in place in train mode. Exclude it from weight decay in the optimizer.
       kmeans_init: the first train call replaces the codebook by `kmeans_iters` iterations of k-means
         on that batch's vectors (SoundStream, arXiv 2107.03312).
+      entropy_weight, entropy_temperature: the entropy loss of MaskGIT's VQGAN (maskgit/libml/losses.py
+        `entropy_loss`, weight 0.1 and temperature 0.01 there; 0 = off): with p(k | z) =
+        softmax_k(-||z - c_k||^2 / temperature), entropy = mean_z H(p(. | z)) - H(mean_z p(. | z)),
+        the second entropy with the reference's log(p + 1e-5). It sharpens each assignment and spreads
+        the batch over the codebook; its gradient reaches z and the codebook. Added to `loss` as
+        entropy_weight * entropy (aux `entropy` unweighted, `entropy_loss` weighted).
       restart_dead_codes: `usage` is an EMA (decay `ema_decay`) of each code's share of the batch's
         vectors in units of the uniform share, `usage_k <- d usage_k + (1-d) K n_k / N` (1.0 = used
         by 1/K of the vectors; it starts at 1.0). In train mode every code whose usage falls below
@@ -207,11 +226,16 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: int = 10,
         dead_code_threshold: float = 1e-3,
         restart_dead_codes: bool = True,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.01,
     ):
         if dim < 1 or codebook_size < 2:
             raise ValueError(f"VectorQuantizer needs dim >= 1 and codebook_size >= 2, got {dim}, {codebook_size}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if entropy_weight < 0 or entropy_temperature <= 0:
+            raise ValueError(f"VectorQuantizer needs entropy_weight >= 0 and entropy_temperature > 0, got "
+                             f"{entropy_weight}, {entropy_temperature}")
         self.dim = dim
         self.codebook_size = codebook_size
         self.num_levels = 1
@@ -224,6 +248,8 @@ class VectorQuantizer(Quantizer):
         self.kmeans_iters = int(kmeans_iters)
         self.dead_code_threshold = float(dead_code_threshold)
         self.restart_dead_codes = restart_dead_codes
+        self.entropy_weight = float(entropy_weight)
+        self.entropy_temperature = float(entropy_temperature)
 
         self.codebook = logical_param(
             rngs, jax.nn.initializers.normal(1.0), (codebook_size, dim), ("codebook", None)
@@ -245,10 +271,13 @@ class VectorQuantizer(Quantizer):
         return jnp.take(self.code_vectors(), codes, axis=0)
 
     def __call__(self, z, *, train: bool, rng: jax.Array | None = None):
-        return self._quantize(z, train=train, rng=rng, active=True)
+        return self._quantize(z, train=train, rng=rng, mask=None)
 
-    def _quantize(self, z, *, train: bool, rng, active):
-        """The call, with `active` (bool scalar) gating the state updates (ResidualVQ's dropout)."""
+    def _quantize(self, z, *, train: bool, rng, mask):
+        """The call, where `mask` (None, or float [N] of 0/1 per flattened vector: ResidualVQ's
+        per-example dropout) says which vectors this level quantises: losses and statistics count
+        only those (losses stay means over all N vectors, zeros for the others, as DAC does), and
+        the state is updated from them (left untouched when there are none)."""
         if z.shape[-1] != self.dim:
             raise ValueError(f"VectorQuantizer(dim={self.dim}) got input with last axis {z.shape[-1]}")
         sg = jax.lax.stop_gradient
@@ -258,7 +287,9 @@ class VectorQuantizer(Quantizer):
         x = self._prepare(flat)
         x_sg = sg(x)
         cb_param = self.codebook[...].astype(jnp.float32)
-        active = jnp.asarray(active, jnp.bool_)
+        weight = jnp.ones((n,), jnp.float32) if mask is None else sg(mask.astype(jnp.float32).reshape(n))
+        n_active = weight.sum()
+        active = n_active > 0
 
         if train and (self.kmeans_init or self.restart_dead_codes):
             _need_rng(rng, "VectorQuantizer", "k-means init and dead-code restarts sample batch vectors")
@@ -283,14 +314,21 @@ class VectorQuantizer(Quantizer):
         # 2. Nearest code, losses, straight-through output.
         codes = _nearest(x_sg, sg(cb_vec))
         q = jnp.take(cb_vec, codes, axis=0)
-        commitment = jnp.mean(jnp.square(x - sg(q)))
-        codebook_loss = jnp.zeros((), jnp.float32) if self.use_ema else jnp.mean(jnp.square(x_sg - q))
+        commitment = jnp.mean(weight[:, None] * jnp.square(x - sg(q)))
+        codebook_loss = (jnp.zeros((), jnp.float32) if self.use_ema
+                         else jnp.mean(weight[:, None] * jnp.square(x_sg - q)))
+        entropy = jnp.zeros((), jnp.float32)
+        if self.entropy_weight > 0:
+            entropy = vq_entropy(-_sq_distances(x, cb_vec) / self.entropy_temperature, weight)
         z_q = _straight_through(q, flat)
-        counts = _code_counts(codes, K)
+        counts = jax.ops.segment_sum(weight, codes, num_segments=K)
         aux = {
-            "loss": self.commitment_weight * commitment + self.codebook_weight * codebook_loss,
+            "loss": (self.commitment_weight * commitment + self.codebook_weight * codebook_loss
+                     + self.entropy_weight * entropy),
             "commitment": commitment,
             "codebook": codebook_loss,
+            "entropy": entropy,
+            "entropy_loss": self.entropy_weight * entropy,
             **_usage_stats(counts),
             "dead_codes_restarted": jnp.zeros((), jnp.float32),
         }
@@ -302,15 +340,22 @@ class VectorQuantizer(Quantizer):
                 cs0 = jnp.where(kmeans_fired, kmeans_counts, self.cluster_size[...])
                 es0 = jnp.where(kmeans_fired, cb_new * _smoothed_cluster_size(kmeans_counts)[:, None],
                                 self.embed_sum[...])
-                sums = jax.ops.segment_sum(x_sg, codes, num_segments=K)
+                sums = jax.ops.segment_sum(weight[:, None] * x_sg, codes, num_segments=K)
                 cluster_size = d * cs0 + (1.0 - d) * counts
                 embed_sum = d * es0 + (1.0 - d) * sums
                 cb_new = embed_sum / _smoothed_cluster_size(cluster_size)[:, None]
-            usage = d * self.usage[...] + (1.0 - d) * counts * (K / n)
+            usage = d * self.usage[...] + (1.0 - d) * counts * (K / jnp.maximum(n_active, 1.0))
             if self.restart_dead_codes:
                 dead = usage < self.dead_code_threshold
-                idx = jax.random.randint(key_idx, (K,), 0, n)
-                rms = jnp.sqrt(jnp.mean(jnp.square(x_sg)))
+                # Candidates: random vectors among those this level quantised (all of them without a
+                # mask: the same draws as before masks existed, so unmasked runs are unchanged).
+                if mask is None:
+                    idx = jax.random.randint(key_idx, (K,), 0, n)
+                    rms = jnp.sqrt(jnp.mean(jnp.square(x_sg)))
+                else:
+                    idx = jax.random.categorical(key_idx, jnp.log(weight), shape=(K,))
+                    rms = jnp.sqrt(jnp.sum(weight[:, None] * jnp.square(x_sg))
+                                   / (jnp.maximum(n_active, 1.0) * self.dim))
                 candidates = x_sg[idx] + _RESTART_NOISE * rms * jax.random.normal(key_noise, (K, self.dim))
                 cb_new = jnp.where(dead[:, None], candidates, cb_new)
                 usage = jnp.where(dead, 1.0, usage)
@@ -345,14 +390,17 @@ class ResidualVQ(Quantizer):
     commitment losses train the codebooks but send no gradient to z). z_q = sum of the used levels'
     codes, with a straight-through gradient to z; codes [..., K].
 
-    Quantizer dropout (train only, DAC's `quantizer_dropout`): with probability `quantizer_dropout`
-    a random n in [1, K] is drawn for the whole batch, otherwise n = K. Levels k >= n still compute
-    (their codes of the true residual are returned), but their z_q contribution, losses and
-    diagnostics are zeroed and their state is left untouched.
+    Quantizer dropout (train only), per example as in DAC (`quantizer_dropout` in its
+    ResidualVectorQuantize): a fraction `quantizer_dropout` of the examples (floor(B p) of the B
+    examples along axis 0, chosen at random) each draw their number of levels n_b uniformly from
+    1..K; the others use all K. For example b, levels k >= n_b still compute (their codes of the true
+    residual are returned), but add nothing to its z_q, and its vectors count in neither that
+    level's losses (means over all vectors with zeros for dropped ones, DAC's `(loss * mask).mean()`)
+    nor its statistics and state updates (a level used by no example is left untouched).
 
-    aux: loss, commitment and codebook (sums over used levels of each level's unweighted terms),
-    perplexity and usage (means over the used levels), dead_codes_restarted (sum), num_levels_used,
-    and per level `perplexity_level{k}`, `commitment_level{k}` (0 for dropped levels).
+    aux: loss, commitment, codebook and entropy_loss (sums over levels of each level's terms),
+    perplexity and usage (means over the levels some example used), dead_codes_restarted (sum),
+    num_levels_used (mean over examples), and per level `perplexity_level{k}`, `commitment_level{k}`.
     """
 
     def __init__(self, dim: int, codebook_size: int, num_levels: int, *, rngs: nnx.Rngs,
@@ -369,40 +417,55 @@ class ResidualVQ(Quantizer):
             [VectorQuantizer(dim, codebook_size, rngs=rngs, **vq_kwargs) for _ in range(num_levels)]
         )
 
+    def levels_per_example(self, batch: int, rng: jax.Array) -> jax.Array:
+        """int32 [batch]: how many levels each example uses in a train step (DAC's quantizer dropout)."""
+        num_dropped = int(batch * self.quantizer_dropout)
+        key_pick, key_levels = jax.random.split(rng)
+        dropped = jnp.argsort(jax.random.uniform(key_pick, (batch,))) < num_dropped
+        drawn = jax.random.randint(key_levels, (batch,), 1, self.num_levels + 1)
+        return jnp.where(dropped, drawn, self.num_levels).astype(jnp.int32)
+
     def __call__(self, z, *, train: bool, rng: jax.Array | None = None):
         K = self.num_levels
         needs_rng = train and (self.quantizer_dropout > 0 or any(
             q.kmeans_init or q.restart_dead_codes for q in self.quantizers))
         if needs_rng:
             _need_rng(rng, "ResidualVQ", "quantizer dropout, k-means init and dead-code restarts are random")
-        keys = jax.random.split(rng, K + 2) if needs_rng else [None] * (K + 2)
-        n_used = jnp.asarray(K, jnp.int32)
+        keys = jax.random.split(rng, K + 1) if needs_rng else [None] * (K + 1)
+        batch = z.shape[0] if z.ndim > 1 else 1
+        n_used = jnp.full((batch,), K, jnp.int32)
         if train and self.quantizer_dropout > 0:
-            drop = jax.random.bernoulli(keys[0], self.quantizer_dropout)
-            n_used = jnp.where(drop, jax.random.randint(keys[1], (), 1, K + 1), K)
+            n_used = self.levels_per_example(batch, keys[0])
+        vectors_per_example = math.prod(z.shape[1:-1]) if z.ndim > 1 else 1
 
         z32 = z.astype(jnp.float32)
         residual, total = z32, jnp.zeros_like(z32)
         codes, aux = [], {}
-        sums = {"loss": 0.0, "commitment": 0.0, "codebook": 0.0, "perplexity": 0.0, "usage": 0.0,
-                "dead_codes_restarted": 0.0}
+        sums = {"loss": 0.0, "commitment": 0.0, "codebook": 0.0, "entropy_loss": 0.0, "perplexity": 0.0,
+                "usage": 0.0, "dead_codes_restarted": 0.0}
+        levels_on = 0.0
         for k, quantizer in enumerate(self.quantizers):
-            active = k < n_used
-            zq_k, codes_k, aux_k = quantizer._quantize(residual, train=train, rng=keys[k + 2], active=active)
+            uses = k < n_used  # [batch]
+            mask = jnp.repeat(uses.astype(jnp.float32), vectors_per_example)
+            zq_k, codes_k, aux_k = quantizer._quantize(residual, train=train, rng=keys[k + 1], mask=mask)
             zq_k = zq_k.astype(jnp.float32)
-            total = total + jnp.where(active, jax.lax.stop_gradient(zq_k), 0.0)
+            per_vector = uses.reshape((-1,) + (1,) * (z.ndim - 1)) if z.ndim > 1 else uses
+            total = total + jnp.where(per_vector, jax.lax.stop_gradient(zq_k), 0.0)
             residual = residual - zq_k
             codes.append(codes_k)
-            on = active.astype(jnp.float32)
-            for key in sums:
+            on = jnp.any(uses).astype(jnp.float32)
+            levels_on = levels_on + on
+            for key in ("loss", "commitment", "codebook", "entropy_loss", "dead_codes_restarted"):
+                sums[key] = sums[key] + aux_k[key]
+            for key in ("perplexity", "usage"):
                 sums[key] = sums[key] + on * aux_k[key]
             aux[f"perplexity_level{k}"] = on * aux_k["perplexity"]
-            aux[f"commitment_level{k}"] = on * aux_k["commitment"]
-        n_float = n_used.astype(jnp.float32)
+            aux[f"commitment_level{k}"] = aux_k["commitment"]
         aux.update(
             loss=sums["loss"], commitment=sums["commitment"], codebook=sums["codebook"],
-            perplexity=sums["perplexity"] / n_float, usage=sums["usage"] / n_float,
-            dead_codes_restarted=sums["dead_codes_restarted"], num_levels_used=n_float,
+            entropy_loss=sums["entropy_loss"], perplexity=sums["perplexity"] / levels_on,
+            usage=sums["usage"] / levels_on, dead_codes_restarted=sums["dead_codes_restarted"],
+            num_levels_used=n_used.astype(jnp.float32).mean(),
         )
         z_q = _straight_through(total, z32).astype(z.dtype)
         return z_q, jnp.stack(codes, axis=-1), {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
@@ -422,18 +485,29 @@ class FSQ(Quantizer):
     """Finite Scalar Quantization (Mentzer et al., arXiv 2309.15505): each dim bounded and rounded to L_i levels.
 
     dim = len(levels), codebook_size = prod(levels); no parameters, no state, no loss.
-    Bounding (the paper's reference code): with h_i = (L_i - 1)(1 + 1e-3)/2, offset o_i = 0.5 for
-    even L_i (0 for odd) and shift s_i = atanh(o_i / h_i), bound(z) = tanh(z + s) h - o, which rounds
-    to the L_i integers {-floor(L_i/2), ..., ceil(L_i/2) - 1}; z_q = round_ste(bound(z)) / floor(L_i/2),
-    so z_q lies in [-1, 1]. The gradient is straight-through the rounding only: dz_q/dz =
-    bound'(z) / floor(L/2) (the tanh bound keeps encoder outputs in range, as in the paper), not the
-    identity of VQ/LFQ/RVQ.
+    Bounding, as in the paper's code (arXiv 2309.15505, appendix A.1): with
+    h_i = (L_i - 1)(1 - 1e-3)/2, offset o_i = 0.5 for even L_i (0 for odd) and shift
+    s_i = tan(o_i / h_i), bound(z) = tanh(z + s) h - o, which rounds to the L_i integers
+    {-floor(L_i/2), ..., ceil(L_i/2) - 1}; z_q = round_ste(bound(z)) / floor(L_i/2), so z_q lies in
+    [-1, 1]. (The (1 - eps) keeps bound(z) strictly inside the outer rounding boundaries, and
+    tan(o/h) is the paper's shift, not the exact atanh(o/h): for even L the zero of bound(z) sits
+    slightly off z = 0, as in the reference. maskgen before issue 15 used (1 + eps) and atanh, which
+    assigns about 1% of N(0, 1) inputs to a different code.) The gradient is straight-through the
+    rounding only: dz_q/dz = bound'(z) / floor(L/2) (the tanh bound keeps encoder outputs in range,
+    as in the paper), not the identity of VQ/LFQ/RVQ.
     codes = mixed-radix index sum_i d_i prod_{j<i} L_j with digits d_i = round(bound(z_i)) + floor(L_i/2)
     (dim 0 is the least significant). aux: loss (0), perplexity and usage (when prod(levels) <= 2**20).
     """
 
-    def __init__(self, levels: Sequence[int], *, rngs: nnx.Rngs | None = None):
+    BOUNDS = ("paper", "maskgen_v1")
+
+    def __init__(self, levels: Sequence[int], *, rngs: nnx.Rngs | None = None, bound: str = "paper"):
+        """bound: "paper" (above), or "maskgen_v1", the (1 + eps)/atanh bound of maskgen before
+        issue 15, kept only so that runs trained with it tokenize as they did."""
         del rngs  # no parameters; accepted for a uniform constructor
+        if bound not in self.BOUNDS:
+            raise ValueError(f"unknown FSQ bound {bound!r}; valid: {', '.join(self.BOUNDS)}")
+        self.bound_kind = bound
         levels = tuple(int(level) for level in levels)
         if not levels or min(levels) < 2:
             raise ValueError(f"FSQ levels must be a non-empty list of integers >= 2, got {levels}")
@@ -446,9 +520,13 @@ class FSQ(Quantizer):
 
     def _consts(self):
         levels = np.asarray(self.levels, np.float64)
-        half_l = (levels - 1) * (1 + 1e-3) / 2
         offset = np.where(np.asarray(self.levels) % 2 == 0, 0.5, 0.0)
-        shift = np.arctanh(offset / half_l)
+        if self.bound_kind == "paper":
+            half_l = (levels - 1) * (1 - _FSQ_EPS) / 2
+            shift = np.tan(offset / half_l)
+        else:
+            half_l = (levels - 1) * (1 + _FSQ_EPS) / 2
+            shift = np.arctanh(offset / half_l)
         half_width = np.asarray(self.levels) // 2
         basis = np.cumprod((1,) + self.levels[:-1])
         f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
@@ -500,8 +578,9 @@ class LFQ(Quantizer):
     p factorises over dims and H_sample is computed exactly per dim; H_batch needs the full
     [vectors, 2**dim] matrix (computed in chunks with rematerialisation), so dim is limited to
     `MAX_DIM` = 16 (65536 codes; the cost per step grows as vectors x 2**dim x dim). Entropy
-    annealing: the recipe can re-weight `aux["entropy"]` (unweighted) instead of using `aux["loss"]`.
-    aux: loss, commitment, entropy, entropy_per_sample, entropy_batch, perplexity, usage.
+    annealing (MAGVIT-v2) needs the step, so the tokenizer recipe adds it on top of `aux["loss"]`
+    from `aux["entropy_loss"]` (= entropy_weight * entropy; see `entropy_anneal_factor` there).
+    aux: loss, commitment, entropy, entropy_loss, entropy_per_sample, entropy_batch, perplexity, usage.
     """
 
     MAX_DIM = 16
@@ -571,6 +650,7 @@ class LFQ(Quantizer):
             "loss": self.commitment_weight * commitment + self.entropy_weight * entropy,
             "commitment": commitment,
             "entropy": entropy,
+            "entropy_loss": self.entropy_weight * entropy,
             "entropy_per_sample": h_sample,
             "entropy_batch": h_batch,
             **_usage_stats(_code_counts(codes, self.codebook_size)),
