@@ -77,7 +77,7 @@ def test_a_converted_tree_that_does_not_fit_is_refused_by_name(tmp_path):
     sys.modules["misfit_importer"] = _fake_importer(config, converted)
     weights.IMPORTERS["misfit"] = ("misfit_importer", "a stand-in for tests")
     try:
-        with pytest.raises(ValueError, match=r"missing encoder/cls_token.*decoder_pred/kernel: converted \(\d+, 3\)"):
+        with pytest.raises(ValueError, match=r"missing encoder/cls_token.*decoder_pred/kernel is \(\d+, 3\), expected"):
             weights.import_weights("misfit", "released.pth", str(tmp_path / "run"))
     finally:
         weights.IMPORTERS.pop("misfit")

@@ -18,14 +18,13 @@ from __future__ import annotations
 import importlib
 import os
 import zipfile
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskgen.weights.files import FORMATS, WeightFileError, read_flax_checkpoint
+from maskgen.weights.files import FORMATS, WeightFileError, read_flax_checkpoint, shape_differences, tree_shapes
 from maskgen.weights.torch_files import read_safetensors, read_torch_state_dict
 
 # --format name -> importer module, and what it reads.
@@ -58,25 +57,11 @@ def importer(name: str):
     return importlib.import_module(IMPORTERS[name][0])
 
 
-def _paths(tree: Any, prefix: str = "") -> dict[str, tuple]:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_paths(value, f"{prefix}{key}/"))
-        return out
-    return {prefix[:-1]: tuple(np.shape(tree))}
-
-
 def check_same_tree(converted: dict, expected: dict, what: str) -> None:
     """Raises ValueError naming every parameter the converted tree lacks, adds, or shapes differently."""
-    got, want = _paths(converted), _paths(expected)
-    problems = [f"missing {p} {want[p]}" for p in sorted(set(want) - set(got))]
-    problems += [f"unexpected {p} {got[p]}" for p in sorted(set(got) - set(want))]
-    problems += [f"{p}: converted {got[p]}, the model has {want[p]}" for p in sorted(set(got) & set(want))
-                 if got[p] != want[p]]
-    if problems:
-        raise ValueError(f"{what} does not fit the model its config builds: " + "; ".join(problems[:10])
-                         + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
+    differences = shape_differences(tree_shapes(converted), tree_shapes(expected))
+    if differences:
+        raise ValueError(f"{what} does not fit the model its config builds: {differences}")
 
 
 def import_weights(fmt: str, weights_path: str, workdir: str, options: dict | None = None,

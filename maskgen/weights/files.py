@@ -48,3 +48,43 @@ def write_flax_checkpoint(path: str, tree: dict) -> None:
 
     with open(path, "wb") as f:
         f.write(serialization.msgpack_serialize(_to_numpy(tree)))
+
+
+def tree_array(params: dict, path: str, what: str, ndim: int | None = None) -> np.ndarray:
+    """The array at `path` ("a/b/c") of a released checkpoint's `params` tree, or a WeightFileError
+    that names `what` file it is, the missing key and what its parent holds."""
+    node = params
+    for i, part in enumerate(path.split("/")):
+        if not isinstance(node, dict) or part not in node:
+            where = "/".join(path.split("/")[:i]) or "the top level"
+            have = sorted(node)[:10] if isinstance(node, dict) else type(node).__name__
+            raise WeightFileError(f"the {what} checkpoint has no params/{path} (under {where}: {have})")
+        node = node[part]
+    if isinstance(node, dict):
+        raise WeightFileError(f"params/{path} is a group ({sorted(node)[:6]}), expected an array")
+    array = np.asarray(node)
+    if ndim is not None and array.ndim != ndim:
+        raise WeightFileError(f"params/{path} has shape {array.shape}, expected {ndim} dimensions")
+    return array
+
+
+def tree_shapes(tree: dict, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """{"a/b/c": shape} of every array in a nested dict."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(tree_shapes(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = tuple(np.shape(value))
+    return out
+
+
+def shape_differences(got: dict[str, tuple], want: dict[str, tuple], *, prefix: str = "", limit: int = 10) -> str:
+    """"" when two {path: shape} maps agree; else the missing, unexpected and misshaped paths (the
+    first `limit`, then a count), for an error message."""
+    problems = [f"missing {prefix}{p} {want[p]}" for p in sorted(set(want) - set(got))]
+    problems += [f"unexpected {prefix}{p} {got[p]}" for p in sorted(set(got) - set(want))]
+    problems += [f"{prefix}{p} is {got[p]}, expected {want[p]}" for p in sorted(set(got) & set(want))
+                 if got[p] != want[p]]
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more

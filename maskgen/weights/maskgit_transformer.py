@@ -58,7 +58,7 @@ import re
 import ml_collections
 import numpy as np
 
-from maskgen.weights.files import WeightFileError
+from maskgen.weights.files import WeightFileError, shape_differences, tree_array, tree_shapes
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
 IMAGENET_CLASSES = 1000
@@ -75,17 +75,8 @@ def _params(tree: dict) -> dict:
                           f"'TransformerLayer_0', ..., 'MlmLayer_0'}}}}, the file's top-level keys are {sorted(tree)[:8]}")
 
 
-def _get(params: dict, path: str) -> np.ndarray:
-    node = params
-    for i, part in enumerate(path.split("/")):
-        if not isinstance(node, dict) or part not in node:
-            where = "/".join(path.split("/")[:i]) or "the top level"
-            have = sorted(node)[:8] if isinstance(node, dict) else type(node).__name__
-            raise WeightFileError(f"the MaskGIT transformer checkpoint has no params/{path} (under {where}: {have})")
-        node = node[part]
-    if isinstance(node, dict):
-        raise WeightFileError(f"params/{path} is a group ({sorted(node)[:6]}), expected an array")
-    return np.asarray(node)
+def _get(params: dict, path: str, ndim: int | None = None) -> np.ndarray:
+    return tree_array(params, path, "MaskGIT transformer", ndim)
 
 
 def _depth(params: dict) -> int:
@@ -135,27 +126,12 @@ def official_shapes(s: dict[str, int]) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = tuple(np.shape(value))
-    return out
-
-
 def check_tree(params: dict) -> dict[str, int]:
     """The sizes of a complete official tree; any missing, unexpected or misshaped key is an error naming it."""
     sizes = _shapes(params)
-    want, got = official_shapes(sizes), _flatten(params)
-    problems = [f"missing params/{k} {want[k]}" for k in sorted(set(want) - set(got))]
-    problems += [f"unexpected params/{k} {got[k]}" for k in sorted(set(got) - set(want))]
-    problems += [f"params/{k} is {got[k]}, expected {want[k]}" for k in sorted(set(want) & set(got))
-                 if got[k] != want[k]]
-    if problems:
-        raise WeightFileError("not the official MaskGIT transformer layout: " + "; ".join(problems[:8])
-                              + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+    differences = shape_differences(tree_shapes(params), official_shapes(sizes), prefix="params/", limit=8)
+    if differences:
+        raise WeightFileError(f"not the official MaskGIT transformer layout: {differences}")
     return sizes
 
 

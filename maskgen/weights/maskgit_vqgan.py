@@ -44,7 +44,7 @@ import re
 import ml_collections
 import numpy as np
 
-from maskgen.weights.files import WeightFileError
+from maskgen.weights.files import WeightFileError, tree_array
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
 GROUPS = 32  # flax.linen.GroupNorm's default num_groups, which the official model uses
@@ -63,19 +63,7 @@ def _params(tree: dict) -> dict:
 
 
 def _get(params: dict, path: str, ndim: int | None = None) -> np.ndarray:
-    node = params
-    for i, part in enumerate(path.split("/")):
-        if not isinstance(node, dict) or part not in node:
-            where = "/".join(path.split("/")[:i]) or "the top level"
-            have = sorted(node)[:10] if isinstance(node, dict) else type(node).__name__
-            raise WeightFileError(f"the MaskGIT VQGAN checkpoint has no params/{path} (under {where}: {have})")
-        node = node[part]
-    if isinstance(node, dict):
-        raise WeightFileError(f"params/{path} is a group ({sorted(node)[:6]}), expected an array")
-    array = np.asarray(node)
-    if ndim is not None and array.ndim != ndim:
-        raise WeightFileError(f"params/{path} has shape {array.shape}, expected {ndim} dimensions")
-    return array
+    return tree_array(params, path, "MaskGIT VQGAN", ndim)
 
 
 def _count(group: dict, kind: str, where: str) -> int:
