@@ -36,6 +36,7 @@ BENCHMARKS = {
     "B8": ("memory", "train-step memory with/without remat; the demo's peak RSS"),
     "B9": ("save_guard", "checkpoint guard (finite check + checksums) vs the train step"),
     "B10": ("masked_diffusion", "masked diffusion vs AR on text: likelihood, sampling precision, sampler speed"),
+    "B11": ("maskgit_frontier", "MaskGIT decoding on the digits demo: Fréchet distance vs class consistency"),
 }
 
 

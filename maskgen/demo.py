@@ -41,10 +41,10 @@ def _tokens_current(tokens_dir: str, tokenizer_step: int) -> bool:
         return False
 
 
-def _train_stage(config, stage_dir: str, workdir: str, size: str) -> dict:
+def _train_stage(config, stage_dir: str, workdir: str, size: str, allow_changes=()) -> dict:
     """Trains or resumes one stage; a stage made by another `--size` names the demo's fix."""
     try:
-        return train_lib.train(config, stage_dir)
+        return train_lib.train(config, stage_dir, allow_changes=allow_changes)
     except train_lib.ResumeConfigError as err:
         keys = ", ".join(f"config.{k}" for k in err.changes)
         raise train_lib.ConfigError(
@@ -69,7 +69,9 @@ def run_demo(workdir: str, *, size: str = "small", tokenizer_overrides=(), maskg
 
     log.info("demo 3/5: MaskGIT -> %s", paths["maskgit"])
     mg_config = _config("maskgit_digits.py", f"tokens={paths['tokens']},size={size}", list(maskgit_overrides))
-    result = _train_stage(mg_config, paths["maskgit"], workdir, size)
+    # The decoding defaults (config.sampling) do not touch training, so a demo trained under older
+    # ones resumes, and is evaluated with the current ones.
+    result = _train_stage(mg_config, paths["maskgit"], workdir, size, allow_changes=("sampling",))
 
     log.info("demo 4/5: evaluation")
     evals = result.get("evals") or train_lib.evaluate(mg_config, paths["maskgit"])[1]
@@ -85,12 +87,28 @@ def run_demo(workdir: str, *, size: str = "small", tokenizer_overrides=(), maskg
 
     _, label = load_image("test:0", handle.tokenizer)
     edit_to_png(handle, "test:0", "bottom", label, files["edit"], compare_out=files["edit_compare"])
-    return {"scalars": scalars, "files": files, "edit_class": label, "paths": paths}
+    return {"scalars": scalars, "files": files, "edit_class": label, "paths": paths,
+            "sampling": mg_config.sampling.to_dict()}
+
+
+def describe_sampling(sampling: dict) -> str:
+    """The decoding settings in words, e.g. `8 steps, cosine schedule, choice temperature 4.5, ...`."""
+    text = (f"{sampling.get('num_steps', 8)} decoding steps, {sampling.get('schedule', 'cosine')} schedule, "
+            f"choice temperature {sampling.get('choice_temperature', 4.5):g}, "
+            f"temperature {sampling.get('temperature', 1.0):g}")
+    if sampling.get("temperature_schedule", "constant") != "constant":
+        text += f" ({sampling['temperature_schedule']})"
+    text += f", guidance {sampling.get('cfg_scale', 1.0):g}"
+    if sampling.get("cfg_schedule", "constant") != "constant":
+        text += f" ({sampling['cfg_schedule']})"
+    return text
 
 
 def print_summary(workdir: str, summary: dict) -> None:
     paths, files = summary["paths"], summary["files"]
-    print("\nMaskGIT on digits: evaluation (8 decoding steps)")
+    sampling = summary.get("sampling", {})
+    print(f"\nMaskGIT on digits: evaluation ({describe_sampling(sampling)}; experiments/maskgit_digits.py "
+          "config.sampling)")
     for key, value in summary["scalars"].items():
         print(f"  {key:<45s} {value:.4f}")
     print(f"\nsample grid (row = class 0..9): {files['samples']}")
@@ -100,5 +118,5 @@ def print_summary(workdir: str, summary: dict) -> None:
     print(f"  maskgen train --config experiments/tokenizer_digits.py --workdir {paths['tokenizer']}")
     print(f"  maskgen tokenize --tokenizer-workdir {paths['tokenizer']} --data digits --out {paths['tokens']}")
     print(f"  maskgen train --config experiments/maskgit_digits.py:tokens={paths['tokens']} --workdir {paths['maskgit']}")
-    print(f"  maskgen sample --workdir {paths['maskgit']} --num 10 --steps 8 --cfg 1.0 --out grid.png")
+    print(f"  maskgen sample --workdir {paths['maskgit']} --num 10 --out grid.png   # config.sampling's settings")
     print(f"  maskgen edit --workdir {paths['maskgit']} --image test:0 --mask bottom --class 3 --out edit.png")

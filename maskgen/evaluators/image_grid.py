@@ -14,6 +14,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def from_uint8(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1] (the inverse of `to_uint8` on its 256 levels)."""
+    return np.asarray(pixels, np.uint8).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
 def make_grid(rows: list[np.ndarray], upscale: int = 1, border: int = 1) -> np.ndarray:
     """Tiles rows of images ([B, H, W, C] uint8 each) into one uint8 [H', W', C] image."""
     rows = [np.repeat(np.repeat(r, upscale, axis=1), upscale, axis=2) for r in rows]

@@ -55,6 +55,7 @@ DEFAULT_BATCH_SIZE = 50
 INPUT_LIMIT = 2.0
 METRIC_IN_RUN = "fid_inception"  # Against reference features computed in the same run.
 METRIC_ADM_REF = "fid_inception_adm_ref"  # Against precomputed (mu, sigma) in an ADM-style .npz.
+METRIC_ADM_IMAGES = "fid_inception_adm_images"  # Against this network's features of an ADM batch's arr_0.
 CONVERT_COMMAND = "python -m maskgen.perception.inception convert IN.pth OUT.npz"
 
 # Torch state_dict keys that are not part of the feature network: the classifier, and the
