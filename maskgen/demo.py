@@ -41,10 +41,10 @@ def _tokens_current(tokens_dir: str, tokenizer_step: int) -> bool:
         return False
 
 
-def _train_stage(config, stage_dir: str, workdir: str, size: str, allow_changes=()) -> dict:
+def _train_stage(config, stage_dir: str, workdir: str, size: str) -> dict:
     """Trains or resumes one stage; a stage made by another `--size` names the demo's fix."""
     try:
-        return train_lib.train(config, stage_dir, allow_changes=allow_changes)
+        return train_lib.train(config, stage_dir)
     except train_lib.ResumeConfigError as err:
         keys = ", ".join(f"config.{k}" for k in err.changes)
         raise train_lib.ConfigError(
@@ -69,9 +69,9 @@ def run_demo(workdir: str, *, size: str = "small", tokenizer_overrides=(), maskg
 
     log.info("demo 3/5: MaskGIT -> %s", paths["maskgit"])
     mg_config = _config("maskgit_digits.py", f"tokens={paths['tokens']},size={size}", list(maskgit_overrides))
-    # The decoding defaults (config.sampling) do not touch training, so a demo trained under older
-    # ones resumes, and is evaluated with the current ones.
-    result = _train_stage(mg_config, paths["maskgit"], workdir, size, allow_changes=("sampling",))
+    # A demo trained under older decoding defaults (config.sampling, resume-safe) resumes and is
+    # evaluated with the current ones.
+    result = _train_stage(mg_config, paths["maskgit"], workdir, size)
 
     log.info("demo 4/5: evaluation")
     evals = result.get("evals") or train_lib.evaluate(mg_config, paths["maskgit"])[1]

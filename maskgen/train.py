@@ -307,6 +307,7 @@ RESUME_SAFE_KEYS = (
     "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "evals", "eval_params",
     "mesh", "sharding_rules", "remat", "data.read_threads", "data.data_dir",
     "init_from",  # only read when a run starts; a resume continues from its own checkpoint
+    "sampling",  # decoding defaults of evaluation and `maskgen sample`: never part of training
 )
 
 

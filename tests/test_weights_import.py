@@ -104,3 +104,40 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(imported, tmp_path
     wider = tiny_mae_config(f"init_from={source}", "model.decoder_width=24")
     with pytest.raises(ConfigError, match="config.init_from=.*do not fit this config's model"):
         train(wider, str(tmp_path / "wider"))
+
+
+@pytest.mark.slow
+def test_imported_maskgit_and_vqgan_sample_images_end_to_end(tmp_path):
+    """The official VQGAN and transformer layouts (random values), imported and linked with
+    `--option tokenizer=`, sample images through `maskgen sample` like any run."""
+    import jax.numpy as jnp
+    from PIL import Image
+
+    import test_maskgit_weights as official_transformer
+    import test_vqgan_weights as official_vqgan
+    from conftest import run_cli
+    from maskgen.weights import import_weights
+    from maskgen.weights.files import write_flax_checkpoint
+
+    images01 = np.zeros((1, official_vqgan.SIZE, official_vqgan.SIZE, 3), np.float32)
+    variables = jax.jit(official_vqgan.RefVQVAE().init)(jax.random.key(0), jnp.asarray(images01))
+    write_flax_checkpoint(str(tmp_path / "vqgan.ckpt"),
+                          {"params": official_vqgan._randomise(jax.tree.map(np.asarray, dict(variables["params"])), 2)})
+    import_weights("maskgit_vqgan", str(tmp_path / "vqgan.ckpt"), str(tmp_path / "vqgan"),
+                   {"image_size": official_vqgan.SIZE})
+    # A transformer over the VQGAN's 16 codes on its 4 x 4 grid (8 px, one 2x downsampling).
+    module = official_transformer
+    saved = module.CODEBOOK, module.GRID, module.VOCAB, module.N
+    module.CODEBOOK, module.GRID = official_vqgan.CODES, (4, 4)
+    module.VOCAB, module.N = module.CODEBOOK + module.CLASSES + 1, 16
+    try:
+        write_flax_checkpoint(str(tmp_path / "maskgit.ckpt"), module.official_tree())
+    finally:
+        module.CODEBOOK, module.GRID, module.VOCAB, module.N = saved
+    import_weights("maskgit_transformer", str(tmp_path / "maskgit.ckpt"), str(tmp_path / "maskgit"),
+                   {"num_classes": module.CLASSES, "tokenizer": str(tmp_path / "vqgan")}, ["compute_dtype=float32"])
+    out = tmp_path / "samples.png"
+    result = run_cli("sample", "--workdir", str(tmp_path / "maskgit"), "--num", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    grid = np.asarray(Image.open(out))
+    assert grid.shape[0] >= module.CLASSES * official_vqgan.SIZE and grid.std() > 0  # a row of images per class

@@ -68,7 +68,9 @@ def import_weights(fmt: str, weights_path: str, workdir: str, options: dict | No
                    overrides=()) -> dict:
     """Converts a released weights file into a maskgen run in `workdir` (see the module docstring).
 
-    `options` go to the importer's `make_config` (e.g. num_heads); `overrides` are `key=value`
+    `options` go to the importer's `make_config` (e.g. num_heads), except `tokenizer`: the workdir of
+    the tokenizer run whose tokens the imported model reads (so its samples decode to images);
+    `overrides` are `key=value`
     config overrides applied after it (e.g. `data.data_dir=...` for later evaluation).
     Returns a summary dict (format, parameters, workdir).
     """
@@ -79,10 +81,18 @@ def import_weights(fmt: str, weights_path: str, workdir: str, options: dict | No
     from maskgen.train import _state_initializer, check_workdir, make_optimizer
 
     module = importer(fmt)
+    options = dict(options or {})
+    # Any token model: the tokenizer run that decodes its tokens (e.g. an imported VQGAN).
+    tokenizer = str(options.pop("tokenizer", "") or "")
+    if tokenizer and not os.path.exists(os.path.join(tokenizer, "config.json")):
+        raise FileNotFoundError(f"--option tokenizer={tokenizer}: not a maskgen run (no config.json); import or "
+                                "train the tokenizer first")
     tree = module.read(weights_path) if hasattr(module, "read") else read_weights(weights_path)
-    config = module.make_config(tree, **(options or {}))
+    config = module.make_config(tree, **options)
     apply_overrides(config, overrides)
     info = module.data_info(tree, config)
+    if tokenizer:
+        info["tokenizer"] = {"workdir": os.path.abspath(tokenizer)}
     converted = module.convert(tree, config)
 
     check_workdir(workdir)
