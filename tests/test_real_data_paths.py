@@ -112,7 +112,7 @@ def test_tokenizer_and_maskgit_imagenet_tiny_on_local_tfds_copy(local_imagenet, 
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["gan/r1"]) for r in rows)
     assert result["evals"]["reconstruction"].scalars["codebook_usage"] > 0
     # The paper-scale MaskGIT config, shrunk, on these tokens; FID on InceptionV3 features from a
-    # weights file (random weights in the pytorch-fid layout) against ADM-format reference statistics.
+    # weights file (random weights in the pytorch-fid layout) against an ADM reference batch (its mu/sigma).
     from maskgen.perception.inception import random_state_dict
     from maskgen.tokenize import tokenize_dataset
 
@@ -124,7 +124,7 @@ def test_tokenizer_and_maskgit_imagenet_tiny_on_local_tfds_copy(local_imagenet, 
     np.savez(reference, mu=np.zeros(2048), sigma=np.eye(2048))
     config = config_lib.load_config_file(os.path.join(REPO, "experiments", "maskgit_imagenet256.py")
                                          + f":size=tiny,tokens={tokens}")
-    config_lib.apply_overrides(config, [f"evals.fid.inception_weights={weights}", f"evals.fid.reference_stats={reference}"])
+    config_lib.apply_overrides(config, [f"evals.fid.inception_weights={weights}", f"evals.fid.adm_reference={reference}"])
     train_lib.train(config, str(tmp_path / "maskgit"))
     # FID as `maskgen eval` computes it (the evaluator has every=-1 in this config).
     _, results = train_lib.evaluate(config, str(tmp_path / "maskgit"))
