@@ -150,6 +150,13 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, attack):
     assert not sentinel.exists()
 
 
+def test_a_file_that_is_not_a_weights_file_is_named_as_such(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("# not weights\n")
+    with pytest.raises(WeightFileError, match="is not a PyTorch weights file.*zip archives and .safetensors"):
+        read_torch_state_dict(str(path))
+
+
 def test_tensor_view_past_its_storage_is_refused(tmp_path):
     """A crafted size/stride must not read memory outside the storage."""
     path = str(tmp_path / "w.pth")

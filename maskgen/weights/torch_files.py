@@ -151,9 +151,11 @@ def read_torch_file(path: str) -> Any:
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(2)
-        kind = "the legacy (torch < 1.6) format" if head[:1] == b"\x80" else "not a torch.save zip archive"
-        raise UnsafePickleError(f"{path} is {kind}; maskgen reads only zip-format weights files, since a "
-                                f"legacy file is an arbitrary pickle: {_REFUSAL}")
+        if head[:1] != b"\x80":  # not a pickle at all
+            raise WeightFileError(f"{path} is not a PyTorch weights file (neither a torch.save zip archive nor a "
+                                  "legacy pickle); maskgen reads .pth/.pt zip archives and .safetensors files")
+        raise UnsafePickleError(f"{path} is the legacy (torch < 1.6) format; maskgen reads only zip-format weights "
+                                f"files, since a legacy file is an arbitrary pickle: {_REFUSAL}")
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         prefix = _archive_prefix(names, path)
