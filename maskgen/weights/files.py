@@ -1,5 +1,5 @@
-"""Flax msgpack checkpoints (what `flax.training.checkpoints.save_checkpoint` wrote for the official
-MaskGIT and MAGVIT releases), read with `flax.serialization.msgpack_restore`, which decodes plain
+"""Flax msgpack checkpoints (the single-file format Flax's older checkpoint helpers wrote for the
+official MaskGIT and MAGVIT releases), read with `flax.serialization.msgpack_restore`, which decodes plain
 data only, never code. PyTorch and safetensors files: `maskgen.weights.torch_files`.
 `maskgen.weights.read_weights` picks the reader for a file.
 """
