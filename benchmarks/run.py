@@ -1,4 +1,4 @@
-"""Runs every benchmark (B1-B11) and prints one summary table: `python -m benchmarks.run`.
+"""Runs every benchmark (B1-B12) and prints one summary table: `python -m benchmarks.run`.
 
 Each benchmark runs in its own child process (its own XLA flags, thread pools and memory peak),
 prints its full table as it goes, and leaves a JSON result that this runner collects. On a 2-core
@@ -37,6 +37,7 @@ BENCHMARKS = {
     "B9": ("save_guard", "checkpoint guard (finite check + checksums) vs the train step"),
     "B10": ("masked_diffusion", "masked diffusion vs AR on text: likelihood, sampling precision, sampler speed"),
     "B11": ("maskgit_frontier", "MaskGIT decoding on the digits demo: Fréchet distance vs class consistency"),
+    "B12": ("diffusion_samplers", "diffusion samplers vs NFE on Gaussian / mixture data (exact network)"),
 }
 
 

@@ -22,7 +22,7 @@ LAYERS = [
     ("config", "tasks", "outputs"),
     ("parallel", "metrics"),
     ("checkpoint", "data", "models", "masking"),
-    ("sampling", "tokenizers"),
+    ("sampling", "tokenizers", "diffusion"),
     ("perception",),
     ("recipes", "evaluators"),
     ("runs",),
