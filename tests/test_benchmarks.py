@@ -43,7 +43,7 @@ def test_runner_names_an_unknown_benchmark():
     assert proc.returncode == 2 and "B42" in proc.stderr
 
 
-# The runner's B1-B11, plus the profile behind B3 (not in the runner: it explains, it does not test a claim).
+# Every benchmark of the runner, plus the profile behind B3 (not in the runner: it explains, it does not test a claim).
 SCRIPTS = {**{bench_id: module for bench_id, (module, _) in run.BENCHMARKS.items()},
            "B3-profile": "profile_cpu_train_step"}
 
