@@ -1,4 +1,4 @@
-"""Runs every benchmark (B1-B12) and prints one summary table: `python -m benchmarks.run`.
+"""Runs every benchmark (B1-B14) and prints one summary table: `python -m benchmarks.run`.
 
 Each benchmark runs in its own child process (its own XLA flags, thread pools and memory peak),
 prints its full table as it goes, and leaves a JSON result that this runner collects. On a 2-core
@@ -38,6 +38,8 @@ BENCHMARKS = {
     "B10": ("masked_diffusion", "masked diffusion vs AR on text: likelihood, sampling precision, sampler speed"),
     "B11": ("maskgit_frontier", "MaskGIT decoding on the digits demo: Fréchet distance vs class consistency"),
     "B12": ("diffusion_samplers", "diffusion samplers vs NFE on Gaussian / mixture data (exact network)"),
+    "B13": ("microdit_masking", "MicroDiT patch masking on digits: deferred vs naive; quality vs training FLOPs"),
+    "B14": ("repa_convergence", "REPA on digits: Fréchet distance vs training step, with and without alignment"),
 }
 
 

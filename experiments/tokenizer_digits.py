@@ -5,20 +5,32 @@ VQ (l2-normalised codes, k-means init, dead-code restart), FSQ (arXiv 2309.15505
 (MAGVIT-v2, arXiv 2310.05737) or residual VQ (SoundStream/EnCodec). All four have 256 codes
 per level (RVQ: 2 levels), so they compare on the same budget.
 
+`quantizer=kl` is the continuous autoencoder instead (LDM's KL bottleneck, Rombach et al.,
+arXiv 2112.10752, as MAR and MicroDiT use): an 8x8 grid of 4-channel float latents, KL weight
+`kl_weight` (default 1e-5. Measured at size=small, 1,000 steps: 1e-5 gives 44.1 dB PSNR with all 4
+channels used and a latent std of 1.14; LDM's 1e-6 gives 44.8 dB but latents of std 1.96 and a
+posterior std of 0.045, nearly a plain autoencoder; 1e-4 costs 4 dB (40.5) and collapses one
+channel to std 0.14. docs/diffusion.md has the table). `maskgen tokenize` then writes latents
+scaled to unit variance, for the continuous generators (dit, mar) to train on.
+
 Launch (2-core CPU, a few minutes each):
   maskgen train --config experiments/tokenizer_digits.py:quantizer=vq --workdir /tmp/tok_vq
   maskgen eval --workdir /tmp/tok_vq
   maskgen tokenize --tokenizer-workdir /tmp/tok_vq --data digits --out /tmp/tokens_vq
+  maskgen train --config experiments/tokenizer_digits.py:quantizer=kl --workdir /tmp/tok_kl
+  maskgen tokenize --tokenizer-workdir /tmp/tok_kl --data digits --out /tmp/latents_kl
 
 Arguments (`:quantizer=lfq,steps=100,gan=1,perceptual=1,size=tiny`): ARGS below; any other is refused.
 """
 
-from maskgen.config import Arg, base_config, choice, flag, integer, parse_config_arg
+from maskgen.config import Arg, base_config, choice, flag, integer, number, parse_config_arg
 
 # size: (base_channels, num_res_blocks, steps, batch)
 SIZES = {"tiny": (8, 1, 20, 16), "small": (32, 1, 1000, 64)}
 ARGS = {
-    "quantizer": choice("vq", "the quantizer, each with 256 codes per level", "vq", "fsq", "lfq", "rvq"),
+    "quantizer": choice("vq", "the quantizer, each with 256 codes per level, or kl: continuous 4-channel latents",
+                        "vq", "fsq", "lfq", "rvq", "kl"),
+    "kl_weight": Arg(1e-5, "quantizer=kl: weight of the KL term (LDM: 1e-6)", number(0)),
     "size": choice("small", "model size and batch (SIZES); tiny is for tests", *SIZES),
     "steps": Arg(None, "training steps (default per size)", integer(min=1)),
     "gan": flag(0, "1 adds the adversarial loss (patch discriminator, hinge, LeCam) from mid-training"),
@@ -39,7 +51,8 @@ def get_config(arg=None):
                        read_threads=1, max_upscale=2.0)
     config.model = dict(
         base_channels=channels, channel_multipliers=(1, 2), num_res_blocks=res_blocks,
-        quantizer=args["quantizer"], embed_dim=16, codebook_size=256,
+        # kl: 4 latent channels on the 8x8 grid (the encoder outputs 8: mean and log-variance).
+        quantizer=args["quantizer"], embed_dim=4 if args["quantizer"] == "kl" else 16, codebook_size=256,
         vq=dict(l2_normalize=True, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
                 kmeans_init=True, kmeans_iters=10, restart_dead_codes=True, dead_code_threshold=0.1,
                 entropy_weight=0.0, entropy_temperature=0.01),
@@ -59,7 +72,7 @@ def get_config(arg=None):
         adversarial_weight=0.1 if args["gan"] else 0.0, gan_loss="hinge",
         gan_start_step=config.total_steps // 2, lecam_weight=0.001, lecam_decay=0.99, r1_weight=0.0,
         discriminator_lr=1e-4, discriminator_b1=0.5, adaptive_gan_weight=False,
-        entropy_anneal_factor=0.0, entropy_anneal_steps=0,
+        entropy_anneal_factor=0.0, entropy_anneal_steps=0, kl_weight=args["kl_weight"],
     )
     config.optimizer.lr = 1e-3
     config.optimizer.b2 = 0.99

@@ -14,6 +14,16 @@ numbers). FSQ: the paper's bound. The paper's perceptual loss uses
 pretrained VGG/LPIPS weights, which maskgen does not download: set
 `--config.loss.perceptual_weight=0.1` only with a feature network of your own (see docs/tokenizers.md).
 
+`quantizer=kl`: MAR's KL-16 tokenizer (Li et al., arXiv 2406.11838: 16x16x16 continuous tokens at
+256 px), which is LDM's KL-f16 autoencoder (Rombach et al., arXiv 2112.10752; CompVis/latent-diffusion
+configs/autoencoder/autoencoder_kl_16x16x16.yaml, and LTH14/mar models/vae.py `AutoencoderKL(embed_dim=16,
+ch_mult=(1, 1, 2, 2, 4))`): 16 latent channels at 16x downsampling, 128 base channels, multipliers
+[1, 1, 2, 2, 4], 2 residual blocks, KL weight 1e-6, L1 reconstruction, a PatchGAN discriminator
+(3 downsamplings, 64 channels) with hinge loss, VQGAN's adaptive weight times 0.5 from step 50,001,
+no LeCam or R1. maskgen differs: its conv encoder/decoder has no attention block at 16x16 (LDM's
+attn_resolutions [16]), and the perceptual (LPIPS) term is off unless you give a feature network.
+`maskgen tokenize` then writes the means with scale factor 1 / std of the train split's latents.
+
 Launch (TPU pod slice, data on an on-disk TFDS copy):
   maskgen train --config experiments/tokenizer_imagenet.py --workdir /gcs/BUCKET/vqgan_f16 \
       --config.data.data_dir=/mnt/tfds
@@ -25,7 +35,8 @@ Arguments (`:quantizer=fsq,size=tiny`): ARGS below; any other is refused.
 from maskgen.config import base_config, choice, parse_config_arg
 
 ARGS = {
-    "quantizer": choice("vq", "the quantizer", "vq", "fsq", "lfq", "rvq"),
+    "quantizer": choice("vq", "the quantizer, or kl: MAR's KL-16 continuous tokenizer", "vq", "fsq", "lfq", "rvq",
+                        "kl"),
     "size": choice("full", "full: the paper's VQGAN at 256 px; tiny: a 20-step CPU smoke test at 32 px", "full", "tiny"),
 }
 
@@ -33,6 +44,7 @@ ARGS = {
 def get_config(arg=None):
     args = parse_config_arg(arg, ARGS)
     tiny = args["size"] == "tiny"
+    kl = args["quantizer"] == "kl"
     config = base_config()
     config.recipe = "tokenizer"
     config.batch_size = 8 if tiny else 256
@@ -41,7 +53,7 @@ def get_config(arg=None):
                        train_split="train", read_threads=16)
     config.model = dict(
         base_channels=8 if tiny else 128, channel_multipliers=(1, 2) if tiny else (1, 1, 2, 2, 4),
-        num_res_blocks=1 if tiny else 2, quantizer=args["quantizer"], embed_dim=256, codebook_size=1024,
+        num_res_blocks=1 if tiny else 2, quantizer=args["quantizer"], embed_dim=16 if kl else 256, codebook_size=1024,
         vq=dict(l2_normalize=False, commitment_weight=0.25, codebook_weight=1.0, use_ema=False, ema_decay=0.99,
                 kmeans_init=False, kmeans_iters=10, restart_dead_codes=False, dead_code_threshold=0.1,
                 entropy_weight=0.1, entropy_temperature=0.01),
@@ -52,7 +64,8 @@ def get_config(arg=None):
         lfq_group_norm=True,
         rvq_levels=4, quantizer_dropout=0.0,
         conv_variant="maskgen", pixel_range="minus_one_to_one",
-        discriminator="stylegan", stylegan_channel_multiplier=1, stylegan_max_channels=16 if tiny else 512,
+        discriminator="patch" if kl else "stylegan", stylegan_channel_multiplier=1,
+        stylegan_max_channels=16 if tiny else 512,
         stylegan_blur_resample=True,
         # The patch discriminator's settings, used with model.discriminator="patch".
         discriminator_channels=8 if tiny else 64, discriminator_downsamples=2 if tiny else 3,
@@ -63,7 +76,11 @@ def get_config(arg=None):
         gan_start_step=5 if tiny else 20_000, lecam_weight=0.001,
         lecam_decay=0.999, r1_weight=10.0, discriminator_lr=1e-4, discriminator_b1=0.0,
         entropy_anneal_factor=3.0 if args["quantizer"] == "lfq" else 0.0, entropy_anneal_steps=10 if tiny else 5000,
+        kl_weight=1e-6,  # LDM's (used with quantizer=kl only)
     )
+    if kl:  # LDM's LPIPSWithDiscriminator settings for its KL autoencoders
+        config.loss.update(reconstruction="l1", adversarial_weight=0.5, gan_loss="hinge", adaptive_gan_weight=True,
+                           gan_start_step=5 if tiny else 50_001, lecam_weight=0.0, r1_weight=0.0)
     config.optimizer = dict(lr=1e-4, b1=0.0 if not tiny else 0.9, b2=0.99, weight_decay=1e-4,
                             warmup_steps=2 if tiny else 5000, min_lr_ratio=0.1, grad_clip_norm=1.0)
     config.ema_decay = 0.999

@@ -601,6 +601,7 @@ DEFAULT_SHARDING_RULES = (
     ("classes", None),  # class-embedding rows (few; replicated)
     ("cond", None),  # adaLN conditioning input width (its output side is already sharded)
     ("positions", None),  # learned position-embedding rows
+    ("expert", None),  # mixture-of-experts weights (map to an `expert` mesh axis to shard them)
 )
 
 

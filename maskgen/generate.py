@@ -1,11 +1,14 @@
-"""Using a trained token generator (MaskGIT, arXiv 2202.04200; the AR baseline; masked discrete
-diffusion on text, arXiv 2406.07524): `maskgen sample`, `maskgen edit` and `maskgen demo`.
+"""Using a trained generator (MaskGIT, arXiv 2202.04200; the AR baseline; masked discrete diffusion
+on text, arXiv 2406.07524; continuous generators such as MAR, arXiv 2406.11838, and DiT, arXiv
+2212.09748): `maskgen sample`, `maskgen edit` and `maskgen demo`.
 
 A generator's outputs are decoded by its data's decoder (`maskgen.runs.make_decoder`): token
-grids through the tokenizer run named in the token dataset's metadata, token ids through the text
-source's tokenizer. Which inputs a generator takes comes from the task registry
-(`maskgen.tasks`): class labels, nothing, a prefix, or an infill mask. Editing (inpainting,
-outpainting, class-conditional editing, text span infilling) is the same `generate` call as
+grids through the tokenizer run named in the token dataset's metadata, scaled latents (continuous
+generators on a `maskgen tokenize`d KL dataset) through that KL tokenizer run, pixel arrays
+(continuous generators on images) as they are, token ids through the text source's tokenizer.
+Which inputs a generator takes comes from the task registry (`maskgen.tasks`): class labels,
+nothing, a prefix, or an infill mask. Editing (inpainting, outpainting, class-conditional
+editing, text span infilling) is the same `generate` call as
 sampling, started from known tokens with the edited region unknown (MaskGIT Sec. 4.3).
 
 This sits beside `train.py`, above `maskgen.runs`; recipes never import it.
@@ -47,7 +50,8 @@ class GeneratorHandle(RunHandle):
                              "names no tokenizer run, so samples cannot be shown")
         self.kind = self.decoder.kind  # "images" or "texts"
         self.num_classes = int(self.info.get("num_classes", 0)) if "class" in self.tasks else 0
-        # The decoder of image token grids is the tokenizer run (load_image and the edit CLI use its data).
+        # The tokenizer run that decodes token/latent grids (None for pixel and text data). load_image
+        # and the edit CLI read the image settings from the decoder (its data_config / channels).
         self.tokenizer = getattr(self.decoder, "tokenizer", None)
 
     def settings(self, **overrides) -> dict:
@@ -113,7 +117,10 @@ class GeneratorHandle(RunHandle):
              start_step: int = 0, **overrides) -> dict:
         """Regenerates the masked region of `image` ([H, W, C] in [-1, 1]) as class `label`.
 
-        Returns {"edited", "reconstruction" (the tokenizer's round trip of the input), "token_mask"}.
+        The image becomes the generator's data through its decoder's `encode` (token ids, scaled
+        latents, or the pixels themselves) and the pixel mask a mask over the generator's position
+        grid (info()["token_shape"]). Returns {"edited", "reconstruction" (the decoder's round trip of
+        the input), "token_mask"}.
         """
         self._require_infill()
         if self.kind != "images":
@@ -121,7 +128,7 @@ class GeneratorHandle(RunHandle):
         token_mask = self.token_mask(np.asarray(pixel_mask, bool))
         if not token_mask.any():
             raise ValueError("the mask selects no pixels: white (or non-zero) pixels mark the region to regenerate")
-        tokens = self.tokenizer.encode(image[None])
+        tokens = self.decoder.encode(image[None])
         batch = tasks.infill_batch(tokens, token_mask[None])
         if "class" in self.tasks:
             batch["label"] = self.check_labels([label])
@@ -172,12 +179,20 @@ def _is_example(spec: str) -> bool:
     return spec.startswith(("test:", "train:"))
 
 
-def _dataset_example(spec: str, tokenizer) -> tuple[np.ndarray, int]:
-    """`test:INDEX` / `train:INDEX`: that example of the tokenizer's dataset (uint8 [H, W, C]) and its label."""
+def _image_settings(images_from) -> tuple:
+    """(data config group, channels) of the images a decoder decodes to: a decoder's `data_config` /
+    `channels`, or a TokenizerHandle's own config and data (the older argument)."""
+    if hasattr(images_from, "data_config"):
+        return images_from.data_config, int(images_from.channels)
+    return images_from.config.data, int(images_from.run.data_info["image_shape"][-1])
+
+
+def _dataset_example(spec: str, images_from) -> tuple[np.ndarray, int]:
+    """`test:INDEX` / `train:INDEX`: that example of the decoder's image dataset (uint8 [H, W, C]) and its label."""
     from maskgen.data import make_source
 
     split, _, index = spec.partition(":")
-    data = tokenizer.config.data
+    data, _ = _image_settings(images_from)
     source = make_source(data.name, split, data.data_dir or None)
     n = len(source)
     valid = f"the {split} split has {n} examples" + (f" (0..{n - 1})" if n else "")
@@ -189,20 +204,21 @@ def _dataset_example(spec: str, tokenizer) -> tuple[np.ndarray, int]:
     return example["image"], int(example["label"])
 
 
-def load_image(spec: str, tokenizer) -> tuple[np.ndarray, int | None]:
+def load_image(spec: str, images_from) -> tuple[np.ndarray, int | None]:
     """An image file (any size: centre-cropped and resized) or `test:INDEX` (an example of the
-    tokenizer's dataset), as [H, W, C] in [-1, 1]; also returns the example's label if known.
+    image dataset), as [H, W, C] in [-1, 1]; also returns the example's label if known.
 
+    images_from: the generator's decoder (`GeneratorHandle.decoder`): the tokenizer run's data for
+    token and latent data, the run's own data for pixel data; or a TokenizerHandle.
     16-bit, 32-bit and float files are scaled to 8 bits (maskgen.data.prepare.to_8bit), not clipped.
     """
     from maskgen.data.pipeline import ToModelInput
     from maskgen.data.prepare import to_8bit
 
-    data = tokenizer.config.data
+    data, channels = _image_settings(images_from)
     if _is_example(spec):
-        array, label = _dataset_example(spec, tokenizer)
+        array, label = _dataset_example(spec, images_from)
         return ToModelInput(data.image_size)({"image": array, "label": label})["image"], label
-    channels = tokenizer.run.data_info["image_shape"][-1]
     try:
         with Image.open(spec) as pil:
             pil = to_8bit(pil).convert("L" if channels == 1 else "RGB")
@@ -302,7 +318,8 @@ def infill_text_to_file(handle: GeneratorHandle, prefix: str, suffix: str, span:
 def edit_to_png(handle: GeneratorHandle, image_spec: str, mask_spec: str, label: int, out: str, *, seed: int = 0,
                 start_step: int = 0, compare_out: str | None = None, zoom: int = 0, resize_mask: bool = False,
                 **overrides) -> dict:
-    image, _ = load_image(image_spec, handle.tokenizer)
+    # The decoder knows which data the images come from (a bare handle with only a tokenizer still works).
+    image, _ = load_image(image_spec, getattr(handle, "decoder", None) or handle.tokenizer)
     mask = load_mask(mask_spec, image.shape[0], image_shape=image_file_shape(image_spec), resize=resize_mask)
     result = handle.edit(image, mask, label, seed=seed, start_step=start_step, **overrides)
     zoom = zoom or max(1, 128 // image.shape[0])

@@ -9,7 +9,7 @@
   maskgen edit   --workdir MASKGIT_DIR --image in.png|test:INDEX --mask mask.png|bottom --class C --out out.png
   maskgen sample --workdir TEXT_DIR --num 4                    (text generators: prints and writes samples.txt)
   maskgen edit   --workdir TEXT_DIR --prefix "The " --span 20 --suffix " is" --out edited.txt
-  maskgen tokenize --tokenizer-workdir DIR --data digits --out TOKENS_DIR
+  maskgen tokenize --tokenizer-workdir DIR --data digits --out TOKENS_DIR   (a kl tokenizer: float latents)
   maskgen prepare --source digits --out DIR
   maskgen import-weights --format mae --weights mae_pretrain_vit_base.pth --workdir runs/mae_base
   maskgen prepare --source folder --input DIR --out DIR --resolution 32 [--skip-bad]
@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     edit = sub.add_parser("edit", help="regenerate part of an input: the masked region of an image (MaskGIT), or a "
                                        "span of text between a prefix and a suffix (masked diffusion)")
     edit.add_argument("--workdir", required=True, help="a generator run that can infill")
-    edit.add_argument("--image", default=None, help="images: a file, or test:INDEX / train:INDEX of the tokenizer's data")
+    edit.add_argument("--image", default=None,
+                      help="images: a file, or test:INDEX / train:INDEX of the tokenizer's data (of the run's own "
+                           "data for a generator on pixels)")
     edit.add_argument("--mask", default=None, help="images: PNG (white = regenerate) or top|bottom|left|right")
     edit.add_argument("--class", dest="label", type=int, default=None, help="images: the class to generate")
     edit.add_argument("--prefix", default=None, help="text: the text before the span (kept exactly)")
@@ -129,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--size", default="small", choices=["tiny", "small"], help="tiny: a smoke run in about a minute")
 
-    tok = sub.add_parser("tokenize", help="write a dataset's token grids with a trained tokenizer")
+    tok = sub.add_parser("tokenize", help="write a dataset's token grids (or, for a kl tokenizer, latents scaled to "
+                                          "unit variance by a stored factor) with a trained tokenizer")
     tok.add_argument("--tokenizer-workdir", required=True, help="workdir of a `tokenizer` run")
     tok.add_argument("--data", required=True, help="digits | array_record | tfds:<name>")
     tok.add_argument("--data-dir", default=None)
@@ -218,8 +221,14 @@ def main(argv: list[str]) -> int:
                                     splits=args.splits.split(",") if args.splits else None, step=args.step,
                                     num_shards=args.num_shards)
             splits = ", ".join(f"{k}: {v['num_examples']}" for k, v in meta["splits"].items())
-            print(f"wrote {args.out}: {splits}; token grid {tuple(meta['token_shape'])}, "
-                  f"codebook {meta['codebook_size']}, from step {meta['tokenizer']['step']}")
+            if "latents" in meta["fields"]:  # a continuous (kl) tokenizer: float latents and their scale factor
+                latents = meta["fields"]["latents"]
+                print(f"wrote {args.out}: {splits}; latents {tuple(latents['shape'])}, scale factor "
+                      f"{latents['scale']:.6g} (1 / std of the {meta['tokenizer']['scale_split']} split), from step "
+                      f"{meta['tokenizer']['step']}")
+            else:
+                print(f"wrote {args.out}: {splits}; token grid {tuple(meta['token_shape'])}, "
+                      f"codebook {meta['codebook_size']}, from step {meta['tokenizer']['step']}")
             return 0
         if args.command == "import-weights":
             from maskgen.weights import import_weights

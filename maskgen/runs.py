@@ -7,7 +7,8 @@ arrays are read from the checkpoint (`Checkpointer.restore_model`). `RunHandle` 
 that callers use through the recipe's declared methods (`apply("generate", ...)`), and
 `TokenizerHandle` one that encodes and decodes. `make_eval_context` gives evaluators what they may
 use: the recipe's methods under jit, ordered data batches, a decoder for the data's outputs
-(tokens -> images through the tokenizer run that made them, token ids -> text) and other runs
+(tokens -> images through the tokenizer run that made them, scaled latents -> images through the
+KL tokenizer run that made them, pixel arrays -> clipped images, token ids -> text) and other runs
 (`open_run`, e.g. an AR model that scores samples), so evaluators import nothing above their layer.
 
 `train.py` (the loop), `tokenize.py` and `generate.py` sit above this module; recipes,
@@ -201,8 +202,8 @@ class _LazyDecoder:
         if self._decoder is None:
             self._decoder = make_decoder(self.config, self.data_info)
             if self._decoder is None:
-                raise ValueError(f"the {self.config.data.name!r} data of this run has no decoder: its outputs are "
-                                 "the data itself (images); decoding applies to token and text datasets")
+                raise ValueError(f"the {self.config.data.name!r} data of this run has no decoder: decoding applies "
+                                 "to image, latent, token and text datasets")
         return self._decoder
 
     def decode(self, tokens):
@@ -237,10 +238,15 @@ def run_evaluators(run: Run, params, step: int, writer: MetricWriter, names=None
 # What a run's outputs decode to, and the reference data they are compared with.
 # --------------------------------------------------------------------------------------------
 class Decoder:
-    """Turns a model's token outputs into what they stand for (images, text), and gives the
-    reference data those are compared with. `decode(tokens) -> {"images": float [n, H, W, C] in
-    [-1, 1]}` or `{"texts": [str]}`; `reference(split, limit) -> {"image": ..., "label": ...}`
-    (host arrays of model inputs) for images."""
+    """Turns a model's outputs (its data arrays: token ids, latents, pixels) into what they stand for
+    (images, text), and gives the reference data those are compared with. `decode(tokens) ->
+    {"images": float [n, H, W, C] in [-1, 1]}` or `{"texts": [str]}`; `reference(split, limit) ->
+    {"image": ..., "label": ...}` (host arrays of model inputs) for images.
+
+    Image decoders also have `encode(images [B, H, W, C] in [-1, 1]) -> the generator's data array`
+    (for `maskgen edit`), and `data_config` / `channels`: the data group and channel count of the
+    images they decode to (the tokenizer run's for token and latent data, the run's own for pixels),
+    which `maskgen.generate.load_image` reads."""
 
     kind = ""
 
@@ -249,6 +255,14 @@ class Decoder:
 
     def reference(self, split: str, limit: int | None = None) -> dict:
         raise NotImplementedError
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} cannot encode images")
+
+
+def _in_batches(fn: Callable[[np.ndarray], np.ndarray], array: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """fn over `array` in row chunks of at most batch_size (bounded memory on a large sample set)."""
+    return np.concatenate([fn(array[i:i + batch_size]) for i in range(0, len(array), batch_size)])
 
 
 class TokenizerDecoder(Decoder):
@@ -259,13 +273,79 @@ class TokenizerDecoder(Decoder):
     def __init__(self, tokenizer: "TokenizerHandle"):
         self.tokenizer = tokenizer
 
+    @property
+    def data_config(self):
+        return self.tokenizer.config.data
+
+    @property
+    def channels(self) -> int:
+        return int(self.tokenizer.run.data_info["image_shape"][-1])
+
     def decode(self, tokens: np.ndarray, batch_size: int = 256) -> dict:
-        tokens = np.asarray(tokens)
-        parts = [self.tokenizer.decode(tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)]
-        return {"images": np.clip(np.concatenate(parts), -1.0, 1.0)}
+        return {"images": np.clip(_in_batches(self.tokenizer.decode, np.asarray(tokens), batch_size), -1.0, 1.0)}
 
     def reference(self, split: str, limit: int | None = None) -> dict:
         return self.tokenizer.dataset(split, limit)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """images [B, H, W, C] in [-1, 1] -> the tokenizer's int token grids."""
+        return self.tokenizer.encode(images)
+
+
+class LatentDecoder(TokenizerDecoder):
+    """Latents made by `maskgen tokenize` from a KL tokenizer run -> images. The generator's latents
+    are scaled (the pipeline multiplied the stored means by `scale`); decoding divides by it and
+    runs the tokenizer's decoder, and `encode` is the tokenizer's encoder (its means) times `scale`."""
+
+    def __init__(self, tokenizer: "TokenizerHandle", scale: float):
+        if not tokenizer.info.get("continuous", False):
+            raise ValueError(f"latent data needs a continuous (model.quantizer='kl') tokenizer run to decode it; "
+                             f"{tokenizer.workdir} is a {tokenizer.info.get('quantizer')!r} tokenizer")
+        super().__init__(tokenizer)
+        self.scale = float(scale)
+
+    def decode(self, latents: np.ndarray, batch_size: int = 256) -> dict:
+        unscaled = np.asarray(latents, np.float32) / np.float32(self.scale)
+        return {"images": np.clip(_in_batches(self.tokenizer.decode, unscaled, batch_size), -1.0, 1.0)}
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """images [B, H, W, C] in [-1, 1] -> scaled latents [B, h, w, D], as the generator trained on."""
+        return np.asarray(self.tokenizer.encode(images), np.float32) * np.float32(self.scale)
+
+
+class ImageDecoder(Decoder):
+    """Pixel data (e.g. digits) for a generator that models pixels: its outputs are images already.
+    decode clips to [-1, 1]; reference is the run's own data split; encode is the identity."""
+
+    kind = "images"
+
+    def __init__(self, data_config, data_info: dict, batch_size: int = 256):
+        from maskgen.data import preprocess_from_config
+
+        self.data_config, self.data_info, self.batch_size = data_config, data_info, batch_size
+        self.channels = int(data_info["image_shape"][-1])
+        # The run's own deterministic preprocessing (its image size), without augmentation.
+        data = {k: v for k, v in data_config.items()} | {"augment": "none"}
+        self._preprocess = preprocess_from_config(data, data_info)
+
+    def decode(self, images: np.ndarray) -> dict:
+        return {"images": np.clip(np.asarray(images, np.float32), -1.0, 1.0)}
+
+    @functools.lru_cache(maxsize=8)
+    def reference(self, split: str, limit: int | None = None) -> dict:
+        """The run's data split as model inputs {"image", "label"} (cached; do not modify)."""
+        data = self.data_config
+        source = make_source(data.name, split, data.data_dir or None, data_options(data))
+        count = len(source) if limit is None else min(limit, len(source))
+        batches = [b for b, _ in eval_batches(source, self._preprocess, global_batch_size=self.batch_size,
+                                               limit=count)]
+        return {k: np.concatenate([np.asarray(b[k]) for b in batches])[:count] for k in batches[0]}
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4 or images.shape[-1] != self.channels:
+            raise ValueError(f"encode expects images [B, H, W, {self.channels}] in [-1, 1], got {images.shape}")
+        return images
 
 
 class TextDecoder(Decoder):
@@ -287,18 +367,40 @@ class TextDecoder(Decoder):
         return {"tokens": np.stack([np.asarray(source[i]["tokens"], np.int32) for i in range(count)])}
 
 
+def _field_of_kind(data_info: dict, kind: str):
+    """The first (name, spec) of data_info's fields of this kind, or (None, None)."""
+    for name, spec in (data_info.get("fields") or {}).items():
+        if getattr(spec, "kind", None) == kind:
+            return name, spec
+    return None, None
+
+
 def _is_text(data_info: dict) -> bool:
-    return any(getattr(spec, "kind", None) == "text" for spec in (data_info.get("fields") or {}).values())
+    return _field_of_kind(data_info, "text")[1] is not None
 
 
 def make_decoder(config: ml_collections.ConfigDict, data_info: dict) -> Decoder | None:
-    """The decoder for a run's data: text for text sources, the tokenizer run for token datasets
-    that name one, else None (the outputs are the data itself, e.g. images)."""
+    """The decoder for a run's data: text for text sources; for a dataset written by `maskgen
+    tokenize`, the tokenizer run it names (LatentDecoder for latents, TokenizerDecoder for token
+    ids); ImageDecoder for pixel data; else None."""
     if _is_text(data_info):
         return TextDecoder(config.data.name, config.data.data_dir or None, data_options(config.data))
     tokenizer = data_info.get("tokenizer") or {}
+    latent_name, latents = _field_of_kind(data_info, "latents")
+    if latents is not None:
+        if not tokenizer.get("workdir"):
+            raise ValueError(f"the latent dataset {config.data.data_dir or config.data.name!r} names no tokenizer "
+                             "run in its metadata.json, so its latents cannot be decoded; write it with "
+                             "`maskgen tokenize`")
+        if latents.scale is None:
+            from maskgen.data.specs import missing_scale_error
+
+            raise missing_scale_error(latent_name, config.data.data_dir or config.data.name)
+        return LatentDecoder(open_tokenizer(tokenizer["workdir"], tokenizer.get("step")), latents.scale)
     if tokenizer.get("workdir"):
         return TokenizerDecoder(open_tokenizer(tokenizer["workdir"], tokenizer.get("step")))
+    if data_info.get("image_shape") is not None:
+        return ImageDecoder(config.data, data_info, config.get("batch_size", 256))
     return None
 
 
@@ -346,8 +448,9 @@ class TokenizerHandle(RunHandle):
     """A restored tokenizer: `encode(images) -> int tokens` and `decode(tokens) -> images`.
 
     Images are float [B, H, W, C] in [-1, 1] at the run's `config.data.image_size`; tokens are
-    int32 [B, h, w] (or [B, h, w, K] for residual VQ). Both are compiled once per shape, run on
-    the run's mesh with the batch sharded over the data axes, and return numpy arrays.
+    int32 [B, h, w] (or [B, h, w, K] for residual VQ), or for a continuous (kl) tokenizer the
+    unscaled latent means, float32 [B, h, w, D]. Both are compiled once per shape, run on the run's
+    mesh with the batch sharded over the data axes, and return numpy arrays.
     """
 
     def __init__(self, workdir: str, step: int | None = None, which: str | None = None):
@@ -365,7 +468,19 @@ class TokenizerHandle(RunHandle):
             raise ValueError(f"encode expects images [B, {expected[0]}, {expected[1]}, C] in [-1, 1], got {images.shape}")
         return self.apply("encode", {"image": images})
 
+    @property
+    def continuous(self) -> bool:
+        return bool(self.info.get("continuous", False))
+
     def decode(self, tokens) -> np.ndarray:
+        if self.continuous:
+            latents = np.asarray(tokens, np.float32)
+            shape = tuple(self.info["token_shape"]) + (int(self.info["latent_channels"]),)
+            if latents.shape[1:] != shape:
+                raise ValueError(f"decode expects latents [B, {', '.join(map(str, shape))}], got {latents.shape}")
+            if not np.all(np.isfinite(latents)):
+                raise ValueError("decode got non-finite latents (NaN or inf)")
+            return self.apply("decode", {"codes": latents})
         tokens = np.asarray(tokens, np.int32)
         shape = tuple(self.info["token_shape"])
         if tokens.shape[1:] != shape:

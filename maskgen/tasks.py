@@ -8,6 +8,11 @@ Every task builds the same batch for a recipe's `generate(model, batch, rng, **s
   known   bool  [B, *token_shape]  True where a token is given and must not change
   label   int32 [B]                only for the "class" task
 
+A continuous generator (DiT, MAR on pixels or KL latents) takes float "tokens" [B, *data_shape]
+(images [H, W, C] or latents [h, w, D]) with "known" over its grid of positions
+(info()["token_shape"], e.g. its patch grid): `infill_batch` keeps the float dtype and accepts a
+mask whose axes tile the data's leading axes.
+
 | task     | known                        | extra      | e.g.                                   |
 |----------|------------------------------|------------|----------------------------------------|
 | none     | nothing                      | -          | unconditional text, unconditional MDM  |
@@ -86,8 +91,26 @@ def prefix_batch(prompts: np.ndarray, token_shape: Sequence[int]) -> dict:
 
 
 def infill_batch(tokens: np.ndarray, unknown: np.ndarray) -> dict:
-    """tokens [B, *shape] with `unknown` [B, *shape] (True = regenerate) -> the infill batch."""
-    tokens, unknown = np.asarray(tokens, np.int32), np.asarray(unknown, bool)
+    """tokens [B, *shape] with `unknown` (True = regenerate) -> the infill batch {"tokens", "known"}.
+
+    Integer token ids (cast to int32) take a mask of their own shape [B, *shape]. Float data
+    (continuous generators; the dtype is kept) also take a mask over the model's position grid
+    [B, g1, ..., gk], k <= the data's axes, where each g divides the data axis it covers (a patch
+    grid over [B, H, W, C] images, or the latent grid of [B, h, w, D] latents): "known" is then that
+    position mask, as the generator's info()["token_shape"] describes it.
+    """
+    tokens, unknown = np.asarray(tokens), np.asarray(unknown, bool)
+    if np.issubdtype(tokens.dtype, np.floating):
+        grid_ok = (unknown.ndim <= tokens.ndim and unknown.shape[:1] == tokens.shape[:1]
+                   and all(g > 0 and d % g == 0 for g, d in zip(unknown.shape[1:], tokens.shape[1:])))
+        if not grid_ok:
+            raise ValueError(f"tokens {tokens.shape} and the infill mask {unknown.shape} must have the same shape, "
+                             "or (float data) the mask is [B, *position grid] with each grid axis dividing the "
+                             "data axis it covers")
+        return {"tokens": tokens, "known": ~unknown}
+    if not (np.issubdtype(tokens.dtype, np.integer) or tokens.dtype == np.bool_):
+        raise ValueError(f"infill tokens must be int ids or float data, got {tokens.dtype}")
+    tokens = tokens.astype(np.int32)
     if tokens.shape != unknown.shape:
         raise ValueError(f"tokens {tokens.shape} and the infill mask {unknown.shape} must have the same shape")
     return {"tokens": tokens, "known": ~unknown}

@@ -2,7 +2,14 @@
 models to train on, with a trained tokenizer run (`maskgen.runs.TokenizerHandle`: jitted, sharded
 `encode`/`decode`, restored without an optimizer).
 
-This sits beside `train.py`, above `maskgen.runs`; recipes never import it.
+A continuous (`model.quantizer="kl"`) tokenizer run writes a "latents" field instead: float32
+[h, w, D], the encoder's means, stored unscaled. Its LatentSpec records LDM's scale factor
+(Rombach et al., arXiv 2112.10752; `scale_factor` in its code): scale = 1 / std of the train
+split's latents, the std taken over all their elements (every example, position and channel,
+about their one overall mean: LDM's `1 / z.flatten().std()`, which LDM takes from its first
+batch and maskgen from the whole train split, in float64). The input pipeline multiplies by it,
+so generators train on unit-variance latents. When "train" is not among the splits written, the
+first split written gives the factor (metadata "tokenizer"["scale_split"] names the split used).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import jax
 import numpy as np
 
 from maskgen import parallel
-from maskgen.data import TokenSpec, eval_batches, make_preprocess, make_source, source_info
+from maskgen.data import LatentSpec, TokenSpec, eval_batches, make_preprocess, make_source, source_info
 from maskgen.data.tokens import write_token_metadata, write_token_split
 from maskgen.runs import TokenizerHandle  # noqa: F401  (re-exported: `maskgen.tokenize.TokenizerHandle`)
 
@@ -26,7 +33,9 @@ def tokenize_dataset(tokenizer_workdir: str, data: str, out_dir: str, *, data_di
     """Encodes every example of each split of `data`; writes token shards and metadata.json.
 
     The records hold named arrays (maskgen.data.tokens, format v2): the codes as "tokens"
-    ([h, w], or [h, w, K] for K residual levels) and the label when the data has one.
+    ([h, w], or [h, w, K] for K residual levels), or for a continuous tokenizer the latent means as
+    "latents" ([h, w, D] float32, unscaled; the scale factor is in the LatentSpec), and the label
+    when the data has one.
     """
     handle = TokenizerHandle(tokenizer_workdir, step)
     info = source_info(data, data_dir)
@@ -39,7 +48,9 @@ def tokenize_dataset(tokenizer_workdir: str, data: str, out_dir: str, *, data_di
     # The tokenizer run's own preprocessing (its image size), applied to the data being tokenized.
     preprocess = make_preprocess(info["fields"], image_size=config.data.image_size)
     has_label = info.get("num_classes", 0) > 0
-    written = {}
+    continuous = bool(handle.info.get("continuous", False))
+    field = "latents" if continuous else "tokens"
+    written, latent_moments = {}, {}
     for split in splits:
         source = make_source(data, split, data_dir)
         rows = []
@@ -50,18 +61,38 @@ def tokenize_dataset(tokenizer_workdir: str, data: str, out_dir: str, *, data_di
                                                                   jax.random.key(0))))
             labels = np.asarray(parallel.to_host(global_batch["label"])) if has_label else None
             for i in np.flatnonzero(valid):
-                rows.append({"tokens": tokens[i], **({"label": int(labels[i])} if has_label else {})})
+                rows.append({field: tokens[i], **({"label": int(labels[i])} if has_label else {})})
+        if continuous and rows:
+            latent_moments[split] = _moments(np.stack([row[field] for row in rows]))
         if jax.process_index() == 0:
             written[split] = write_token_split(out_dir, split, rows, num_shards)
         log.info("tokenized %s/%s: %d examples", data, split, len(rows))
     metadata = {}
     if jax.process_index() == 0:
-        fields = {"tokens": TokenSpec(tuple(handle.info["token_shape"]), int(handle.info["codebook_size"]),
-                                      int(handle.info["num_levels"]))}
-        metadata = write_token_metadata(
-            out_dir, fields=fields, num_classes=info.get("num_classes", 0), splits=written,
-            tokenizer={"workdir": os.path.abspath(tokenizer_workdir), "step": handle.step,
-                       "quantizer": handle.info["quantizer"], "image_size": config.data.image_size,
-                       "data": data, "eval_params": config.eval_params},
-        )
+        tokenizer = {"workdir": os.path.abspath(tokenizer_workdir), "step": handle.step,
+                     "quantizer": handle.info["quantizer"], "image_size": config.data.image_size,
+                     "data": data, "eval_params": config.eval_params}
+        if continuous:
+            if not latent_moments:
+                raise ValueError(f"no examples to tokenize in the splits {splits} of {data!r}: the scale factor "
+                                 "needs latents")
+            scale_split = "train" if "train" in latent_moments else next(iter(latent_moments))
+            std = latent_moments[scale_split]["std"]
+            if not np.isfinite(std) or std <= 0:
+                raise ValueError(f"the {scale_split} split's latents have std {std}: no scale factor can make them "
+                                 f"unit-variance (is {tokenizer_workdir} trained?)")
+            shape = tuple(handle.info["token_shape"]) + (int(handle.info["latent_channels"]),)
+            fields = {"latents": LatentSpec(shape, scale=1.0 / std)}
+            tokenizer.update(scale_split=scale_split, latent_std=std, latent_mean=latent_moments[scale_split]["mean"])
+        else:
+            fields = {"tokens": TokenSpec(tuple(handle.info["token_shape"]), int(handle.info["codebook_size"]),
+                                          int(handle.info["num_levels"]))}
+        metadata = write_token_metadata(out_dir, fields=fields, num_classes=info.get("num_classes", 0),
+                                        splits=written, tokenizer=tokenizer)
     return metadata
+
+
+def _moments(latents: np.ndarray) -> dict:
+    """Mean and std over every element (float64), as plain floats for metadata.json."""
+    values = np.asarray(latents, np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std())}

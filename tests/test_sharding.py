@@ -5,6 +5,10 @@ Two subprocesses run side by side: the 1-device CLI run, and one 8-device proces
 three meshes in sequence (one interpreter and backend start for all three) and records how each
 run's parameters are sharded when restored from its checkpoint. (Splitting the meshes over two
 8-device processes measured slower on 2 cores.)
+
+The same two processes also train a tiny `dit` model with expert-choice MoE layers: on one device,
+and on 8 devices as a mesh (data, fsdp, tensor, expert) = (2, 1, 1, 4) with the logical `expert`
+axis mapped to the `expert` mesh axis, so each device holds one of the 4 experts.
 """
 
 import json
@@ -16,11 +20,17 @@ import numpy as np
 import pytest
 
 from conftest import MAE_DIGITS, REPO
+from maskgen.config import DEFAULT_SHARDING_RULES
 
 CONFIG = f"{MAE_DIGITS}:size=tiny,steps=12"
 OVERRIDES = ["log_every=1", "evals.probe.every=-1", "evals.reconstruction.every=-1", "model.width=64",
              "model.num_heads=4"]
 MESHES = [(8, 1, 1), (4, 2, 1), (2, 2, 2)]
+DIT_CONFIG = os.path.join(REPO, "experiments", "dit_digits.py") + ":size=tiny,steps=10,experts=4,evals=0"
+DIT_OVERRIDES = ["log_every=1", "model.depth=3"]  # block 2 of 3 is the MoE block
+EXPERT_MESH = "mesh=(('data', 2), ('fsdp', 1), ('tensor', 1), ('expert', 4))"
+EXPERT_RULES = "sharding_rules=" + repr(tuple(r if r[0] != "expert" else ("expert", "expert")
+                                               for r in DEFAULT_SHARDING_RULES))
 # Observed max relative loss difference over the 12 steps (float32 reductions in another order):
 # 6.7e-7 on each of the three meshes; 2e-4 leaves room for other CPUs and XLA versions.
 RTOL = 2e-4
@@ -37,11 +47,11 @@ import jax
 from maskgen import config as config_lib
 from maskgen.train import make_optimizer, restore_variables, setup, state_shardings, train
 
-root, config_file, overrides, meshes = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-for d, f, t in meshes:
+root, jobs = sys.argv[1], json.loads(sys.argv[2])
+for name, config_file, overrides in jobs:
     config = config_lib.load_config_file(config_file)
-    config_lib.apply_overrides(config, overrides + [f"mesh=(('data', {d}), ('fsdp', {f}), ('tensor', {t}))"])
-    workdir = os.path.join(root, f"{d}x{f}x{t}")
+    config_lib.apply_overrides(config, overrides)
+    workdir = os.path.join(root, name)
     train(config, workdir)
     run = setup(config)
     _, variables = restore_variables(run, workdir, which="params")
@@ -71,8 +81,11 @@ def runs(tmp_path_factory):
     eight = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     commands = {"one": ([sys.executable, "-m", "maskgen", "train", "--config", CONFIG,
                          *[f"--config.{o}" for o in OVERRIDES], "--workdir", str(root / "one")], env)}
-    commands["meshes"] = ([sys.executable, "-c", MESH_SCRIPT, str(root), CONFIG, json.dumps(OVERRIDES),
-                           json.dumps(MESHES)], eight)
+    jobs = [("x".join(map(str, (d, f, t))), CONFIG, OVERRIDES + [f"mesh=(('data', {d}), ('fsdp', {f}), ('tensor', {t}))"])
+            for d, f, t in MESHES] + [("moe_expert", DIT_CONFIG, DIT_OVERRIDES + [EXPERT_MESH, EXPERT_RULES])]
+    commands["meshes"] = ([sys.executable, "-c", MESH_SCRIPT, str(root), json.dumps(jobs)], eight)
+    commands["moe_one"] = ([sys.executable, "-c", MESH_SCRIPT, str(root),
+                            json.dumps([("moe_one", DIT_CONFIG, DIT_OVERRIDES)])], env)
     procs = {}
     try:
         for name, (command, command_env) in commands.items():
@@ -124,3 +137,19 @@ def test_parameters_follow_logical_rules_on_a_mesh(runs):
         for param, (spec, shapes) in expected.items():
             assert info["params"][param] == [spec, shapes[i]], (mesh, param, info["params"][param])
         assert info["adam_mu_like_params"], mesh
+
+
+def test_moe_on_an_expert_axis_matches_one_device(runs):
+    """Expert-choice MoE with its experts sharded over an `expert` mesh axis trains as on 1 device."""
+    with open(runs / "moe_expert" / "shardings.json") as f:
+        info = json.load(f)
+    assert info["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 4}
+    moe = "['blocks'][1]['mlp']"
+    # 4 experts of width 32 -> 128: one expert per device along the expert axis.
+    assert info["params"][f"{moe}['fc1_kernel']"] == ["P('expert', 'fsdp', 'tensor')", [1, 32, 128]]
+    assert info["params"][f"{moe}['fc2_kernel']"] == ["P('expert', 'tensor', 'fsdp')", [1, 128, 32]]
+    assert info["params"][f"{moe}['router']['kernel']"] == ["P('fsdp', 'expert')", [32, 1]]
+    assert info["adam_mu_like_params"]
+    a, b = _losses(runs / "moe_one"), _losses(runs / "moe_expert")
+    assert len(a) == len(b) == 10
+    np.testing.assert_allclose(b, a, rtol=RTOL)

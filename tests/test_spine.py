@@ -178,9 +178,16 @@ def test_a_run_is_restored_and_used_without_building_an_optimizer(mae_run, monke
                  jax.device_get(full.state["params"]))
 
 
-def test_eval_context_decodes_nothing_for_image_data(mae_run):
+def test_eval_context_decodes_image_data_as_pixels(mae_run):
+    """Pixel data decodes to itself (clipped), with the run's own split as the reference (issue 16:
+    continuous generators on pixels); only data of no known kind has no decoder."""
     from maskgen import runs
 
     handle = runs.RunHandle(mae_run)
+    pixels = np.full((1, 16, 16, 1), 3.0, np.float32)
+    np.testing.assert_array_equal(handle.ctx.decode(pixels)["images"], np.ones_like(pixels))
+    first = next(handle.ctx.batches("test"))[0]
+    np.testing.assert_array_equal(handle.ctx.reference("test", 2)["image"], np.asarray(first["image"])[:2])
+    decoder = runs._LazyDecoder(handle.config, {"fields": {}, "image_shape": None})
     with pytest.raises(ValueError, match="has no decoder"):
-        handle.ctx.decode(np.zeros((1, 4), np.int32))
+        decoder.decode(np.zeros((1, 4), np.int32))

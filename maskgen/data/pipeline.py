@@ -13,7 +13,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from maskgen.data.specs import ImageSpec, LabelSpec, TokenSpec, infer_fields
+from maskgen.data.specs import ImageSpec, LabelSpec, TokenSpec, infer_fields, missing_scale_error
 
 
 def _to_float(image: np.ndarray) -> np.ndarray:
@@ -122,9 +122,11 @@ class Preprocess:
     """Example -> model input, field by field as its spec says (maskgen.data.specs).
 
     image: centre square crop resized to image_size, float32 [-1, 1] (`random_map`: with augment
-    "crop_flip", MAE's random resized crop + flip instead); tokens/text: int32, unchanged; latents
-    and audio: float32, unchanged; label: int32. Only the spec's fields are kept, so a source may
-    carry extras. Picklable (specs and ints only), for grain worker processes.
+    "crop_flip", MAE's random resized crop + flip instead); tokens/text: int32, unchanged; latents:
+    float32 times the spec's `scale` (so models see unit-variance latents; a spec without a scale
+    is refused here, naming the fix); audio: float32, unchanged; label: int32. Only the spec's
+    fields are kept, so a source may carry extras. Picklable (specs and ints only), for grain
+    worker processes.
     """
 
     def __init__(self, fields: dict, image_size: int = 0, augment: str = "none"):
@@ -143,6 +145,9 @@ class Preprocess:
                    and spec.kind != "image"]
         if unknown:
             raise ValueError(f"no preprocessing for fields {unknown}")
+        for name, spec in fields.items():
+            if spec.kind == "latents" and spec.scale is None:
+                raise missing_scale_error(name)
         self.fields, self.image_size, self.augment = dict(fields), int(image_size), augment
 
     @property
@@ -158,7 +163,12 @@ class Preprocess:
                     raise KeyError(f"example has no {name!r} (fields {sorted(example)}); the spec says it is labelled")
                 raise KeyError(f"example has no field {name!r} ({spec.kind}); it has {sorted(example)}")
             value = example[name]
-            out[name] = image_fn(value) if spec.kind == "image" else np.asarray(value, _ARRAY_DTYPES[spec.kind])
+            if spec.kind == "image":
+                out[name] = image_fn(value)
+            elif spec.kind == "latents":
+                out[name] = np.asarray(value, np.float32) * np.float32(spec.scale)
+            else:
+                out[name] = np.asarray(value, _ARRAY_DTYPES[spec.kind])
         return out
 
     def __call__(self, example: dict) -> dict:

@@ -73,16 +73,33 @@ class TextSpec:
 
 @dataclasses.dataclass(frozen=True)
 class LatentSpec:
-    """Continuous latents, float32 [..., D]; a model multiplies them by `scale` (e.g. a VAE's
-    scaling factor, so they have about unit variance)."""
+    """Continuous latents, float32 [..., D], stored unscaled; the input pipeline multiplies them by
+    `scale` (LDM's scale factor, arXiv 2112.10752: `maskgen tokenize` records 1 / std of the train
+    split's latents, so models see about unit variance).
+
+    `scale` None means the dataset recorded no factor (metadata.json without "scale"), which is not
+    the same as 1.0: the pipeline refuses such data (`missing_scale_error`) rather than guess."""
 
     shape: tuple
-    scale: float = 1.0
+    scale: float | None = None
     kind: ClassVar[str] = "latents"
     dtype: ClassVar[str] = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "shape", _shape(self.shape))
+        if self.scale is not None:
+            scale = float(self.scale)
+            if not np.isfinite(scale) or scale <= 0:
+                raise ValueError(f"a latent spec's scale must be a finite number > 0, got {self.scale!r}")
+            object.__setattr__(self, "scale", scale)
+
+
+def missing_scale_error(name: str, where: str = "") -> ValueError:
+    """The error for latents whose dataset recorded no scale factor."""
+    return ValueError(
+        f"latent field {name!r}{f' of {where}' if where else ''} has no scale factor in its metadata.json "
+        "(LatentSpec.scale): re-run `maskgen tokenize` with the tokenizer run to rewrite the dataset, which "
+        "records scale = 1 / std of the train split's latents")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +185,8 @@ def infer_fields(example: dict) -> dict[str, Spec]:
         elif np.issubdtype(value.dtype, np.integer):
             fields[name] = TokenSpec(value.shape, 0)
         elif np.issubdtype(value.dtype, np.floating):
-            fields[name] = LatentSpec(value.shape)
+            # An in-memory example has no stored factor: its floats are taken as they are.
+            fields[name] = LatentSpec(value.shape, scale=1.0)
         else:
             raise ValueError(f"cannot tell what field {name!r} ({value.dtype} {list(value.shape)}) is; "
                              "give the source a `fields` attribute of specs (maskgen.data.specs)")
@@ -193,4 +211,6 @@ def legacy_info(fields: dict[str, Spec], splits: dict[str, int], tokenizer: dict
                     num_levels=getattr(tokens, "num_levels", 1),
                     tokenizer=dict(tokenizer) if tokenizer is not None else
                     {"name": tokens.tokenizer} if tokens.kind == "text" else {})
+    elif tokenizer is not None and first_field(fields, "latents")[1] is not None:
+        info["tokenizer"] = dict(tokenizer)  # the run that decodes the latents (maskgen.runs.LatentDecoder)
     return info

@@ -1,7 +1,8 @@
 """Reconstruction quality of a tokenizer (an autoencoder with discrete codes) on a held-out split.
 
 The recipe's `reconstruct(model, batch, rng)` returns {"reconstruction": float [B, H, W, C] in
-[-1, 1], "codes": int [B, h, w], or [B, h, w, K] for K residual-quantisation levels}. Over the
+[-1, 1], "codes": int [B, h, w], or [B, h, w, K] for K residual-quantisation levels (float latents
+for a continuous bottleneck, info()["continuous"]: no codebook statistics then)}. Over the
 split this evaluator reports:
 
 - `mse` and `psnr`: on [-1, 1] images after clipping the reconstruction to [-1, 1]; PSNR is
@@ -111,6 +112,8 @@ class Reconstruction:
         if "codebook_size" not in ctx.info:
             raise ValueError(f"reconstruction: the recipe's info() has no 'codebook_size' (it has {sorted(ctx.info)})")
         codebook_size = int(ctx.info["codebook_size"])
+        # A continuous bottleneck (the KL autoencoder) has float latents, not codes: no usage/perplexity.
+        continuous = bool(ctx.info.get("continuous", False))
         features = self._feature_fn()
         mses, psnrs, counts, real_feats, recon_feats, grid_real, grid_recon = [], [], None, [], [], [], []
         for i, (batch, valid) in enumerate(ctx.batches(self.split, self.max_examples)):
@@ -121,7 +124,7 @@ class Reconstruction:
             codes, valid = np.asarray(out["codes"]), np.asarray(valid, bool)
             if recon.shape != real.shape:
                 raise ValueError(f"reconstruction: reconstruction shape {recon.shape} != image shape {real.shape}")
-            if codes.ndim not in (3, 4) or codes.shape[0] != real.shape[0]:
+            if not continuous and (codes.ndim not in (3, 4) or codes.shape[0] != real.shape[0]):
                 raise ValueError(f"reconstruction: codes must be [B, h, w] or [B, h, w, K], got {codes.shape}")
             if features is not None:  # On the whole (padded) batch, so the classifier compiles once.
                 real_feats.append(features(real)[valid])
@@ -129,15 +132,17 @@ class Reconstruction:
             real, recon, codes = real[valid], recon[valid], codes[valid]
             mses.append(np.mean(np.square(real.astype(np.float64) - recon).reshape(len(real), -1), axis=1))
             psnrs.append(psnr(real, recon))
-            batch_counts = code_histogram(codes, codebook_size, per_level=codes.ndim == 4)
-            counts = batch_counts if counts is None else counts + batch_counts
+            if not continuous:
+                batch_counts = code_histogram(codes, codebook_size, per_level=codes.ndim == 4)
+                counts = batch_counts if counts is None else counts + batch_counts
             grid_real.append(real[: self.num_grid - sum(map(len, grid_real))])
             grid_recon.append(recon[: self.num_grid - sum(map(len, grid_recon))])
-        if counts is None or not sum(map(len, mses)):
+        if not mses or not sum(map(len, mses)):
             raise ValueError(f"reconstruction: split {self.split!r} yielded no examples")
         scalars = {"mse": float(np.mean(np.concatenate(mses))), "psnr": float(np.mean(np.concatenate(psnrs)))}
-        usage, perplexity = histogram_stats(counts)
-        scalars.update(codebook_usage=float(usage.mean()), perplexity=float(perplexity.mean()))
+        usage, perplexity = histogram_stats(counts) if counts is not None else (np.zeros(0), np.zeros(0))
+        if counts is not None:
+            scalars.update(codebook_usage=float(usage.mean()), perplexity=float(perplexity.mean()))
         if len(usage) > 1:
             for k in range(len(usage)):
                 scalars[f"codebook_usage_level{k}"] = float(usage[k])

@@ -4,13 +4,16 @@ Logical names used here (mapped to mesh axes by `config.sharding_rules`):
   embed  - model width          mlp  - MLP hidden width
   heads  - attention heads      kv   - per-head width
   patch  - flattened patch values (input/output of pixel models)
-  norm   - LayerNorm scale/bias
+  norm   - LayerNorm scale/bias   expert - the experts of a mixture-of-experts MLP
 The modules are plain trees (no shared submodules), so they split cleanly in NNX tree mode.
 Attention follows Vaswani et al. (arXiv 1706.03762); blocks are pre-norm as in ViT (arXiv 2010.11929).
 Optional attention extras (off by default, used by the token transformer): QK-norm (Dehghani et al.,
 arXiv 2302.05442), rotary position embeddings (Su et al., arXiv 2104.09864), a boolean attention mask,
-dropout on the attention probabilities (as BERT, Devlin et al., arXiv 1810.04805) and a KV-cached
-single-step `decode`. Every option defaults to off and then computes exactly what it did before.
+dropout on the attention probabilities (as BERT, Devlin et al., arXiv 1810.04805), a KV-cached
+single-step `decode`, and a head width other than width / num_heads (MicroDiT's layer-wise scaling,
+arXiv 2407.15811). Every option defaults to off and then computes exactly what it did before.
+`ExpertChoiceMLP` is a mixture-of-experts MLP with expert-choice routing (Zhou et al., arXiv
+2202.09368), as MicroDiT uses it.
 """
 
 from __future__ import annotations
@@ -142,10 +145,14 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, qk_norm: bool = False,
-                 kernel_init=None):
-        if width % num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-        head_dim = width // num_heads
+                 kernel_init=None, head_dim: int | None = None):
+        """head_dim: the per-head width; None is width / num_heads (then width must divide)."""
+        if head_dim is None:
+            if width % num_heads:
+                raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+            head_dim = width // num_heads
+        elif head_dim < 1 or num_heads < 1:
+            raise ValueError(f"attention needs num_heads >= 1 and head_dim >= 1, got {num_heads} and {head_dim}")
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.qkv = Dense((width,), (3, num_heads, head_dim), ("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype,
@@ -238,6 +245,67 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2((gelu_tanh if self.approximate_gelu else gelu)(self.fc1(x)))
+
+
+class ExpertChoiceMLP(nnx.Module):
+    """Mixture-of-experts GELU MLP with expert-choice routing (Zhou et al., arXiv 2202.09368).
+
+    A router gives each token a softmax over the E experts (gates [B, T, E]). Then each expert
+    picks the `capacity` tokens of the example with the highest gate for it (top-C over the T
+    tokens), runs its own two-layer MLP on them, and adds its output weighted by the gate back at
+    their positions. A token may be picked by several experts or by none (its MLP output is then
+    zero: the residual carries it). capacity = round(capacity_factor * T / E), clipped to [1, T];
+    with capacity_factor 1 the experts process T tokens in all, as a dense MLP does.
+
+    Routing is per example, not over the whole batch, so an example's output does not depend on
+    the rest of the batch (doubled CFG batches, padding, data-parallel splits: all the same) and a
+    batch-sharded step needs no cross-device top-k. Expert weights carry the logical `expert` axis
+    (kernels [expert, embed, mlp] and [expert, mlp, embed]), which `config.sharding_rules` can map
+    to an `expert` mesh axis; the router is [embed, expert].
+    """
+
+    def __init__(self, width: int, hidden: int, num_experts: int, capacity_factor: float, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        if num_experts < 1 or hidden < 1:
+            raise ValueError(f"a mixture of experts needs num_experts >= 1 and a hidden width >= 1, got "
+                             f"{num_experts} and {hidden}")
+        if not capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
+        self.num_experts = num_experts
+        self.capacity_factor = float(capacity_factor)
+        self.dtype = dtype
+        self.router = Dense((width,), (num_experts,), ("embed", "expert"), rngs=rngs, dtype=jnp.float32)
+        # Glorot-uniform per expert, as a dense MLP's layers (the expert axis is a batch of kernels).
+        self.fc1_kernel = logical_param(rngs, jax.nn.initializers.variance_scaling(
+            1.0, "fan_avg", "uniform", in_axis=1, out_axis=2, batch_axis=(0,)),
+            (num_experts, width, hidden), ("expert", "embed", "mlp"))
+        self.fc1_bias = logical_param(rngs, jax.nn.initializers.zeros, (num_experts, hidden), ("expert", "mlp"))
+        self.fc2_kernel = logical_param(rngs, jax.nn.initializers.variance_scaling(
+            1.0, "fan_avg", "uniform", in_axis=1, out_axis=2, batch_axis=(0,)),
+            (num_experts, hidden, width), ("expert", "mlp", "embed"))
+        self.fc2_bias = logical_param(rngs, jax.nn.initializers.zeros, (num_experts, width), ("expert", "embed"))
+
+    def capacity(self, num_tokens: int) -> int:
+        """Tokens each expert takes from an example of `num_tokens` tokens."""
+        return int(min(num_tokens, max(1, round(self.capacity_factor * num_tokens / self.num_experts))))
+
+    def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x [B, T, width] -> (gates [B, E, C] float32, token indices [B, E, C]) of each expert's picks."""
+        gates = jax.nn.softmax(self.router(x.astype(jnp.float32)).astype(jnp.float32), axis=-1)  # [B, T, E]
+        picked_gates, picked = jax.lax.top_k(jnp.swapaxes(gates, 1, 2), self.capacity(x.shape[1]))
+        return picked_gates, picked
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, width = x.shape
+        gates, picked = self.route(x)
+        rows = jnp.arange(b)[:, None, None]
+        chosen = x[rows, picked].astype(self.dtype)  # [B, E, C, width]
+        h = jnp.einsum("becd,edh->bech", chosen, self.fc1_kernel[...].astype(self.dtype))
+        h = gelu(h + self.fc1_bias[...].astype(self.dtype)[None, :, None])
+        y = jnp.einsum("bech,ehd->becd", h, self.fc2_kernel[...].astype(self.dtype))
+        y = (y + self.fc2_bias[...].astype(self.dtype)[None, :, None]) * gates[..., None].astype(self.dtype)
+        # Scatter-add each expert's weighted outputs back to the token positions it picked.
+        return jnp.zeros((b, t, width), y.dtype).at[rows, picked].add(y)
 
 
 class Block(nnx.Module):

@@ -67,8 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskgen.models.layers import (MLP, Attention, Dense, LayerNorm, block_runner, check_remat, dropout, gelu_tanh,
-                                   logical_param)
+from maskgen.models.layers import (MLP, Attention, Dense, ExpertChoiceMLP, LayerNorm, block_runner, check_remat,
+                                   dropout, gelu_tanh, logical_param)
 from maskgen.parallel import constrain
 
 CONDITIONINGS = ("adaln", "prefix", "none")
@@ -128,19 +128,33 @@ class TokenBlock(nnx.Module):
     post_ln=True is the BERT block: x = LN1(x + Attn(x)), then LN2(x + MLP(x)) (norm1/norm2 are
     then the post-norms; the parameter names stay). `dropout` acts on the attention probabilities
     and on both sublayer outputs before the residual sum, when the call gets a `dropout_rng`.
+
+    Switches for diffusion transformers (maskgen.models.dit), off by default (the block and its
+    parameters are then exactly as before): `head_dim` sets the per-head width (else width /
+    num_heads), for MicroDiT's layer-wise scaling of the attention width (arXiv 2407.15811);
+    `num_experts` > 0 replaces the MLP by an expert-choice mixture of experts with
+    `capacity_factor` (`maskgen.models.layers.ExpertChoiceMLP`, Zhou et al. arXiv 2202.09368).
     """
 
     def __init__(self, width: int, num_heads: int, mlp_ratio: float, *, adaln: bool, qk_norm: bool,
-                 rngs: nnx.Rngs, dtype=jnp.float32, post_ln: bool = False, dropout: float = 0.0):
+                 rngs: nnx.Rngs, dtype=jnp.float32, post_ln: bool = False, dropout: float = 0.0,
+                 head_dim: int | None = None, num_experts: int = 0, capacity_factor: float = 2.0):
         if post_ln and adaln:
             raise ValueError("a post-LN (bert) block has no pre-norms for adaLN to modulate")
+        if num_experts and post_ln:
+            raise ValueError("the mixture-of-experts MLP is for pre-LN blocks; the bert block keeps its dense MLP")
         # The default (pre-LN) block passes no new arguments, so its layers are built as before.
         bert = dict(eps=BERT_LAYERNORM_EPS) if post_ln else {}
         init = dict(kernel_init=bert_truncated_normal()) if post_ln else {}
         self.norm1 = LayerNorm(width, rngs=rngs, dtype=dtype, affine=not adaln, **bert)
-        self.attn = Attention(width, num_heads, rngs=rngs, dtype=dtype, qk_norm=qk_norm, **init)
+        heads = dict(head_dim=head_dim) if head_dim is not None else {}
+        self.attn = Attention(width, num_heads, rngs=rngs, dtype=dtype, qk_norm=qk_norm, **init, **heads)
         self.norm2 = LayerNorm(width, rngs=rngs, dtype=dtype, affine=not adaln, **bert)
-        self.mlp = MLP(width, int(width * mlp_ratio), rngs=rngs, dtype=dtype, approximate_gelu=post_ln, **init)
+        if num_experts:
+            self.mlp = ExpertChoiceMLP(width, int(width * mlp_ratio), num_experts, capacity_factor, rngs=rngs,
+                                       dtype=dtype)
+        else:
+            self.mlp = MLP(width, int(width * mlp_ratio), rngs=rngs, dtype=dtype, approximate_gelu=post_ln, **init)
         self.post_ln = post_ln
         self.dropout = float(dropout)
         # Rows: shift/scale/gate for attention, then for the MLP. Zero init: the block starts as identity.

@@ -1,11 +1,20 @@
-"""Discrete image tokenizer recipe: conv encoder -> quantizer (VQ | FSQ | LFQ | residual VQ) -> conv
-decoder, trained with a reconstruction loss, optional perceptual and adversarial losses.
+"""Image tokenizer recipe: conv encoder -> quantizer (VQ | FSQ | LFQ | residual VQ) or the continuous KL
+bottleneck -> conv decoder, trained with a reconstruction loss, optional perceptual and adversarial losses.
 
 References: VQ-VAE (van den Oord et al., arXiv 1711.00937), VQGAN (Esser et al., arXiv 2012.09841)
 and the MaskGIT tokenizer (Chang et al., arXiv 2202.04200), FSQ (Mentzer et al., arXiv 2309.15505),
 LFQ (MAGVIT-v2, Yu et al., arXiv 2310.05737), residual VQ (SoundStream, arXiv 2107.03312), LeCam
 regularisation (Tseng et al., arXiv 2104.03310), R1 (Mescheder et al., arXiv 1801.04406), the
-StyleGAN discriminator (Karras et al., arXiv 1912.04958, as in MaskGIT/MAGVIT).
+StyleGAN discriminator (Karras et al., arXiv 1912.04958, as in MaskGIT/MAGVIT), and the KL (diagonal
+Gaussian) bottleneck of LDM (Rombach et al., arXiv 2112.10752), whose KL-VAEs MAR (arXiv 2406.11838)
+and MicroDiT (arXiv 2407.15811) generate in.
+
+Continuous latents (`model.quantizer="kl"`, issue 16): the encoder outputs a mean and a log-variance
+per latent channel (`model.embed_dim` channels, so the encoder's last conv has 2 x embed_dim), training
+decodes a sample mean + std * noise and adds `loss.kl_weight` x KL(q || N(0, 1)) (summed over latent
+elements, averaged over the batch; maskgen.tokenizers.gaussian), and `encode` returns the means, float32
+[B, h, w, embed_dim]; `decode` takes such latents. Everything else (reconstruction, perceptual, GAN
+terms, EMA, evaluators) is the same as for the quantizers.
 
 Paper-fidelity switches (issue 15; docs/fidelity.md): the VQ entropy loss (`model.vq.entropy_*`),
 R1 at full strength (w * mean_batch ||grad_x D(x)||^2, the MaskGIT/MAGVIT `r1_gradient_penalty`),
@@ -38,7 +47,8 @@ from maskgen.tokenizers import make_quantizer
 from maskgen.tokenizers.quantizers import FSQ, LFQ
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-QUANTIZERS = ("vq", "fsq", "lfq", "rvq")
+QUANTIZERS = ("vq", "fsq", "lfq", "rvq", "kl")
+CONTINUOUS = ("kl",)  # bottlenecks whose codes are float latents, not ids
 DISCRIMINATORS = ("patch", "stylegan")
 PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")
 # Eq. 7 of VQGAN (arXiv 2012.09841, taming-transformers): lambda = ||g_rec|| / (||g_gan|| + 1e-4), clipped.
@@ -101,6 +111,9 @@ QUANTIZER_SPECS = {
     "lfq": {"model.lfq_bits": integer(1, LFQ.MAX_DIM), "model.lfq.entropy_weight": number(0),
             "model.lfq.commitment_weight": number(0), "model.lfq.temperature": number(0, min_open=True),
             "model.lfq.diversity_weight": number(0), "model.lfq_group_norm": boolean(optional=True)},
+    # LDM's KL weight is 1e-6 (its autoencoder configs' `kl_weight`).
+    "kl": {"model.embed_dim": integer(min=1, why="latent channels (the encoder outputs twice as many)"),
+           "loss.kl_weight": number(0, why="weight of KL(q || N(0, 1)); LDM uses 1e-6")},
 }
 
 
@@ -121,9 +134,13 @@ class Tokenizer(nnx.Module):
                     num_res_blocks=num_res_blocks, embed_dim=embed_dim, spatial_dims=spatial_dims, rngs=rngs,
                     dtype=dtype, variant=conv_variant)
         self.unit_pixels = pixel_range == "zero_to_one"
-        self.encoder = Encoder(in_channels=channels, **conv)
-        self.pre_quantizer_norm = GroupNorm(embed_dim, rngs=rngs) if pre_quantizer_norm else None
+        # The KL bottleneck reads a mean and a log-variance per latent channel. The encoder is built
+        # before the quantizer (as before issue 16), so the other quantizers' initial values are unchanged.
+        encoder_dim = 2 * embed_dim if quantizer in CONTINUOUS else embed_dim
+        self.encoder = Encoder(in_channels=channels, **{**conv, "embed_dim": encoder_dim})
+        self.pre_quantizer_norm = GroupNorm(encoder_dim, rngs=rngs) if pre_quantizer_norm else None
         self.quantizer = make_quantizer(quantizer, embed_dim, rngs=rngs, **quantizer_kwargs)
+        assert getattr(self.quantizer, "input_dim", embed_dim) == encoder_dim
         self.decoder = Decoder(out_channels=channels, **conv)
         disc = None
         if discriminator:
@@ -182,8 +199,9 @@ class TokenizerRecipe(Recipe):
         self.token_grid = (image_size // 2 ** levels, image_size // 2 ** levels)
         q = model_kwargs["quantizer_kwargs"]
         kind = model_kwargs["quantizer"]
-        self.codebook_size = {"fsq": lambda: math.prod(q["levels"]),
-                              "lfq": lambda: 2 ** model_kwargs["embed_dim"]}.get(kind, lambda: q["codebook_size"])()
+        self.continuous = kind in CONTINUOUS
+        self.codebook_size = {"fsq": lambda: math.prod(q["levels"]), "lfq": lambda: 2 ** model_kwargs["embed_dim"],
+                              "kl": lambda: 0}.get(kind, lambda: q["codebook_size"])()
         self.num_levels = q.get("num_levels", 1) if kind == "rvq" else 1
 
     # ---------------------------------------------------------------- config
@@ -202,6 +220,9 @@ class TokenizerRecipe(Recipe):
             # Runs saved before issue 15 have no fsq_bound and keep the bound they were trained with.
             qkw = dict(levels=tuple(m.fsq_levels), bound=m.get("fsq_bound", "maskgen_v1"))
             embed_dim = len(m.fsq_levels)
+        elif kind == "kl":
+            qkw = dict(kl_weight=loss.kl_weight)
+            embed_dim = m.embed_dim
         else:  # lfq
             qkw = dict(**m.lfq.to_dict())
             embed_dim = m.lfq_bits
@@ -261,9 +282,14 @@ class TokenizerRecipe(Recipe):
         return problems
 
     def info(self) -> dict[str, Any]:
+        """token_shape is the grid of positions; a continuous (kl) run also gives "latent_channels" D
+        (its codes are float32 [h, w, D]) and "continuous": True, with codebook_size 0."""
         shape = self.token_grid + ((self.num_levels,) if self.model_kwargs["quantizer"] == "rvq" else ())
-        return {"codebook_size": self.codebook_size, "token_shape": shape, "num_levels": self.num_levels,
-                "quantizer": self.model_kwargs["quantizer"]}
+        info = {"codebook_size": self.codebook_size, "token_shape": shape, "num_levels": self.num_levels,
+                "quantizer": self.model_kwargs["quantizer"], "continuous": self.continuous}
+        if self.continuous:
+            info["latent_channels"] = self.model_kwargs["embed_dim"]
+        return info
 
     def optimizer_groups(self):
         if self.model_kwargs["discriminator"] is None:
@@ -379,9 +405,11 @@ class TokenizerRecipe(Recipe):
         return {"original": batch["image"], "reconstruction": out["reconstruction"]}
 
     def encode(self, model: Tokenizer, batch, rng):
+        """int codes [B, h, w(, K)], or for a kl run the latent means, float32 [B, h, w, D]."""
         return model.encode(batch["image"], train=False)[1]
 
     def decode(self, model: Tokenizer, batch, rng):
+        """batch["codes"]: what `encode` returns (ids, or float latents for a kl run) -> images."""
         return model.decode_codes(batch["codes"])
 
 

@@ -661,12 +661,18 @@ class LFQ(Quantizer):
 
 # ----------------------------------------------------------------------------- factory
 
-_KINDS = ("fsq", "lfq", "rvq", "vq")
+_KINDS = ("fsq", "lfq", "rvq", "vq", "kl")
 
 
 def make_quantizer(kind: str, dim: int, *, rngs: nnx.Rngs, **kwargs) -> Quantizer:
     """Builds a quantizer by name: "vq" (needs codebook_size=), "fsq" (levels=, len(levels) == dim),
-    "lfq", "rvq" (codebook_size=, num_levels=). Other keyword arguments go to the constructor."""
+    "lfq", "rvq" (codebook_size=, num_levels=), or the continuous "kl" bottleneck
+    (maskgen.tokenizers.gaussian.DiagonalGaussian, kl_weight=; it reads 2 * dim channels).
+    Other keyword arguments go to the constructor."""
+    if kind == "kl":
+        from maskgen.tokenizers.gaussian import DiagonalGaussian
+
+        return DiagonalGaussian(dim, rngs=rngs, **kwargs)
     if kind == "vq":
         return VectorQuantizer(dim, rngs=rngs, **kwargs)
     if kind == "rvq":
