@@ -1,4 +1,4 @@
-"""Runs every benchmark (B1-B14) and prints one summary table: `python -m benchmarks.run`.
+"""Runs every benchmark (B1-B16) and prints one summary table: `python -m benchmarks.run`.
 
 Each benchmark runs in its own child process (its own XLA flags, thread pools and memory peak),
 prints its full table as it goes, and leaves a JSON result that this runner collects. On a 2-core
@@ -40,6 +40,7 @@ BENCHMARKS = {
     "B12": ("diffusion_samplers", "diffusion samplers vs NFE on Gaussian / mixture data (exact network)"),
     "B13": ("microdit_masking", "MicroDiT patch masking on digits: deferred vs naive; quality vs training FLOPs"),
     "B14": ("repa_convergence", "REPA on digits: Fréchet distance vs training step, with and without alignment"),
+    "B16": ("dit_samplers", "diffusion samplers on a trained digits DiT: quality vs network evaluations"),
 }
 
 
