@@ -34,11 +34,14 @@ Launch:
 Arguments (`:stage=2,init=...`): ARGS below; any other is refused.
 """
 
-from maskgen.config import Arg, base_config, integer, parse_config_arg
+from maskgen.config import Arg, base_config, choice, integer, parse_config_arg
 
 # stage: (resolution, masking ratio, steps) (unverified stage lengths).
 STAGES = {1: (256, 0.75, 280_000), 2: (256, 0.0, 55_000), 3: (512, 0.75, 55_000), 4: (512, 0.0, 20_000)}
+# size: (width, depth, heads, mixer blocks, batch). "tiny" is a CPU smoke test of the same recipe.
+SIZES = {"paper": (1024, 28, 16, 6, 2048), "tiny": (32, 4, 2, 1, 8)}
 ARGS = {
+    "size": choice("paper", "model size (SIZES); tiny is a CPU smoke test", *SIZES),
     "stage": Arg(1, "the training stage (STAGES): 1 and 3 masked, 2 and 4 unmasked fine-tuning", integer(min=1, max=4)),
     "latents": Arg("", "the latent dataset directory at this stage's resolution (`maskgen tokenize --out`)"),
     "init": Arg("", "the previous stage's workdir (needed for stages 2-4)"),
@@ -55,12 +58,13 @@ def get_config(arg=None):
     config = base_config()
     config.recipe = "dit"
     config.total_steps = args["steps"] or steps
-    config.batch_size = 2048
+    width, depth, heads, mixer, batch = SIZES[args["size"]]
+    config.batch_size = batch
     config.init_from = args["init"]
     config.data = dict(name="tokens", data_dir=args["latents"], image_size=0, augment="none",
                        train_split="train", read_threads=16)
-    config.model = dict(patch_size=1, width=1024, depth=28, num_heads=16, mlp_ratio=4.0, qk_norm=False,
-                        mixer_depth=6, num_experts=8, capacity_factor=2.0, moe_every=2, layerwise_scaling=True)
+    config.model = dict(patch_size=1, width=width, depth=depth, num_heads=heads, mlp_ratio=4.0, qk_norm=False,
+                        mixer_depth=mixer, num_experts=8, capacity_factor=2.0, moe_every=2, layerwise_scaling=True)
     config.diffusion = dict(objective="edm", sigma_data=0.9, p_mean=-0.6, p_std=1.2)
     config.loss = dict(class_dropout=0.1)
     # The mixer stays in the unmasked stages ("none" keeps model.mixer_depth): the same weights.
@@ -69,12 +73,12 @@ def get_config(arg=None):
     config.sampling = dict(sampler="heun", num_steps=30, cfg_scale=5.0, cfg_schedule="constant",
                            cfg_interval=(0.0, 1.0), temperature=1.0)
     config.optimizer = dict(lr=2.4e-4 if args["stage"] == 1 else 8e-5, b1=0.9, b2=0.999, weight_decay=0.1,
-                            warmup_steps=2500 if args["stage"] == 1 else 0, min_lr_ratio=0.1, grad_clip_norm=0.5)
+                            warmup_steps=min(2500, config.total_steps) if args["stage"] == 1 else 0, min_lr_ratio=0.1, grad_clip_norm=0.5)
     config.ema_decay = 0.9995
     config.eval_params = "ema"
     config.compute_dtype = "bfloat16"
     # Experts sharded over an `expert` mesh axis; parameters FSDP over 8 chips.
-    config.mesh = (("data", -1), ("fsdp", 8), ("tensor", 1), ("expert", 1))
+    config.mesh = (("data", -1), ("fsdp", 8 if args["size"] == "paper" else 1), ("tensor", 1), ("expert", 1))
     config.sharding_rules = tuple(r if r[0] != "expert" else ("expert", "expert") for r in config.sharding_rules)
     config.log_every = 100
     config.checkpoint_every = 5_000

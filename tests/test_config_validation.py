@@ -31,9 +31,29 @@ def _module(path):
     return module
 
 
-def _data_info(config):
+# The latent datasets (`maskgen tokenize` of a KL tokenizer run) that latent-space generator files read:
+# latents [h, w, D], classes, and whether the dataset keeps the images too (REPA's encoder reads them).
+LATENT_DATA = {"dit_digits.py": ((8, 8, 4), 10, False), "mar_digits.py": ((8, 8, 4), 10, False),
+               "mar_imagenet256.py": ((16, 16, 16), 1000, False), "microdit_paper.py": ((16, 16, 16), 1000, False),
+               "sit_repa_imagenet256.py": ((16, 16, 16), 1000, True)}
+
+
+def _latent_info(file_name):
+    from maskgen.data.specs import ImageSpec, LabelSpec, LatentSpec, legacy_info
+
+    shape, classes, with_images = LATENT_DATA[file_name]
+    splits = TOKENS_8x8["splits"] if classes == 10 else IMAGENET["splits"]
+    fields = {"latents": LatentSpec(shape, 0.25), "label": LabelSpec(classes)}
+    if with_images:
+        fields["image"] = ImageSpec((256, 256, 3))
+    return legacy_info(fields, splits)
+
+
+def _data_info(config, file_name=None):
     from maskgen.data import source_info
 
+    if config.data.name == "tokens" and "token_shape" not in config.model:
+        return _latent_info(file_name)
     if config.data.name == "tokens":
         return TOKENS_16x16 if tuple(config.model.token_shape) == (16, 16) else TOKENS_8x8
     if config.data.name == "pydoc_text":
@@ -145,7 +165,7 @@ def _documented_args(path):
         elif arg.rule is not None and arg.rule.allowed == "0 or 1":
             values = ["0", "1"]
         elif arg.rule is not None:
-            values = ["400"]  # steps / epochs
+            values = ["400"] if arg.default is None else [str(arg.default)]  # steps / epochs; e.g. stage=1
         else:
             continue  # a directory (tokens=DIR): any text
         yield from (f"{name}={value}" for value in values)
@@ -157,7 +177,8 @@ def test_every_documented_argument_loads_and_validates(path):
         config = config_lib.load_config_file(f"{path}:{arg}" if arg else path)
         fsdp = dict(config.mesh).get("fsdp", 1)
         config_lib.validate_common(config, num_devices=fsdp, num_processes=1)
-        assert not _recipe_problems(config), (arg, _recipe_problems(config))
+        problems = _recipe_problems(config, _data_info(config, os.path.basename(path)))
+        assert not problems, (arg, problems)
 
 
 # ---------------------------------------------------------------- config files that break
@@ -245,7 +266,7 @@ def test_shared_keys_are_all_reported_together():
                      "config.evals.probe.every=-2: must be an int >= -1 (N > 0: every N steps and at the end; ",
                      "config.ema_decay=1.0: must be a number in [0, 1)", "config.log_every=0: must be an int >= 1",
                      "config.remat='full': must be one of 'none', 'block', 'block_save_dots'",
-                     "config.recipe='mea': must be one of 'autoregressive', 'mae', 'masked_diffusion', 'maskgit', 'tokenizer'"):
+                     "config.recipe='mea': must be one of " + ", ".join(map(repr, recipe_names()))):
         assert expected in message, message
 
 
