@@ -302,7 +302,7 @@ class _ClassMeans:
         return ClassMeans
 
 
-@pytest.fixture(scope="module", params=["latents", "pixels"])
+@pytest.fixture(scope="module", params=[pytest.param("latents", marks=pytest.mark.slow), "pixels"])
 def continuous_run(request, kl_run, tmp_path_factory):
     from maskgen import config as config_lib
     from maskgen import train as train_lib
