@@ -14,7 +14,7 @@ This trains, with the same number of steps and the same batch size on the same 1
 Each run is scored by the `generation` evaluator (the code path of `maskgen eval`): class
 consistency under maskgen's digit classifier and the Fréchet distance on its features against
 the held-out digits, with the real-vs-real floor, each with the run's own `config.sampling`
-(MaskGIT: the demo's tuned decoding; MAR: 16 iterations, 100 DDPM steps, CFG 3 linear). The
+(MaskGIT: the demo's tuned decoding; MAR: 16 iterations, 1000 DDPM steps, CFG 2 linear). The
 tokenizers' own training is not counted in the budget (each generator needs one, except MAR on
 pixels). Then MAR's pixel run is sampled with 1, 2, 4, 8 and 16 iterations (MAR Fig. 6: fewer
 iterations cost quality).
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
                 + f"; floor {floor:.2f}")
     print(f"# {num_per_class} samples per class, seed {args.seed}; total {time.perf_counter() - start:.0f} s")
     return common.report(
-        "B-MAR", TITLE, ["run", "steps x batch", "train s", "class consistency", "Fréchet distance"], table, headline,
+        "B15", TITLE, ["run", "steps x batch", "train s", "class consistency", "Fréchet distance"], table, headline,
         json_path=args.json,
         extra={"steps": steps, "batch": batch, "num_per_class": num_per_class, "seed": args.seed, "floor": floor,
                "results": {k: {kk: vv for kk, vv in v.items() if kk != "sampling"} | {"sampling": str(v["sampling"])}

@@ -40,6 +40,7 @@ BENCHMARKS = {
     "B12": ("diffusion_samplers", "diffusion samplers vs NFE on Gaussian / mixture data (exact network)"),
     "B13": ("microdit_masking", "MicroDiT patch masking on digits: deferred vs naive; quality vs training FLOPs"),
     "B14": ("repa_convergence", "REPA on digits: Fréchet distance vs training step, with and without alignment"),
+    "B15": ("mar_vs_maskgit", "MAR (diffusion head) vs MaskGIT (VQ + cross-entropy) on digits at equal budget"),
     "B16": ("dit_samplers", "diffusion samplers on a trained digits DiT: quality vs network evaluations"),
 }
 
