@@ -3,7 +3,6 @@ layer-wise scaling) and the `dit` recipe with MicroDiT's masking and REPA's alig
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -407,30 +406,35 @@ def test_generate_returns_data_shaped_samples(digits):
 
 # --------------------------------------------------------------------------- resume with MoE on
 
-def test_resume_from_a_mid_run_checkpoint_is_bit_identical_with_moe(tmp_path):
-    """A run with MoE stopped after its step-6 checkpoint (everything later lost, as a kill
-    loses it) and rerun ends with exactly the state of the uninterrupted run."""
-    from maskgen.train import train
-    from test_train import assert_trees_equal, load_item, read_metrics
+def test_sigkill_then_rerun_is_bit_identical_with_moe(tmp_path):
+    """A MoE run killed (SIGKILL) after a mid-run checkpoint and rerun with the same command ends
+    with exactly the state, EMA and logged losses of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
 
-    config = tiny_config("model.depth=3", "checkpoint_every=6", "log_every=1", arg="experts=2,steps=12")
-    reference = str(tmp_path / "reference")
-    train(config, reference)
-    resumed = str(tmp_path / "resumed")
-    shutil.copytree(reference, resumed)
-    ckpt = os.path.join(resumed, "checkpoints")
-    for name in os.listdir(ckpt):
-        if name.isdigit() and int(name) > 6:
-            shutil.rmtree(os.path.join(ckpt, name))
-    with open(os.path.join(resumed, "metrics.jsonl")) as f:
-        rows = [line for line in f if json.loads(line).get("step", 0) <= 6]
-    with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
-        f.writelines(rows)
-    train(config, resumed)
+    from conftest import run_cli
+    from test_train import _wait_for_checkpoint, assert_trees_equal, load_item, read_metrics
+
+    args = ["train", "--config", f"{DIT_DIGITS}:size=tiny,evals=0,experts=2,steps=120", "--config.model.depth=3",
+            "--config.checkpoint_every=10", "--config.log_every=1"]
+    reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+    result = run_cli(*args, "--workdir", reference)
+    assert result.returncode == 0, result.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "maskgen", *args, "--workdir", killed], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(killed, at_least=20)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.isdir(os.path.join(killed, "checkpoints", "120"))
+    result = run_cli(*args, "--workdir", killed)
+    assert result.returncode == 0 and "resumed from checkpoint at step" in result.stderr, result.stderr[-3000:]
     for item in ("state", "ema"):
-        assert_trees_equal(load_item(resumed, 12, item), load_item(reference, 12, item))
-    assert ([r["loss"] for r in read_metrics(resumed) if "loss" in r]
-            == [r["loss"] for r in read_metrics(reference) if "loss" in r])
+        assert_trees_equal(load_item(killed, 120, item), load_item(reference, 120, item))
+    assert ([(r["step"], r["loss"]) for r in read_metrics(killed) if "loss" in r]
+            == [(r["step"], r["loss"]) for r in read_metrics(reference) if "loss" in r])
 
 
 def test_config_arguments_are_checked():
