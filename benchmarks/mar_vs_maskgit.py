@@ -75,7 +75,7 @@ def train_runs(root: str, steps: int, batch: int, kl: bool, smoke: bool) -> tupl
         f"maskgit_digits.py:{size}tokens={tokens}", runs["MaskGIT (VQ tokens, cross-entropy)"], budget)
     runs["MAR (pixel patches, diffusion head)"] = os.path.join(root, "mar_pixels")
     seconds["MAR (pixel patches, diffusion head)"] = _train(
-        f"mar_digits.py:{size}data=pixels".rstrip(","), runs["MAR (pixel patches, diffusion head)"], budget)
+        f"mar_digits.py:{size}data=digits".rstrip(","), runs["MAR (pixel patches, diffusion head)"], budget)
     if kl:
         latents = _tokenizer(root, "kl", smoke)
         name = "MAR (KL latents, diffusion head)"

@@ -30,9 +30,9 @@ SIZES = {"tiny": (32, 1, 1, 2, 32, 2, 20, 16), "small": (128, 3, 3, 4, 128, 3, 1
 ARGS = {
     "size": choice("small", "model size and batch (SIZES); tiny is for tests", *SIZES),
     "steps": Arg(None, "training steps (default per size)", integer(min=1)),
-    "data": choice("pixels", "pixels: 2x2 patches of the 16x16 digits; latents: a KL latent dataset", "pixels",
-                   "latents"),
-    "latents_dir": Arg("runs/demo/latents", "with data=latents: the output of `maskgen tokenize` for a "
+    "data": choice("digits", "digits: 16x16 pixels in 4x4 patches; latents: a `maskgen tokenize` latent dataset of "
+                   "a model.quantizer='kl' tokenizer run", "digits", "latents"),
+    "latents_dir": Arg("runs/latents", "with data=latents: the output of `maskgen tokenize` for a "
                        "model.quantizer='kl' tokenizer run"),
 }
 
@@ -44,7 +44,7 @@ def get_config(arg=None):
     config.recipe = "mar"
     config.total_steps = args["steps"] or steps
     config.batch_size = batch
-    if args["data"] == "pixels":
+    if args["data"] == "digits":
         # Not flipped or cropped (a mirrored 2 is not a 2); the 8x8 scans upsampled to 16x16 on purpose.
         config.data = dict(name="digits", data_dir="", image_size=16, augment="none", train_split="train",
                            read_threads=1, max_upscale=2.0)
@@ -52,7 +52,7 @@ def get_config(arg=None):
         config.data = dict(name="tokens", data_dir=args["latents_dir"], image_size=0, augment="none",
                            train_split="train", read_threads=1)
     # 4x4 pixel patches; one latent cell per token (`--config.model.patch_size=2` groups 2x2 cells).
-    patch_size = 4 if args["data"] == "pixels" else 1
+    patch_size = 4 if args["data"] == "digits" else 1
     config.model = dict(
         patch_size=patch_size, width=width, depth=depth, num_heads=heads, decoder_width=width,
         decoder_depth=decoder_depth, decoder_heads=heads, mlp_ratio=4.0, buffer_size=4,
