@@ -64,18 +64,20 @@ def _tokenizer(root: str, quantizer: str, smoke: bool) -> str:
     return out
 
 
-def train_runs(root: str, steps: int, batch: int, kl: bool, smoke: bool) -> tuple[dict, dict]:
-    """Trains the contenders with the same steps and batch; returns ({name: workdir}, {name: seconds})."""
+def train_runs(root: str, steps: int, batch: int, kl: bool, smoke: bool, given: dict | None = None) -> tuple[dict, dict]:
+    """Trains the contenders with the same steps and batch, except those `given` ({name: trained
+    workdir}); returns ({name: workdir}, {name: seconds of the runs trained here})."""
     size = "size=tiny," if smoke else ""
     budget = [f"total_steps={steps}", f"batch_size={batch}"]
-    runs, seconds = {}, {}
-    tokens = _tokenizer(root, "vq", smoke)
-    runs["MaskGIT (VQ tokens, cross-entropy)"] = os.path.join(root, "maskgit")
-    seconds["MaskGIT (VQ tokens, cross-entropy)"] = _train(
-        f"maskgit_digits.py:{size}tokens={tokens}", runs["MaskGIT (VQ tokens, cross-entropy)"], budget)
-    runs["MAR (pixel patches, diffusion head)"] = os.path.join(root, "mar_pixels")
-    seconds["MAR (pixel patches, diffusion head)"] = _train(
-        f"mar_digits.py:{size}data=digits".rstrip(","), runs["MAR (pixel patches, diffusion head)"], budget)
+    runs, seconds = dict(given or {}), {}
+    maskgit, mar = "MaskGIT (VQ tokens, cross-entropy)", "MAR (pixel patches, diffusion head)"
+    if maskgit not in runs:
+        tokens = _tokenizer(root, "vq", smoke)
+        runs[maskgit] = os.path.join(root, "maskgit")
+        seconds[maskgit] = _train(f"maskgit_digits.py:{size}tokens={tokens}", runs[maskgit], budget)
+    if mar not in runs:
+        runs[mar] = os.path.join(root, "mar_pixels")
+        seconds[mar] = _train(f"mar_digits.py:{size}data=digits".rstrip(","), runs[mar], budget)
     if kl:
         latents = _tokenizer(root, "kl", smoke)
         name = "MAR (KL latents, diffusion head)"
@@ -134,12 +136,9 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or tmp
-        if args.mar_workdir and args.maskgit_workdir:
-            runs = {"MaskGIT (VQ tokens, cross-entropy)": args.maskgit_workdir,
-                    "MAR (pixel patches, diffusion head)": args.mar_workdir}
-            seconds = {}
-        else:
-            runs, seconds = train_runs(root, steps, batch, kl, smoke)
+        given = {name: workdir for name, workdir in (("MaskGIT (VQ tokens, cross-entropy)", args.maskgit_workdir),
+                                                    ("MAR (pixel patches, diffusion head)", args.mar_workdir)) if workdir}
+        runs, seconds = train_runs(root, steps, batch, kl, smoke, given)
         results = {name: score(workdir, num_per_class, args.seed, args.batch_size) for name, workdir in runs.items()}
         for name, r in results.items():
             print(f"  {name:<40s} consistency {r['consistency']:.3f}  FD {r['fd']:.2f}  ({r['seconds']:.0f} s to "
@@ -151,7 +150,7 @@ def main(argv=None) -> dict:
             r = by_iterations[t]
             print(f"  MAR pixels, {t:3d} iterations: consistency {r['consistency']:.3f}  FD {r['fd']:.2f}", flush=True)
     floor = next(iter(results.values()))["floor"]
-    table = [[name, f"{steps} x {batch}" if seconds else "(given run)",
+    table = [[name, f"{steps} x {batch}" if name in seconds else "(given run)",
               f"{seconds[name]:.0f}" if name in seconds else "-", f"{r['consistency']:.3f}", f"{r['fd']:.2f}"]
              for name, r in results.items()]
     table += [[f"MAR pixels, {t} iteration{'s' if t > 1 else ''}", "", "", f"{r['consistency']:.3f}", f"{r['fd']:.2f}"]
