@@ -133,6 +133,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def positive_ints(p: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, ...]:
+    """A comma-separated list of integers >= 1 from `flag` (e.g. --steps "4,8,16"), or a parser error naming it."""
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        p.error(f"{flag} takes comma-separated integers; got {text!r}")
+    if not values or min(values) < 1:
+        p.error(f"{flag} needs integers >= 1; got {text!r}")
+    return values
+
+
 def fmt_seconds(s: float) -> str:
     if s >= 1:
         return f"{s:.2f} s"

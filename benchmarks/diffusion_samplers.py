@@ -54,12 +54,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     budgets, num_samples, datasets = SIZES[args.size]
     if args.nfe:
-        try:
-            budgets = tuple(int(x) for x in args.nfe.split(",") if x.strip())
-        except ValueError:
-            p.error(f"--nfe takes comma-separated integers; got {args.nfe!r}")
-        if not budgets or min(budgets) < 1:
-            p.error(f"--nfe needs budgets >= 1; got {args.nfe!r}")
+        budgets = common.positive_ints(p, "--nfe", args.nfe)
     if args.data:
         datasets = tuple(x.strip() for x in args.data.split(",") if x.strip())
         if not datasets or set(datasets) - set(DATA):

@@ -90,12 +90,7 @@ def main(argv=None) -> int:
     train_steps, num, sweep_steps, limit, repeats = SIZES[args.size]
     repeats, num = args.repeats or repeats, args.num_samples or num
     if args.steps:
-        try:
-            sweep_steps = tuple(int(x) for x in args.steps.split(",") if x.strip())
-        except ValueError:
-            p.error(f"--steps takes comma-separated integers; got {args.steps!r}")
-        if not sweep_steps or min(sweep_steps) < 1:
-            p.error(f"--steps needs step counts >= 1; got {args.steps!r}")
+        sweep_steps = common.positive_ints(p, "--steps", args.steps)
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     if not parts or parts - {"a", "b", "c"}:
         p.error(f"--parts takes a comma-separated subset of a,b,c; got {args.parts!r}")
