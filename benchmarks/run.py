@@ -1,4 +1,4 @@
-"""Runs every benchmark (B1-B16) and prints one summary table: `python -m benchmarks.run`.
+"""Runs every benchmark (B1-B19) and prints one summary table: `python -m benchmarks.run`.
 
 Each benchmark runs in its own child process (its own XLA flags, thread pools and memory peak),
 prints its full table as it goes, and leaves a JSON result that this runner collects. On a 2-core
@@ -42,6 +42,9 @@ BENCHMARKS = {
     "B14": ("repa_convergence", "REPA on digits: Fréchet distance vs training step, with and without alignment"),
     "B15": ("mar_vs_maskgit", "MAR (diffusion head) vs MaskGIT (VQ + cross-entropy) on digits at equal budget"),
     "B16": ("dit_samplers", "diffusion samplers on a trained digits DiT: quality vs network evaluations"),
+    "B17": ("codec_bitrate", "RVQ speech codec: reconstruction vs bitrate (levels), with and without quantizer dropout"),
+    "B18": ("ssast_pretraining", "SSAST on speech: probe and fine-tune accuracy vs from-scratch and raw log-mel"),
+    "B19": ("specmaskgit_rtf", "SpecMaskGIT on speech: word consistency, Frechet distance and real-time factor vs steps"),
 }
 
 

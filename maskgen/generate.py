@@ -11,12 +11,20 @@ nothing, a prefix, or an infill mask. Editing (inpainting, outpainting, class-co
 editing, text span infilling) is the same `generate` call as
 sampling, started from known tokens with the edited region unknown (MaskGIT Sec. 4.3).
 
+Audio (issue 17): a generator on the tokens of an audio tokenizer run (SpecMaskGIT, arXiv
+2406.17672: MaskGIT on mel-spectrogram VQ tokens, conditioned on the word) decodes through
+`maskgen.runs.AudioDecoder` to waveforms; `maskgen sample` writes WAVs and a spectrogram grid, and
+`maskgen edit --audio` regenerates a region of the token grid given by `--mask`: `time:START-END`
+(seconds: time inpainting) or `band:low|high:FRACTION` (the lowest or highest FRACTION of the mel
+bands: bandwidth extension when the high band is regenerated), joined with `+`.
+
 This sits beside `train.py`, above `maskgen.runs`; recipes never import it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import jax
@@ -48,7 +56,7 @@ class GeneratorHandle(RunHandle):
         if self.decoder is None:
             raise ValueError(f"the {self.config.data.name!r} data of {workdir} has no decoder: its token dataset "
                              "names no tokenizer run, so samples cannot be shown")
-        self.kind = self.decoder.kind  # "images" or "texts"
+        self.kind = self.decoder.kind  # "images", "texts" or "audio"
         self.num_classes = int(self.info.get("num_classes", 0)) if "class" in self.tasks else 0
         # The tokenizer run that decodes token/latent grids (None for pixel and text data). load_image
         # and the edit CLI read the image settings from the decoder (its data_config / channels).
@@ -135,6 +143,42 @@ class GeneratorHandle(RunHandle):
         edited_tokens = self._fill(batch, seed, start_step, overrides)
         return {"edited": self.decoder.decode(edited_tokens)["images"][0],
                 "reconstruction": self.decoder.decode(tokens)["images"][0], "token_mask": token_mask}
+
+    def audio_mask(self, spec: str) -> np.ndarray:
+        """A `--mask` spec for audio (AUDIO_MASK_HELP) -> the token mask over info()["token_shape"]."""
+        return audio_token_mask(spec, tuple(self.info["token_shape"]), self.decoder.decodes_to,
+                                self.decoder.seconds_per_frame * self._frames_per_time_token())
+
+    def _frames_per_time_token(self) -> int:
+        """Mel frames (log-mel tokenizer) or codec frames per position of the token grid's time axis."""
+        shape = tuple(self.info["token_shape"])
+        if self.decoder.decodes_to == "log_mel":
+            return int(self.decoder.tokenizer.info["mel_frames"]) // shape[1]
+        return 1
+
+    def edit_audio(self, audio: np.ndarray, token_mask: np.ndarray, label: int, *, seed: int = 0,
+                   start_step: int = 0, **overrides) -> dict:
+        """Regenerates the masked tokens of `audio` ([T, 1] in [-1, 1], T the tokenizer data's clip
+        length) as class `label`; every other token is kept exactly. Returns {"edited",
+        "reconstruction" (the tokenizer's round trip of the input) [T, 1], their "edited_log_mel" /
+        "reconstruction_log_mel" [frames, n_mels], "tokens", "edited_tokens", "token_mask",
+        "sample_rate"}."""
+        self._require_infill()
+        if self.kind != "audio":
+            raise ValueError(f"{self.workdir} generates {self.kind}; --audio edits need an audio generator")
+        token_mask = np.asarray(token_mask, bool)
+        if not token_mask.any():
+            raise ValueError("the mask selects no tokens")
+        tokens = self.decoder.encode(np.asarray(audio, np.float32)[None])
+        batch = tasks.infill_batch(tokens, token_mask[None])
+        if "class" in self.tasks:
+            batch["label"] = self.check_labels([label])
+        edited_tokens = self._fill(batch, seed, start_step, overrides)
+        decoded = self.decoder.decode(np.concatenate([edited_tokens, tokens]))
+        return {"edited": decoded["audio"][0], "reconstruction": decoded["audio"][1],
+                "edited_log_mel": decoded["log_mel"][0], "reconstruction_log_mel": decoded["log_mel"][1],
+                "tokens": tokens[0], "edited_tokens": edited_tokens[0], "token_mask": token_mask,
+                "sample_rate": decoded["sample_rate"]}
 
     def infill_text(self, prefix: str, suffix: str, span: int, *, seed: int = 0, **overrides) -> dict:
         """Writes `span` new tokens between `prefix` and `suffix`, which stay exactly as given.
@@ -293,8 +337,13 @@ def sample_to_png(handle: GeneratorHandle, out: str, *, num_per_class: int, clas
 
 def sample_to_file(handle: GeneratorHandle, out: str, *, num: int, classes=None, seed: int = 0,
                    trajectory_out: str | None = None, **overrides) -> dict:
-    """`maskgen sample` for any generator: a PNG grid for images (`num` per class), or for text
-    `num` samples in one UTF-8 file (and the result, whose "texts" the CLI prints)."""
+    """`maskgen sample` for any generator: a PNG grid for images (`num` per class), WAVs and a
+    spectrogram grid in the folder `out` for audio (`num` per class), or for text `num` samples in
+    one UTF-8 file (and the result, whose "texts" the CLI prints)."""
+    if handle.kind == "audio":
+        if trajectory_out:
+            raise ValueError("--trajectory-out applies to image generators")
+        return sample_to_wavs(handle, out, num_per_class=num, classes=classes, seed=seed, **overrides)
     if handle.kind == "images":
         return sample_to_png(handle, out, num_per_class=num, classes=classes, seed=seed,
                              trajectory_out=trajectory_out, **overrides)
@@ -328,4 +377,167 @@ def edit_to_png(handle: GeneratorHandle, image_spec: str, mask_spec: str, label:
         if compare_out:
             strip = [image, grey_masked(image[None], result["token_mask"][None])[0], result["edited"]]
             save_png(compare_out, make_grid([to_uint8(np.stack(strip))], upscale=zoom))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Audio in and out.
+# --------------------------------------------------------------------------------------------
+AUDIO_MASK_HELP = ("time:START-END (seconds: regenerate that stretch, time inpainting), band:low:FRACTION or "
+                   "band:high:FRACTION (regenerate the lowest/highest FRACTION of the mel bands: band:high:0.5 is "
+                   "bandwidth extension); join several with +")
+
+
+def audio_token_mask(spec: str, token_shape: tuple, decodes_to: str, seconds_per_time_token: float) -> np.ndarray:
+    """A mask spec (AUDIO_MASK_HELP) -> bool token mask (True = regenerate) over `token_shape`.
+
+    A mel tokenizer's grid is [mel bands, time] (row 0 the lowest band); a codec's is [time, K]
+    (every level of a masked frame is regenerated, and it has no bands). A token is masked when
+    any part of its time span lies in [START, END)."""
+    if decodes_to == "log_mel":
+        bands, times = token_shape[0], token_shape[1]
+        time_axis = 1
+    elif decodes_to == "audio":
+        bands, times, time_axis = None, token_shape[0], 0
+    else:
+        raise ValueError(f"audio masks apply to audio tokenizers, not decodes_to={decodes_to!r}")
+    mask = np.zeros(token_shape, bool)
+    duration = times * seconds_per_time_token
+    for part in spec.split("+"):
+        kind, _, rest = part.strip().partition(":")
+        if kind == "time":
+            match = re.fullmatch(r"\s*([0-9.]+)\s*-\s*([0-9.]+)\s*", rest)
+            start, end = (float(match.group(1)), float(match.group(2))) if match else (None, None)
+            if match is None or not 0 <= start < end:
+                raise ValueError(f"--mask {part!r}: give time:START-END in seconds with 0 <= START < END "
+                                 f"(the clip is {duration:g} s)")
+            if start >= duration:
+                raise ValueError(f"--mask {part!r}: starts at or after the end of the {duration:g} s clip")
+            first = int(np.floor(start / seconds_per_time_token))
+            last = min(times, int(np.ceil(end / seconds_per_time_token)))
+            index = [slice(None)] * len(token_shape)
+            index[time_axis] = slice(first, last)
+            mask[tuple(index)] = True
+        elif kind == "band":
+            side, _, fraction = rest.partition(":")
+            if bands is None:
+                raise ValueError(f"--mask {part!r}: band masks need a mel tokenizer; this run's tokens are codec "
+                                 "frames (use time:START-END)")
+            try:
+                fraction = float(fraction)
+            except ValueError:
+                fraction = -1.0
+            if side not in ("low", "high") or not 0 < fraction <= 1:
+                raise ValueError(f"--mask {part!r}: give band:low:FRACTION or band:high:FRACTION with 0 < FRACTION <= 1")
+            rows = max(1, int(round(fraction * bands)))
+            mask[:rows] = mask[:rows] | (side == "low")
+            mask[bands - rows:] = mask[bands - rows:] | (side == "high")
+        else:
+            raise ValueError(f"--mask {part!r}: unknown audio mask; {AUDIO_MASK_HELP}")
+    return mask
+
+
+def load_audio(spec: str, decoder) -> tuple[np.ndarray, int | None]:
+    """A WAV/FLAC file or `test:INDEX` / `train:INDEX` (an example of the tokenizer run's data), as
+    float32 [T, 1] at the tokenizer data's sample rate and clip length T; also the example's label
+    if known. A file goes through the audio sources' checks (maskgen.data.audio_files.load_clip):
+    a corrupt file or a stereo one is refused, naming the file and the reason; another sample rate
+    is resampled (the log says from which rate); a shorter or longer file is zero-padded or cut
+    around its centre to T, as the speech source makes its clips."""
+    from maskgen.data import data_options, make_source
+
+    length = decoder.num_samples
+    if _is_example(spec):
+        split, _, index = spec.partition(":")
+        data = decoder.tokenizer.config.data
+        source = make_source(data.name, split, data.data_dir or None, data_options(data))
+        n = len(source)
+        valid = f"the {split} split has {n} examples" + (f" (0..{n - 1})" if n else "")
+        if not re.fullmatch(r"[+-]?\d+", index.strip()) or not 0 <= int(index) < n:
+            raise ValueError(f"{spec} is not {split}:INDEX with INDEX in range: {valid}")
+        example = source[int(index)]
+        return np.asarray(example["audio"], np.float32).reshape(-1, 1), int(example["label"])
+    from maskgen.data.audio_files import AudioOptions, load_clip, read_info
+
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"audio file {spec!r} not found (give a WAV/FLAC file, or test:INDEX)")
+    rate = read_info(spec)[0]  # refuses a corrupt or truncated file, naming it
+    if rate != decoder.sample_rate:
+        log.info("%s: resampling from %d Hz to the tokenizer's %d Hz", spec, rate, decoder.sample_rate)
+    # Mono only (a stereo file is refused, naming its channel count); centred to the clip length.
+    options = AudioOptions(sample_rate=decoder.sample_rate, clip_seconds=length / decoder.sample_rate,
+                           resample=True, mix_to_mono=False)
+    return load_clip(spec, options), None
+
+
+def _spectrogram(log_mel: np.ndarray) -> np.ndarray:
+    from maskgen.evaluators.audio import spectrogram_image
+
+    return spectrogram_image(np.asarray(log_mel))
+
+
+def _grey_tokens(image: np.ndarray, token_mask: np.ndarray, decodes_to: str) -> np.ndarray:
+    """A spectrogram image [n_mels, frames, 3] (low bands at the bottom) with the masked tokens grey."""
+    height, width = image.shape[:2]
+    if decodes_to == "log_mel":
+        grid = token_mask[::-1]  # row 0 of the token grid is the lowest band: the image's bottom
+    else:
+        grid = token_mask.any(axis=1)[None, :]  # codec: a time mask over frames
+    rows = np.repeat(np.arange(grid.shape[0]), -(-height // grid.shape[0]))[:height]
+    cols = np.repeat(np.arange(grid.shape[1]), -(-width // grid.shape[1]))[:width]
+    pixel_mask = grid[rows][:, cols]
+    return np.where(pixel_mask[..., None], np.uint8(128), image)
+
+
+def sample_to_wavs(handle: GeneratorHandle, out_dir: str, *, num_per_class: int, classes=None, seed: int = 0,
+                   **overrides) -> dict:
+    """Writes `num_per_class` samples of each class as WAVs (`out_dir/<class name>_<i>.wav`) and a
+    spectrogram grid (`out_dir/spectrograms.png`, one row per class); returns the sample arrays."""
+    if "class" in handle.tasks:
+        classes = list(range(handle.num_classes)) if classes is None else list(classes)
+        labels = np.repeat(np.asarray(classes, np.int32), num_per_class)
+        result = handle.sample(labels, seed=seed, **overrides)
+    else:
+        if classes is not None:
+            raise ValueError(f"{handle.workdir} is an unconditional generator: sample without --classes")
+        labels, classes = np.zeros(num_per_class, np.int32), [0]
+        result = handle.sample(num=num_per_class, seed=seed, **overrides)
+    names = handle.decoder.class_names
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        paths, rows = [], []
+        for c in classes:
+            picked = np.flatnonzero(labels == c)
+            name = names[c] if "class" in handle.tasks and c < len(names) else (f"class{c}" if "class" in handle.tasks
+                                                                                  else "sample")
+            for i, row in enumerate(picked):
+                paths.append(outputs.write_wav(os.path.join(out_dir, f"{name}_{i}.wav"), result["audio"][row],
+                                               result["sample_rate"]))
+            rows.append(np.stack([_spectrogram(result["log_mel"][row]) for row in picked]))
+        save_png(os.path.join(out_dir, "spectrograms.png"), make_grid(rows, upscale=2))
+        result["paths"] = paths
+    result["labels"] = labels
+    return result
+
+
+def edit_to_wav(handle: GeneratorHandle, audio_spec: str, mask_spec: str, label: int | None, out: str, *,
+                seed: int = 0, start_step: int = 0, compare_out: str | None = None, **overrides) -> dict:
+    """`maskgen edit --audio`: regenerates the `mask_spec` region (AUDIO_MASK_HELP) of the audio as
+    class `label` (default: the example's own label for test:INDEX); writes the WAV, and with
+    `compare_out` a PNG of three spectrograms: the input's round trip, it with the regenerated
+    tokens grey, and the result."""
+    audio, example_label = load_audio(audio_spec, handle.decoder)
+    if label is None:
+        if handle.num_classes and example_label is None:
+            raise ValueError(f"{handle.workdir} is class-conditional: give --class (one of 0..{handle.num_classes - 1})")
+        label = example_label or 0
+    result = handle.edit_audio(audio, handle.audio_mask(mask_spec), label, seed=seed, start_step=start_step,
+                               **overrides)
+    if jax.process_index() == 0:
+        outputs.write_wav(out, result["edited"], result["sample_rate"])
+        if compare_out:
+            original = _spectrogram(result["reconstruction_log_mel"])
+            strip = [original, _grey_tokens(original, result["token_mask"], handle.decoder.decodes_to),
+                     _spectrogram(result["edited_log_mel"])]
+            save_png(compare_out, make_grid([np.stack(strip)], upscale=2))
     return result

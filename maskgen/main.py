@@ -8,11 +8,15 @@
   maskgen sample --workdir MASKGIT_DIR --num 10 --steps 8 --cfg 2.0 --out grid.png   (N per class)
   maskgen edit   --workdir MASKGIT_DIR --image in.png|test:INDEX --mask mask.png|bottom --class C --out out.png
   maskgen sample --workdir TEXT_DIR --num 4                    (text generators: prints and writes samples.txt)
+  maskgen sample --workdir SPEECH_MASKGIT_DIR --num 4 --out DIR    (audio generators: WAVs + spectrograms.png)
+  maskgen edit   --workdir SPEECH_MASKGIT_DIR --audio in.wav|test:INDEX --mask time:0.3-0.6|band:high:0.5 --class W --out out.wav
   maskgen edit   --workdir TEXT_DIR --prefix "The " --span 20 --suffix " is" --out edited.txt
   maskgen tokenize --tokenizer-workdir DIR --data digits --out TOKENS_DIR   (a kl tokenizer: float latents)
   maskgen prepare --source digits --out DIR
   maskgen import-weights --format mae --weights mae_pretrain_vit_base.pth --workdir runs/mae_base
   maskgen prepare --source folder --input DIR --out DIR --resolution 32 [--skip-bad]
+  maskgen prepare --source speech --out DIR [--words digits|commands|all --renditions 8]
+  maskgen prepare --source audio_folder --input DIR --out DIR [--sample-rate 16000 --clip-seconds 1.0]
 """
 
 from __future__ import annotations
@@ -92,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--step", type=_at_least(0), default=None, help="checkpoint step (default: latest readable)")
         if name == "sample":
             p.add_argument("--out", default=None,
-                           help="PNG path, or a .txt for text generators (default: WORKDIR/samples.png or samples.txt)")
+                           help="PNG path, a .txt for text generators, or a folder of WAVs for audio generators "
+                                "(default: WORKDIR/samples.png, samples.txt or samples_audio/)")
             p.add_argument("--num", type=_at_least(1), default=16,
                            help="images (MAE, tokenizers), samples per class (class-conditional generators) or "
                                 "samples (unconditional generators)")
@@ -107,8 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--image", default=None,
                       help="images: a file, or test:INDEX / train:INDEX of the tokenizer's data (of the run's own "
                            "data for a generator on pixels)")
-    edit.add_argument("--mask", default=None, help="images: PNG (white = regenerate) or top|bottom|left|right")
-    edit.add_argument("--class", dest="label", type=int, default=None, help="images: the class to generate")
+    edit.add_argument("--audio", default=None,
+                      help="audio: a mono WAV/FLAC (resampled to the tokenizer's rate, centred to its clip length), "
+                           "or test:INDEX / train:INDEX of the tokenizer's data")
+    edit.add_argument("--mask", default=None, help="images: PNG (white = regenerate) or top|bottom|left|right; audio: "
+                                                   "time:START-END (seconds) or band:low|high:FRACTION, joined with +")
+    edit.add_argument("--class", dest="label", type=int, default=None,
+                      help="images, audio: the class (word) to generate (audio test:INDEX: default its own)")
     edit.add_argument("--prefix", default=None, help="text: the text before the span (kept exactly)")
     edit.add_argument("--suffix", default="", help="text: the text after the span (kept exactly)")
     edit.add_argument("--span", type=_at_least(1), default=None, help="text: how many tokens to write between them")
@@ -149,8 +159,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="importer options (e.g. num_heads=12, tokenizer=VQGAN_WORKDIR); repeatable")
 
     prep = sub.add_parser("prepare", help="write a dataset as ArrayRecord shards + metadata.json")
-    prep.add_argument("--source", required=True, choices=["digits", "folder"])
-    prep.add_argument("--input", default=None, help="image folder (for --source folder)")
+    prep.add_argument("--source", required=True, choices=["digits", "folder", "speech", "audio_folder"])
+    prep.add_argument("--input", default=None, help="image folder (--source folder) or audio folder (audio_folder)")
     prep.add_argument("--out", required=True)
     prep.add_argument("--resolution", type=_at_least(1), default=32)
     prep.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
@@ -158,6 +168,15 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--num-shards", type=_at_least(1), default=1)
     prep.add_argument("--min-size", type=int, default=0,
                       help="skip images whose shorter side is below N pixels, listing them (default 0: keep all)")
+    audio = prep.add_argument_group("audio (--source speech | audio_folder)")
+    audio.add_argument("--sample-rate", type=_at_least(1000), default=16000, help="Hz (default 16000)")
+    audio.add_argument("--clip-seconds", type=float, default=1.0, help="every clip is padded/cut to this (centred)")
+    audio.add_argument("--words", default="digits", choices=["digits", "commands", "all"], help="speech: word set")
+    audio.add_argument("--renditions", type=_at_least(1), default=8, help="speech: renditions per word and voice")
+    audio.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
+                       help="audio_folder: resample clips at other rates (default) or refuse them (--no-resample)")
+    audio.add_argument("--mix-to-mono", action="store_true", help="audio_folder: average multi-channel clips")
+    audio.add_argument("--min-seconds", type=float, default=0.1, help="audio_folder: refuse shorter clips (0.1)")
     return parser
 
 
@@ -259,6 +278,16 @@ def main(argv: list[str]) -> int:
             from maskgen.generate import GeneratorHandle, edit_to_png, infill_text_to_file
 
             handle = GeneratorHandle(args.workdir, args.step, config)
+            if handle.kind == "audio":
+                from maskgen.generate import edit_to_wav
+
+                if args.audio is None or args.mask is None or args.image or args.prefix is not None:
+                    raise ValueError(f"{args.workdir} generates audio: give --audio FILE|test:INDEX and --mask "
+                                     "time:START-END|band:low|high:FRACTION (not --image/--prefix)")
+                edit_to_wav(handle, args.audio, args.mask, args.label, args.out, seed=args.seed,
+                            start_step=args.start_step, compare_out=args.compare_out, **_decode_overrides(args))
+                print(f"wrote {args.out}" + (f" and {args.compare_out}" if args.compare_out else ""))
+                return 0
             if handle.kind == "texts":
                 if args.prefix is None or args.span is None or args.image or args.mask:
                     raise ValueError(f"{args.workdir} generates text: give --prefix TEXT --span N [--suffix TEXT] "
@@ -294,8 +323,8 @@ def main(argv: list[str]) -> int:
 
             if "generate" in get_recipe(config.recipe).capabilities:
                 handle = GeneratorHandle(args.workdir, args.step, config)
-                if handle.kind == "texts" and not args.out:
-                    out = os.path.join(args.workdir, "samples.txt")
+                if handle.kind in ("texts", "audio") and not args.out:
+                    out = os.path.join(args.workdir, "samples.txt" if handle.kind == "texts" else "samples_audio")
                 classes = [int(c) for c in args.classes.split(",")] if args.classes else None
                 result = sample_to_file(handle, out, num=args.num, classes=classes, seed=args.seed,
                                         trajectory_out=args.trajectory_out, **decode)
@@ -328,9 +357,37 @@ def main(argv: list[str]) -> int:
         raise
 
 
+def _prepare_audio(args) -> int:
+    from maskgen.data.prepare import prepare_audio_folder, prepare_speech
+
+    if args.source == "speech":
+        meta = prepare_speech(args.out, words=args.words, sample_rate=args.sample_rate,
+                              clip_seconds=args.clip_seconds, renditions=args.renditions, num_shards=args.num_shards)
+    else:
+        if not args.input:
+            raise SystemExit("error: --source audio_folder needs --input DIR")
+        meta = prepare_audio_folder(args.input, args.out, sample_rate=args.sample_rate,
+                                    clip_seconds=args.clip_seconds, resample=args.resample,
+                                    mix_to_mono=args.mix_to_mono, min_seconds=args.min_seconds,
+                                    skip_bad=args.skip_bad, test_fraction=args.test_fraction,
+                                    num_shards=args.num_shards)
+    splits = ", ".join(f"{k}: {v['num_examples']}" for k, v in meta["splits"].items())
+    print(f"wrote {args.out}: {splits}; {meta['clip_seconds']:g} s clips at {meta['sample_rate']} Hz, "
+          f"{meta['num_classes']} classes")
+    resampled = meta.get("resampled", [])
+    if resampled:
+        rates = sorted({item["sample_rate"] for item in resampled})
+        print(f"resampled {len(resampled)} clip(s) from {rates} Hz to {meta['sample_rate']} Hz (listed in metadata.json)")
+    for item in meta.get("skipped", []):
+        print(f"  skipped {item['path']}: {item['error']}")
+    return 0
+
+
 def _prepare(args) -> int:
     from maskgen.data.prepare import prepare_digits, prepare_image_folder
 
+    if args.source in ("speech", "audio_folder"):
+        return _prepare_audio(args)
     if args.source == "digits":
         meta = prepare_digits(args.out, num_shards=args.num_shards)
     else:

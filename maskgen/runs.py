@@ -8,7 +8,8 @@ that callers use through the recipe's declared methods (`apply("generate", ...)`
 `TokenizerHandle` one that encodes and decodes. `make_eval_context` gives evaluators what they may
 use: the recipe's methods under jit, ordered data batches, a decoder for the data's outputs
 (tokens -> images through the tokenizer run that made them, scaled latents -> images through the
-KL tokenizer run that made them, pixel arrays -> clipped images, token ids -> text) and other runs
+KL tokenizer run that made them, audio tokens -> waveforms through the codec or mel tokenizer run that
+made them, pixel arrays -> clipped images, token ids -> text) and other runs
 (`open_run`, e.g. an AR model that scores samples), so evaluators import nothing above their layer.
 
 `train.py` (the loop), `tokenize.py` and `generate.py` sit above this module; recipes,
@@ -30,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from maskgen import parallel
+from maskgen.audio import features as audio_features
 from maskgen.checkpoint import load_run_config, restore_run_model  # noqa: F401 (load_run_config: re-exported)
 from maskgen.config import ConfigError, validate_common
 from maskgen.data.run_info import load_run_data_info
@@ -203,7 +205,7 @@ class _LazyDecoder:
             self._decoder = make_decoder(self.config, self.data_info)
             if self._decoder is None:
                 raise ValueError(f"the {self.config.data.name!r} data of this run has no decoder: decoding applies "
-                                 "to image, latent, token and text datasets")
+                                 "to image, latent, token (image or audio) and text datasets")
         return self._decoder
 
     def decode(self, tokens):
@@ -313,6 +315,83 @@ class LatentDecoder(TokenizerDecoder):
         return np.asarray(self.tokenizer.encode(images), np.float32) * np.float32(self.scale)
 
 
+class AudioDecoder(Decoder):
+    """Token grids or code streams made by `maskgen tokenize` from an audio tokenizer run -> audio.
+
+    The tokenizer run's info says what its `decode` returns ("decodes_to"): "log_mel", the scaled
+    log-mel grid [n, n_mels, frames, 1] of the mel tokenizer (SpecMaskGIT, arXiv 2406.17672), which
+    is unscaled and turned into a waveform by Griffin-Lim (`features.mel_to_audio`, the run's
+    `griffin_lim_iters`; maskgen trains no neural vocoder); or "audio", a waveform [n, T, 1] (the
+    codec), whose log-mel is computed from it. `decode(tokens) -> {"audio": float32 [n, T, 1] in
+    [-1, 1], "sample_rate": int, "log_mel": float32 [n, frames, n_mels] (natural-log mel, for
+    spectrogram images)}`, T the tokenizer data's clip length; `reference(split, limit) -> {"audio",
+    "label"}` (the tokenizer run's data); `encode(audio [B, T, 1]) -> tokens` (for `maskgen edit`)."""
+
+    kind = "audio"
+
+    def __init__(self, tokenizer: "TokenizerHandle", griffin_lim_iters: int | None = None):
+        info = tokenizer.info
+        self.tokenizer, self.decodes_to = tokenizer, info["decodes_to"]
+        if self.decodes_to not in ("audio", "log_mel"):
+            raise ValueError(f"{tokenizer.workdir}: decodes_to={self.decodes_to!r}; audio decoding needs 'audio' or "
+                             "'log_mel'")
+        self.sample_rate = int(info["sample_rate"])
+        self.mel = audio_features.MelConfig.from_dict(info["mel"])
+        fields = tokenizer.run.data_info.get("fields") or {}
+        audio_spec = next((spec for spec in fields.values() if getattr(spec, "kind", None) == "audio"), None)
+        self.num_samples = int(info.get("num_samples") or (audio_spec.shape[0] if audio_spec else 0)) or None
+        self.class_names = list(tokenizer.run.data_info.get("class_names") or [])
+        self.griffin_lim_iters = int(griffin_lim_iters or info.get("griffin_lim_iters", 32))
+        self._vocoder = jax.jit(functools.partial(audio_features.mel_to_audio, cfg=self.mel,
+                                                  num_iters=self.griffin_lim_iters))
+        self._log_mel = jax.jit(functools.partial(audio_features.log_mel, cfg=self.mel))
+
+    @property
+    def token_shape(self) -> tuple:
+        return tuple(self.tokenizer.info["token_shape"])
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.mel.hop / self.sample_rate
+
+    def _fit_length(self, audio: np.ndarray) -> np.ndarray:
+        """[n, t] -> [n, num_samples]: zero-padded at the end (the mel tokenizer may keep fewer frames
+        than the clip has, e.g. SpecMaskGIT's 848 of 861) or cut."""
+        if self.num_samples is None or audio.shape[1] == self.num_samples:
+            return audio
+        if audio.shape[1] > self.num_samples:
+            return audio[:, :self.num_samples]
+        return np.pad(audio, ((0, 0), (0, self.num_samples - audio.shape[1])))
+
+    def vocode(self, log_mel: np.ndarray) -> np.ndarray:
+        """Natural-log mel [n, frames, n_mels] -> waveform [n, T] (Griffin-Lim), clipped to [-1, 1]."""
+        audio = np.asarray(self._vocoder(np.asarray(log_mel, np.float32)))
+        return np.clip(self._fit_length(audio), -1.0, 1.0)
+
+    def decode(self, tokens: np.ndarray, batch_size: int = 64) -> dict:
+        tokens = np.asarray(tokens)
+        if self.decodes_to == "log_mel":
+            scaled = _in_batches(self.tokenizer.decode, tokens, batch_size)  # [n, n_mels, frames, 1]
+            log_mel = np.asarray(audio_features.unscale_log_mel(np.transpose(scaled[..., 0], (0, 2, 1))))
+            audio = _in_batches(self.vocode, log_mel, batch_size)
+        else:
+            audio = np.clip(_in_batches(self.tokenizer.decode, tokens, batch_size)[..., 0], -1.0, 1.0)
+            audio = self._fit_length(audio)
+            log_mel = _in_batches(lambda a: np.asarray(self._log_mel(a)), audio, batch_size)
+        return {"audio": audio[..., None].astype(np.float32), "sample_rate": self.sample_rate,
+                "log_mel": np.asarray(log_mel, np.float32)}
+
+    def reference(self, split: str, limit: int | None = None) -> dict:
+        return self.tokenizer.dataset(split, limit)
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """audio [B, T, 1] in [-1, 1] (T the tokenizer data's clip length) -> the tokenizer's tokens."""
+        audio = np.asarray(audio, np.float32)
+        if audio.ndim != 3 or audio.shape[-1] != 1 or (self.num_samples and audio.shape[1] != self.num_samples):
+            raise ValueError(f"encode expects mono audio [B, {self.num_samples or 'T'}, 1], got {audio.shape}")
+        return self.tokenizer.apply("encode", {"audio": audio})
+
+
 class ImageDecoder(Decoder):
     """Pixel data (e.g. digits) for a generator that models pixels: its outputs are images already.
     decode clips to [-1, 1]; reference is the run's own data split; encode is the identity."""
@@ -381,8 +460,9 @@ def _is_text(data_info: dict) -> bool:
 
 def make_decoder(config: ml_collections.ConfigDict, data_info: dict) -> Decoder | None:
     """The decoder for a run's data: text for text sources; for a dataset written by `maskgen
-    tokenize`, the tokenizer run it names (LatentDecoder for latents, TokenizerDecoder for token
-    ids); ImageDecoder for pixel data; else None."""
+    tokenize`, the tokenizer run it names (LatentDecoder for latents, AudioDecoder when the
+    tokenizer decodes to audio or a log-mel, TokenizerDecoder for image token ids); ImageDecoder
+    for pixel data; else None."""
     if _is_text(data_info):
         return TextDecoder(config.data.name, config.data.data_dir or None, data_options(config.data))
     tokenizer = data_info.get("tokenizer") or {}
@@ -398,7 +478,10 @@ def make_decoder(config: ml_collections.ConfigDict, data_info: dict) -> Decoder 
             raise missing_scale_error(latent_name, config.data.data_dir or config.data.name)
         return LatentDecoder(open_tokenizer(tokenizer["workdir"], tokenizer.get("step")), latents.scale)
     if tokenizer.get("workdir"):
-        return TokenizerDecoder(open_tokenizer(tokenizer["workdir"], tokenizer.get("step")))
+        handle = open_tokenizer(tokenizer["workdir"], tokenizer.get("step"))
+        if handle.info.get("decodes_to") in ("audio", "log_mel"):
+            return AudioDecoder(handle)
+        return TokenizerDecoder(handle)
     if data_info.get("image_shape") is not None:
         return ImageDecoder(config.data, data_info, config.get("batch_size", 256))
     return None

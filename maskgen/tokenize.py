@@ -10,6 +10,12 @@ about their one overall mean: LDM's `1 / z.flatten().std()`, which LDM takes fro
 batch and maskgen from the whole train split, in float64). The input pipeline multiplies by it,
 so generators train on unit-variance latents. When "train" is not among the splits written, the
 first split written gives the factor (metadata "tokenizer"["scale_split"] names the split used).
+
+Audio (a `codec` run, whose info has decodes_to "audio"): each clip becomes its K-level code stream,
+int32 [frames, K] (TokenSpec shape (frames, K), num_levels K). Tokenizing the source the run was
+trained on reuses the run's source options (e.g. the speech source's words, sample_rate,
+clip_seconds) and data_dir unless others are given; the data's audio must have the run's sample
+rate and clip length, else the error names both.
 """
 
 from __future__ import annotations
@@ -21,24 +27,51 @@ import jax
 import numpy as np
 
 from maskgen import parallel
-from maskgen.data import LatentSpec, TokenSpec, eval_batches, make_preprocess, make_source, source_info
+from maskgen.data import LatentSpec, TokenSpec, data_options, eval_batches, make_preprocess, make_source, source_info
 from maskgen.data.tokens import write_token_metadata, write_token_split
 from maskgen.runs import TokenizerHandle  # noqa: F401  (re-exported: `maskgen.tokenize.TokenizerHandle`)
 
 log = logging.getLogger("maskgen")
 
 
+def _audio_spec(fields: dict):
+    return next((spec for spec in fields.values() if spec.kind == "audio"), None)
+
+
+def _check_audio_matches(run_info: dict, info: dict, data: str, workdir: str) -> None:
+    """The data's audio must be what the tokenizer run was trained on (sample rate, clip shape)."""
+    want, got = _audio_spec(run_info.get("fields") or {}), _audio_spec(info.get("fields") or {})
+    if want is None:
+        return
+    if got is None:
+        raise ValueError(f"{workdir} encodes audio, but {data!r} has no audio field (fields "
+                         f"{sorted(info.get('fields') or {})})")
+    if (got.sample_rate, tuple(got.shape)) != (want.sample_rate, tuple(want.shape)):
+        raise ValueError(f"{data!r} has audio of shape {tuple(got.shape)} at {got.sample_rate} Hz, but {workdir} was "
+                         f"trained on {tuple(want.shape)} at {want.sample_rate} Hz: set the source's sample_rate and "
+                         f"clip_seconds to match")
+
+
 def tokenize_dataset(tokenizer_workdir: str, data: str, out_dir: str, *, data_dir: str | None = None,
-                     splits: list[str] | None = None, step: int | None = None, num_shards: int = 1) -> dict:
+                     splits: list[str] | None = None, step: int | None = None, num_shards: int = 1,
+                     options: dict | None = None) -> dict:
     """Encodes every example of each split of `data`; writes token shards and metadata.json.
 
     The records hold named arrays (maskgen.data.tokens, format v2): the codes as "tokens"
-    ([h, w], or [h, w, K] for K residual levels), or for a continuous tokenizer the latent means as
-    "latents" ([h, w, D] float32, unscaled; the scale factor is in the LatentSpec), and the label
-    when the data has one.
+    ([h, w], or [h, w, K] for K residual levels; [frames, K] for an audio codec), or for a
+    continuous tokenizer the latent means as "latents" ([h, w, D] float32, unscaled; the scale
+    factor is in the LatentSpec), and the label when the data has one.
+
+    `options`: the source's options; None reuses the tokenizer run's own (and its data_dir when
+    `data_dir` is None) if `data` is the source it was trained on, else the source's defaults.
     """
     handle = TokenizerHandle(tokenizer_workdir, step)
-    info = source_info(data, data_dir)
+    run_data = handle.config.data
+    if options is None and data == run_data.name:
+        options = data_options(run_data)
+        data_dir = data_dir or run_data.data_dir or None
+    info = source_info(data, data_dir, options)
+    _check_audio_matches(handle.run.data_info, info, data, tokenizer_workdir)
     splits = splits or list(info["splits"])
     os.makedirs(out_dir, exist_ok=True)
     stale = os.path.join(out_dir, "metadata.json")
@@ -52,7 +85,7 @@ def tokenize_dataset(tokenizer_workdir: str, data: str, out_dir: str, *, data_di
     field = "latents" if continuous else "tokens"
     written, latent_moments = {}, {}
     for split in splits:
-        source = make_source(data, split, data_dir)
+        source = make_source(data, split, data_dir, options)
         rows = []
         for batch, valid in eval_batches(source, preprocess, global_batch_size=config.batch_size,
                                          process_index=jax.process_index(), process_count=jax.process_count()):
@@ -71,7 +104,9 @@ def tokenize_dataset(tokenizer_workdir: str, data: str, out_dir: str, *, data_di
     if jax.process_index() == 0:
         tokenizer = {"workdir": os.path.abspath(tokenizer_workdir), "step": handle.step,
                      "quantizer": handle.info["quantizer"], "image_size": config.data.image_size,
-                     "data": data, "eval_params": config.eval_params}
+                     "data": data, "eval_params": config.eval_params, "data_options": dict(options or {})}
+        if handle.info.get("decodes_to"):
+            tokenizer.update({k: handle.info[k] for k in ("decodes_to", "sample_rate") if k in handle.info})
         if continuous:
             if not latent_moments:
                 raise ValueError(f"no examples to tokenize in the splits {splits} of {data!r}: the scale factor "

@@ -21,6 +21,8 @@ MASKGIT_DIGITS = os.path.join(REPO, "experiments", "maskgit_digits.py")
 TOKENS_8x8 = {"token_shape": (8, 8), "codebook_size": 256, "num_levels": 1, "num_classes": 10,
               "splits": {"train": 1438, "test": 359}, "image_shape": None, "tokenizer": {}}
 TOKENS_16x16 = dict(TOKENS_8x8, token_shape=(16, 16), codebook_size=1024, splits={"train": 1281167, "validation": 50000})
+TOKENS_8x16 = dict(TOKENS_8x8, token_shape=(8, 16))  # mel tokens of 1 s of speech (SpecMaskGIT on speech)
+TOKENS_5x53 = dict(TOKENS_8x8, token_shape=(5, 53), codebook_size=1024)  # SpecMaskGIT's 10 s clips
 IMAGENET = {"image_shape": (None, None, 3), "num_classes": 1000, "splits": {"train": 1281167, "validation": 50000}}
 
 
@@ -55,7 +57,8 @@ def _data_info(config, file_name=None):
     if config.data.name == "tokens" and "token_shape" not in config.model:
         return _latent_info(file_name)
     if config.data.name == "tokens":
-        return TOKENS_16x16 if tuple(config.model.token_shape) == (16, 16) else TOKENS_8x8
+        return {(16, 16): TOKENS_16x16, (8, 16): TOKENS_8x16, (5, 53): TOKENS_5x53}.get(
+            tuple(config.model.token_shape), TOKENS_8x8)
     if config.data.name == "pydoc_text":
         from maskgen.data import data_options
 
@@ -66,6 +69,14 @@ def _data_info(config, file_name=None):
         splits = {"train": 10 ** 6, "validation": 10 ** 4}  # tfds slices ("train[:99%]") name these
         vocab = config.model.get("vocab_size", config.model.get("codebook_size"))
         return legacy_info({"tokens": TextSpec(config.data.seq_len, vocab, "bytes")}, splits)
+    if config.data.name in ("speech", "audio_folder"):  # audio: the source's shapes, without synthesising or reading it
+        from maskgen.data.specs import AudioSpec, LabelSpec
+
+        rate, words = config.data.get("sample_rate", 16000), config.data.get("words", "digits")
+        classes = {"digits": 10, "commands": 10, "all": 20}.get(words, 527)  # 527: AudioSet's classes
+        return {"fields": {"audio": AudioSpec((round(rate * config.data.get("clip_seconds", 1.0)), 1), rate),
+                           "label": LabelSpec(classes)},
+                "num_classes": classes, "splits": {"train": 2560, "test": 640}, "words": words}
     return source_info("digits") if config.data.name == "digits" else IMAGENET
 
 

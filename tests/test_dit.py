@@ -406,6 +406,7 @@ def test_generate_returns_data_shaped_samples(digits):
 
 # --------------------------------------------------------------------------- resume with MoE on
 
+@pytest.mark.slow  # ~50 s; the default suite's resume test is tests/test_train.py::test_sigkill_then_rerun_is_bit_identical[0]
 def test_sigkill_then_rerun_is_bit_identical_with_moe(tmp_path):
     """A MoE run killed (SIGKILL) after a mid-run checkpoint and rerun with the same command ends
     with exactly the state, EMA and logged losses of an uninterrupted run."""

@@ -20,7 +20,7 @@ PACKAGE = os.path.join(REPO, "maskgen")
 # Lowest first. Keep in step with the layer table in docs/architecture.md.
 LAYERS = [
     ("config", "tasks", "outputs"),
-    ("parallel", "metrics"),
+    ("parallel", "metrics", "audio"),
     ("checkpoint", "data", "models", "masking"),
     ("sampling", "tokenizers", "diffusion"),
     ("perception",),

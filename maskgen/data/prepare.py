@@ -1,4 +1,5 @@
-"""Writes datasets (sklearn digits, folders of images) as maskgen ArrayRecord directories.
+"""Writes datasets (sklearn digits, folders of images, synthesised speech, folders of audio clips) as
+maskgen ArrayRecord directories.
 
 Output: per split, shards f"{split}.array_record-{i:05d}-of-{n:05d}" and, written last
 and atomically, metadata.json. Any metadata.json already in out_dir is deleted first,
@@ -28,11 +29,14 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import hashlib
+import logging
 import os
 
 import numpy as np
 
 from maskgen.data import digits, records
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_ASPECT = 4  # a longer side over 4x the shorter one gets a warning: the square crop drops most of it
@@ -310,3 +314,114 @@ def prepare_image_folder(
         raise
     source = "folder:" + os.path.abspath(in_dir)
     return _finish(out_dir, source, (resolution, resolution, 3), class_names, splits, skipped, warnings)
+
+
+# ---------------------------------------------------------------- audio
+
+
+def _finish_audio(out_dir, source, fields, class_names, splits, skipped, extra) -> dict:
+    """metadata.json of an audio dataset: "fields" (spec JSON) instead of image_shape."""
+    from maskgen.data.specs import fields_to_json
+
+    metadata = {
+        "format": records.FORMAT,
+        "source": source,
+        "fields": fields_to_json(fields),
+        "image_shape": None,
+        "sample_rate": fields["audio"].sample_rate,
+        "clip_seconds": fields["audio"].shape[0] / fields["audio"].sample_rate,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "splits": splits,
+        "skipped": skipped,
+        "warnings": [],
+        **extra,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    records.write_metadata(out_dir, metadata)
+    return metadata
+
+
+def _write_splits(out_dir: str, examples_by_split: dict, num_shards: int) -> dict:
+    """{split: {"num_examples", "shards"}} after writing each split's examples (an iterable, and its
+    expected count); on any error the shards written so far are removed."""
+    splits = {}
+    try:
+        for split, (examples, count, counted) in examples_by_split.items():
+            names = records.write_shards(examples, out_dir, split, num_shards, expected_count=count)
+            splits[split] = {"num_examples": counted(), "shards": names}
+    except BaseException:
+        for split in examples_by_split:
+            records.remove_shards(out_dir, split)
+        raise
+    return splits
+
+
+def _every_example(source):
+    for i in range(len(source)):
+        yield source[i]
+
+
+def prepare_speech(out_dir: str, *, words: str = "digits", sample_rate: int = 16000, clip_seconds: float = 1.0,
+                   renditions: int = 8, num_shards: int = 1, cache_dir: str | None = None) -> dict:
+    """Writes the synthesised speech dataset (maskgen.data.speech; generated or read from its cache)
+    to out_dir as audio records with "label" (the word) and "voice"; returns the metadata."""
+    from maskgen.data import speech
+
+    options = speech.SpeechOptions(words, sample_rate, clip_seconds, renditions)
+    sources = {split: speech.SpeechSource(split, options, cache_dir) for split in speech.SPLITS}
+    _start(out_dir)
+    splits = _write_splits(out_dir, {split: (_every_example(src), len(src), lambda n=len(src): n)
+                                     for split, src in sources.items()}, num_shards)
+    extra = {"voice_names": list(speech.VOICES), "split_voices": {s: list(speech.split_voices(s)) for s in speech.SPLITS},
+             "speech": {"words": options.words, "renditions": options.renditions}}
+    return _finish_audio(out_dir, "speech", speech.fields(options), options.word_list, splits, [], extra)
+
+
+def prepare_audio_folder(in_dir: str, out_dir: str, *, sample_rate: int = 16000, clip_seconds: float = 1.0,
+                         resample: bool = True, mix_to_mono: bool = False, min_seconds: float = 0.1,
+                         skip_bad: bool = False, test_fraction: float = 0.1, num_shards: int = 1) -> dict:
+    """Writes a folder of labelled WAV/FLAC clips (layout: maskgen.data.audio_files) to out_dir.
+
+    Raises BadAudioError (naming the file) on the first unusable clip, unless skip_bad: then each
+    is skipped and listed under "skipped" ({"path", "error"}) in the metadata. Files resampled to
+    sample_rate are listed under "resampled" ({"path", "sample_rate"}).
+    """
+    from maskgen.data import audio_files
+
+    options = audio_files.AudioOptions(sample_rate, clip_seconds, resample, mix_to_mono, min_seconds)
+    class_names, items = audio_files.find_audio(in_dir, test_fraction)
+    skipped, resampled = [], []
+
+    def examples(split_items, kept):
+        for path, label in split_items:
+            try:
+                rate = audio_files.read_info(path)[0]
+                audio = audio_files.load_clip(path, options)
+            except audio_files.BadAudioError as err:
+                if not skip_bad:
+                    raise
+                skipped.append({"path": path, "error": err.reason})
+                continue
+            if rate != sample_rate:
+                resampled.append({"path": path, "sample_rate": rate})
+            kept[0] += 1
+            yield {"audio": audio, "label": np.int32(label)}
+
+    _start(out_dir)
+    plan = {}
+    for split, split_items in items.items():
+        kept = [0]
+        plan[split] = (examples(split_items, kept), len(split_items), lambda kept=kept: kept[0])
+    splits = _write_splits(out_dir, plan, num_shards)
+    if splits["train"]["num_examples"] == 0:
+        for split in splits:
+            records.remove_shards(out_dir, split)
+        raise ValueError(f"no usable training clips in {in_dir} ({len(skipped)} skipped)")
+    if resampled:
+        rates = sorted({r["sample_rate"] for r in resampled})
+        log.warning("resampled %d clip(s) from %s Hz to %d Hz (listed in metadata.json)", len(resampled), rates,
+                    sample_rate)
+    source = "audio_folder:" + os.path.abspath(in_dir)
+    return _finish_audio(out_dir, source, audio_files.audio_fields(options, len(class_names)), class_names, splits,
+                         skipped, {"resampled": resampled})

@@ -1,7 +1,9 @@
 """Example serialization and the on-disk ArrayRecord dataset layout (shards + metadata.json).
 
 A record is a msgpack map (no pickle): {"v": 1, "shape": [H, W, C], "dtype": "uint8",
-"image": raw bytes in C order, "label": int}. A prepared directory holds, per split,
+"image": raw bytes in C order, "label": int}; an audio record is {"v": 1, "kind": "audio",
+"shape": [T, C], "dtype": "int16", "audio": 16-bit PCM bytes (float x 32768, rounded and clipped),
+"label": int, and optional extra integer labels such as "voice"}. A prepared directory holds, per split,
 shards named f"{split}.array_record-{i:05d}-of-{n:05d}" (written with group_size:1,
 as grain's random access wants), and a metadata.json that is written last.
 """
@@ -22,8 +24,37 @@ RECORD_VERSION = 1
 WRITER_OPTIONS = "group_size:1"
 
 
+AUDIO_EXTRA_LABELS = ("voice",)  # integer fields an audio record may carry besides "label"
+
+
+def _encode_audio(example: dict) -> bytes:
+    audio = np.asarray(example["audio"])
+    if audio.ndim != 2 or not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"example audio must be float [T, C] in [-1, 1], got {audio.dtype} {list(audio.shape)}")
+    pcm = np.clip(np.rint(audio.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
+    payload = {"v": RECORD_VERSION, "kind": "audio", "shape": list(audio.shape), "dtype": "int16",
+               "audio": np.ascontiguousarray(pcm).tobytes(), "label": int(example["label"])}
+    payload.update({k: int(example[k]) for k in AUDIO_EXTRA_LABELS if k in example})
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def _decode_audio(payload: dict) -> dict:
+    if payload.get("dtype") != "int16":
+        raise ValueError(f"unsupported audio record dtype {payload.get('dtype')!r}")
+    pcm = np.frombuffer(payload["audio"], dtype="<i2")
+    if pcm.size != int(np.prod(payload["shape"])):
+        raise ValueError(f"record audio has {pcm.size} samples but shape {payload['shape']}")
+    out = {"audio": pcm.reshape(payload["shape"]).astype(np.float32) / np.float32(32768.0),
+           "label": np.int32(payload["label"])}
+    out.update({k: np.int32(payload[k]) for k in AUDIO_EXTRA_LABELS if k in payload})
+    return out
+
+
 def encode_example(example: dict) -> bytes:
-    """Serializes {"image": uint8 [H, W, C], "label": int} to bytes."""
+    """Serializes {"image": uint8 [H, W, C], "label": int} (or {"audio": float [T, C], "label": int,
+    optional "voice": int}, stored as 16-bit PCM) to bytes."""
+    if isinstance(example, dict) and "audio" in example and "label" in example:
+        return _encode_audio(example)
     if not isinstance(example, dict) or "image" not in example or "label" not in example:
         raise ValueError(f"an example must be a dict with 'image' and 'label', got {type(example).__name__}")
     image = np.asarray(example["image"])
@@ -43,12 +74,16 @@ def encode_example(example: dict) -> bytes:
 
 
 def decode_example(record: bytes) -> dict:
-    """Inverse of encode_example: returns {"image": uint8 [H, W, C] (writable), "label": np.int32}."""
+    """Inverse of encode_example: returns {"image": uint8 [H, W, C] (writable), "label": np.int32}, or
+    for audio records {"audio": float32 [T, C], "label": np.int32, ...}."""
     try:
         payload = msgpack.unpackb(record, raw=False)
-        version, shape, data, label = payload["v"], payload["shape"], payload["image"], payload["label"]
+        field = "audio" if payload.get("kind") == "audio" else "image"
+        version, shape, data, label = payload["v"], payload["shape"], payload[field], payload["label"]
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise ValueError(f"not a maskgen example record ({len(record)} bytes): {e}") from e
+    if field == "audio" and version == RECORD_VERSION:
+        return _decode_audio(payload)
     if version != RECORD_VERSION or payload.get("dtype") != "uint8":
         raise ValueError(f"unsupported record version {version!r} / dtype {payload.get('dtype')!r}")
     image = np.frombuffer(data, dtype=np.uint8)

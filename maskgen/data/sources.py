@@ -34,6 +34,10 @@ def _check_index(index, length: int) -> int:
 
 
 def _array_record_fields(metadata: dict) -> dict:
+    if "fields" in metadata:  # audio datasets record their field specs; image ones only image_shape
+        from maskgen.data.specs import fields_from_json
+
+        return fields_from_json(metadata["fields"])
     return {"image": ImageSpec(tuple(metadata["image_shape"])), "label": LabelSpec(metadata["num_classes"])}
 
 
@@ -101,7 +105,36 @@ def _import_tfds():
             "reading tfds:<name> datasets needs tensorflow-datasets: pip install maskgen[tfds] "
             f"(TensorFlow itself is not needed) [{e}]"
         ) from e
+    _audio_features_without_tensorflow()
     return tfds
+
+
+def _audio_features_without_tensorflow() -> None:
+    """Lets tfds make its `Audio` feature (speech_commands, ...) when TensorFlow is not installed.
+
+    tfds 4.9's audio decoder converts its numpy dtype to a TensorFlow one on construction, which
+    imports TensorFlow, although the eagerly decoded audio that datasets store (int16 samples,
+    `lazy_decode=False`) is read as plain numpy. Without TensorFlow that conversion is all that
+    fails, so it is skipped; with TensorFlow installed nothing changes.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        return
+    try:
+        from tensorflow_datasets.core.features import audio_feature
+    except ImportError:
+        return
+    decoder = getattr(audio_feature, "_AudioDecoder", None)
+    if decoder is None or getattr(decoder.__init__, "_maskgen_numpy_only", False):
+        return
+
+    def numpy_only_init(self, file_format, np_dtype, shape):
+        self._file_format, self._np_dtype, self._dtype, self._shape = file_format, np_dtype, np_dtype, shape
+        self._channels = shape[1] if len(shape) > 1 else 1
+
+    numpy_only_init._maskgen_numpy_only = True
+    decoder.__init__ = numpy_only_init
 
 
 _VERSION_RE = re.compile(r"\d+\.\d+\.\d+")
@@ -162,18 +195,22 @@ class TfdsSource:
 
     Image datasets (an "image" feature) yield {"image": uint8 [H, W, C]}; text datasets (a "text"
     feature, e.g. lm1b) yield {"tokens": int32 [seq_len]}: each example's UTF-8 bytes, then EOS,
-    cut or padded with EOS to seq_len (maskgen.data.text; MDLM's padded lm1b setting). A
-    ClassLabel "label" feature adds {"label": int32}.
+    cut or padded with EOS to seq_len (maskgen.data.text; MDLM's padded lm1b setting). Audio
+    datasets (an "audio" feature, e.g. speech_commands) yield {"audio": float32 [T, 1]}: each clip
+    made to fit `audio` (maskgen.data.audio_files.conform: resampled if needed and allowed, mono,
+    centred in clip_seconds). A ClassLabel "label" feature adds {"label": int32}.
     """
 
-    def __init__(self, ds_name: str, split: str, data_dir: str | None = None, seq_len: int = 128):
+    def __init__(self, ds_name: str, split: str, data_dir: str | None = None, seq_len: int = 128,
+                 audio: dict | None = None):
         tfds = _import_tfds()
         self.ds_name = ds_name
         self.split = split
         self.seq_len = seq_len
         self.builder_dir = resolve_tfds_dir(ds_name, data_dir)
         builder = tfds.builder_from_directory(self.builder_dir)
-        self.fields = _tfds_fields(builder, self.builder_dir, seq_len)
+        self.fields = _tfds_fields(builder, self.builder_dir, seq_len, audio)
+        self.audio_options, self.audio_rate = _tfds_audio_options(builder, self.builder_dir, audio)
         valid = sorted(builder.info.splits.keys())
         for part in split.split("+"):
             if part.split("[")[0].strip() not in valid:
@@ -194,7 +231,12 @@ class TfdsSource:
     def __getitem__(self, index) -> dict:
         item = self._source[_check_index(index, len(self))]
         out = {}
-        if "image" in self.fields:
+        if "audio" in self.fields:
+            from maskgen.data.audio_files import conform
+
+            out["audio"] = conform(np.asarray(item["audio"]), self.audio_rate, self.audio_options,
+                                   f"tfds:{self.ds_name} {self.split}[{index}] ({self.builder_dir})")
+        elif "image" in self.fields:
             image = np.asarray(item["image"])
             if image.ndim == 2:
                 image = image[..., None]
@@ -216,18 +258,41 @@ def _as_bytes(value) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def _tfds_fields(builder, builder_dir: str, seq_len: int) -> dict:
+def _tfds_audio_options(builder, builder_dir: str, audio: dict | None):
+    """(AudioOptions, the dataset's sample rate) for a dataset with an "audio" feature, else (None, None).
+    audio["sample_rate"] 0 means the dataset's own rate."""
+    features = builder.info.features
+    if "audio" not in (list(features.keys()) if hasattr(features, "keys") else []):
+        return None, None
+    from maskgen.data.audio_files import AudioOptions
+
+    audio = dict(audio or {})
+    native = getattr(features["audio"], "sample_rate", None)
+    if not native and not audio.get("sample_rate"):
+        raise ValueError(f"tfds dataset at {builder_dir}: its 'audio' feature records no sample rate; "
+                         "set the source option sample_rate to the rate its clips were recorded at")
+    native = int(native or audio["sample_rate"])
+    wanted = int(audio.pop("sample_rate", 0) or native)
+    # tfds clips vary in length (speech_commands: up to 1 s): they are padded, so no min_seconds.
+    return AudioOptions(sample_rate=wanted, min_seconds=0.0, **audio), native
+
+
+def _tfds_fields(builder, builder_dir: str, seq_len: int, audio: dict | None = None) -> dict:
     """The specs of what TfdsSource yields for this dataset."""
     features = builder.info.features
     names = list(features.keys()) if hasattr(features, "keys") else []
     fields: dict[str, Any] = {}
-    if "image" in names:
+    if "audio" in names:
+        from maskgen.data.audio_files import audio_fields
+
+        fields.update(audio_fields(_tfds_audio_options(builder, builder_dir, audio)[0], 0))
+    elif "image" in names:
         shape = tuple(features["image"].shape)
         fields["image"] = ImageSpec(shape + (1,) if len(shape) == 2 else shape)
     elif "text" in names:
         fields["tokens"] = text.text_spec(text.check_seq_len(seq_len))
     else:
-        raise ValueError(f"tfds dataset at {builder_dir} needs an 'image' or a 'text' feature, has {names}")
+        raise ValueError(f"tfds dataset at {builder_dir} needs an 'image', 'audio' or 'text' feature, has {names}")
     if "label" in names:
         num_classes = getattr(features["label"], "num_classes", None)
         if num_classes is None:
@@ -331,27 +396,43 @@ class _Digits(DataSource):
 class _ArrayRecord(DataSource):
     def info(self, data_dir, options):
         metadata = records.read_metadata(data_dir)
-        return legacy_info(_array_record_fields(metadata),
+        info = legacy_info(_array_record_fields(metadata),
                            {s: v["num_examples"] for s, v in metadata["splits"].items()})
+        for key in ("class_names", "sample_rate", "clip_seconds", "voice_names"):  # audio datasets
+            if key in metadata and "audio" in info["fields"]:
+                info[key] = metadata[key]
+        return info
 
     def open(self, split, data_dir, options):
         return ArrayRecordSource(data_dir, split)
 
 
+_TFDS_AUDIO_OPTIONS = ("sample_rate", "clip_seconds", "resample", "mix_to_mono")
+
+
 @register_source("tfds:")
 class _Tfds(DataSource):
     usage = "tfds:<dataset>[/<config>][:<version>]"
-    options = {"seq_len": 128}  # text datasets only
+    # seq_len: text datasets only; the others: audio datasets only (sample_rate 0: the dataset's own).
+    options = {"seq_len": 128, "sample_rate": 0, "clip_seconds": 1.0, "resample": True, "mix_to_mono": False}
 
     def info(self, data_dir, options):
         tfds = _import_tfds()
         builder_dir = resolve_tfds_dir(self.name[len("tfds:"):], data_dir)
         builder = tfds.builder_from_directory(builder_dir)
-        fields = _tfds_fields(builder, builder_dir, options["seq_len"])
-        return legacy_info(fields, {s: v.num_examples for s, v in builder.info.splits.items()})
+        audio = {k: options[k] for k in _TFDS_AUDIO_OPTIONS}
+        fields = _tfds_fields(builder, builder_dir, options["seq_len"], audio)
+        info = legacy_info(fields, {s: v.num_examples for s, v in builder.info.splits.items()})
+        if "audio" in fields:
+            info["sample_rate"] = fields["audio"].sample_rate
+            names = getattr(builder.info.features["label"], "names", None) if "label" in fields else None
+            if names:
+                info["class_names"] = list(names)
+        return info
 
     def open(self, split, data_dir, options):
-        return TfdsSource(self.name[len("tfds:"):], split, data_dir, seq_len=options["seq_len"])
+        return TfdsSource(self.name[len("tfds:"):], split, data_dir, seq_len=options["seq_len"],
+                          audio={k: options[k] for k in _TFDS_AUDIO_OPTIONS})
 
 
 def _tokens_dir(data_dir):
@@ -402,6 +483,51 @@ class _PydocText(_WindowedText):
 class _TextFiles(_WindowedText):
     def _open(self, split, data_dir, seq_len):
         return text.TextFilesSource(data_dir, split, seq_len)
+
+
+@register_source("speech")
+class _Speech(DataSource):
+    """Spoken words synthesised locally with eSpeak NG (maskgen.data.speech); data_dir, if set,
+    is the cache root instead of $MASKGEN_CACHE or ~/.cache/maskgen."""
+
+    options = {"words": "digits", "sample_rate": 16000, "clip_seconds": 1.0, "renditions": 8}
+
+    def info(self, data_dir, options):
+        from maskgen.data import speech
+
+        return speech.info(speech.SpeechOptions(**options))
+
+    def open(self, split, data_dir, options):
+        from maskgen.data import speech
+
+        return speech.SpeechSource(split, speech.SpeechOptions(**options), data_dir)
+
+
+@register_source("audio_folder")
+class _AudioFolder(DataSource):
+    """A folder of labelled WAV/FLAC clips, read directly (maskgen.data.audio_files); data_dir is the folder."""
+
+    options = {"sample_rate": 16000, "clip_seconds": 1.0, "resample": True, "mix_to_mono": False,
+               "min_seconds": 0.1, "test_fraction": 0.1}
+
+    @staticmethod
+    def _split(options):
+        from maskgen.data import audio_files
+
+        options = dict(options)
+        test_fraction = options.pop("test_fraction")
+        return audio_files.AudioOptions(**options), test_fraction
+
+    def info(self, data_dir, options):
+        from maskgen.data import audio_files
+
+        return audio_files.folder_info(data_dir, *self._split(options))
+
+    def open(self, split, data_dir, options):
+        from maskgen.data import audio_files
+
+        audio_options, test_fraction = self._split(options)
+        return audio_files.AudioFolderSource(data_dir, split, audio_options, test_fraction)
 
 
 VALID_NAMES = tuple(source_names())  # the built-in names; source_names() also lists later registrations

@@ -8,5 +8,7 @@ a few functions.
 from maskgen.evaluators.base import EvalContext, EvalResult, build_evaluator, evaluator_types
 from maskgen.evaluators import generation, image_grid, linear_probe, reconstruction  # noqa: F401  (registers the types)
 from maskgen.evaluators import text  # noqa: F401,E402
+from maskgen.evaluators import audio  # noqa: F401,E402
+from maskgen.evaluators import classification  # noqa: F401,E402
 
 __all__ = ["EvalContext", "EvalResult", "build_evaluator", "evaluator_types"]

@@ -1,7 +1,10 @@
 """Linear probe: accuracy of a softmax classifier trained on frozen features.
 
 A linear classifier is fitted on the train split's features and scored on the held-out split.
-Baselines in the same table: the same model at random initialisation, and raw pixels. Two protocols
+Baselines in the same table: the same model at random initialisation, and raw pixels (images) or
+the raw log-mel spectrogram (audio: "log_mel", the whole [frames, n_mels] grid flattened, and
+"log_mel_stats", each mel bin's mean and std over time), computed with the MelConfig the recipe
+publishes as `info["mel"]` (e.g. SSAST, arXiv 2110.09784). Two protocols
 (`protocol=`):
 
 - "quick" (the default): mean-pooled patch tokens, standardised with the train split's statistics,
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from maskgen.audio.features import MelConfig, log_mel
 from maskgen.config import integer, number, one_of, or_none
 from maskgen.evaluators.base import EvalContext, EvalResult, register
 
@@ -134,6 +138,35 @@ def paper_probe_accuracy(train_x, train_y, test_x, test_y, *, num_classes: int, 
 
 
 PROTOCOLS = ("quick", "paper")
+# Baselines that read the raw input instead of a model: name -> the input field they need.
+RAW_BASELINES = {"pixels": "image", "log_mel": "audio", "log_mel_stats": "audio"}
+BASELINES = ("random_init", *RAW_BASELINES)
+
+
+@functools.lru_cache(maxsize=8)
+def _log_mel_fn(mel: MelConfig):
+    return jax.jit(lambda audio: log_mel(audio[..., 0], mel))
+
+
+def raw_features(name: str, host: dict, info: dict) -> np.ndarray:
+    """A raw-input baseline's features [B, D] from a host batch: "pixels" (the image flattened),
+    "log_mel" (the natural-log mel spectrogram [frames, n_mels] flattened) or "log_mel_stats" (the
+    mean and std over frames of each mel bin: [2 n_mels], blind to word order in time)."""
+    field = RAW_BASELINES[name]
+    if field not in host:
+        raise ValueError(f"linear_probe: baseline {name!r} needs {field!r} data, but the batches hold "
+                         f"{sorted(host)}; valid baselines for this data: "
+                         f"{sorted(b for b, f in RAW_BASELINES.items() if f in host) + ['random_init']}")
+    values = np.asarray(host[field])
+    if name == "pixels":
+        return values.reshape(len(values), -1)
+    if "mel" not in info:
+        raise ValueError(f"linear_probe: baseline {name!r} needs the run's mel settings (recipe info 'mel'); "
+                         "this recipe publishes none")
+    lm = np.asarray(_log_mel_fn(MelConfig.from_dict(dict(info["mel"])))(values.astype(np.float32)))
+    if name == "log_mel":
+        return lm.reshape(len(lm), -1)
+    return np.concatenate([lm.mean(1), lm.std(1)], axis=1)
 
 
 @register("linear_probe")
@@ -150,9 +183,9 @@ class LinearProbe:
                  steps: int = 1000, learning_rate: float = 1e-2, weight_decay: float = 1e-4,
                  max_examples: int | None = None, random_init_seed: int = 12345, protocol: str = "quick",
                  epochs: int = 90, batch_size: int = 16384, base_learning_rate: float = 0.1, warmup_epochs: int = 10):
-        unknown = set(baselines) - {"random_init", "pixels"}
+        unknown = set(baselines) - set(BASELINES)
         if unknown:
-            raise ValueError(f"linear_probe: unknown baselines {sorted(unknown)}; valid: ['pixels', 'random_init']")
+            raise ValueError(f"linear_probe: unknown baselines {sorted(unknown)}; valid: {sorted(BASELINES)}")
         if protocol == "paper" and warmup_epochs >= epochs:
             raise ValueError(f"linear_probe: warmup_epochs={warmup_epochs} must be fewer than epochs={epochs}")
         self.train_split, self.test_split = train_split, test_split
@@ -166,8 +199,8 @@ class LinearProbe:
 
     def _collect(self, ctx: EvalContext, split: str, params_list: dict) -> tuple[dict, np.ndarray]:
         feats = {name: [] for name in params_list}
-        if "pixels" in self.baselines:
-            feats["pixels"] = []
+        raw = [name for name in self.baselines if name in RAW_BASELINES]
+        feats.update({name: [] for name in raw})
         labels = []
         # The paper's probe reads the class token; the quick one the recipe's default (mean of patch tokens).
         pooling = {"pool": "cls"} if self.protocol == "paper" else {}
@@ -176,8 +209,8 @@ class LinearProbe:
                 out = ctx.to_host(ctx.apply("features", params, batch, ctx.rng, **pooling))
                 feats[name].append(np.asarray(out)[valid])
             host = ctx.to_host(batch)
-            if "pixels" in feats:
-                feats["pixels"].append(np.asarray(host["image"]).reshape(len(valid), -1)[valid])
+            for name in raw:
+                feats[name].append(raw_features(name, host, ctx.info)[valid])
             labels.append(np.asarray(host["label"])[valid])
         return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
 

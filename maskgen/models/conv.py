@@ -6,6 +6,14 @@ multiplier after the first halves the resolution, so `len(channel_multipliers) -
 downsampling factor of 2**levels. `spatial_dims` picks 2-D (images, [B, H, W, C]) or 1-D (audio
 or spectrogram frames, [B, T, C]) convolutions with the same code.
 
+`strides` (Encoder and Decoder; default None: the 2x average pooling / nearest-neighbour upsampling
+above) replaces each level change by a learned strided convolution, as the SEANet encoder/decoder
+of SoundStream (arXiv 2107.03312) and EnCodec (Défossez et al., arXiv 2210.13438) do: after level i
+the encoder applies a conv of kernel 2 s_i and stride s_i, and the decoder mirrors it with a
+transposed conv of kernel 2 s_i and stride s_i (SAME padding), so the factor is prod(strides), e.g.
+(2, 4, 5, 8) -> 320 samples per frame (75 Hz at 24 kHz). Configs without `strides` build exactly the
+same parameters as before.
+
 `variant` ("maskgen" | "maskgit") of ResBlock, Encoder and Decoder: "maskgit" computes exactly the
 function of google-research/maskgit's maskgit/nets/vqgan_tokenizer.py (with its released config:
 GroupNorm, swish, average-pool downsampling), so its weights can be loaded
@@ -58,6 +66,44 @@ class Conv(nnx.Module):
             dimension_numbers=dims,
         )
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+class ConvTranspose(nnx.Module):
+    """N-D transposed convolution (learned upsampling by `stride`), channels last, SAME padding:
+    the output is `stride` times longer on each spatial axis."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int, spatial_dims: int, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        shape = (kernel,) * spatial_dims + (in_ch, out_ch)
+        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        self.kernel = logical_param(rngs, init, shape, (None,) * spatial_dims + ("conv_in", "conv_out"))
+        self.bias = logical_param(rngs, jax.nn.initializers.zeros, (out_ch,), ("conv_out",))
+        self.stride, self.spatial_dims, self.dtype = stride, spatial_dims, dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        spatial = "HW"[: self.spatial_dims] if self.spatial_dims <= 2 else "DHW"
+        y = jax.lax.conv_transpose(
+            x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride,) * self.spatial_dims, "SAME",
+            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+        )
+        return y + self.bias[...].astype(self.dtype)
+
+
+def check_strides(strides, channel_multipliers) -> tuple[int, ...] | None:
+    """None, or the strides as ints >= 1, one per level change (len(channel_multipliers) - 1)."""
+    if strides is None:
+        return None
+    strides = tuple(int(s) for s in strides)
+    if len(strides) != len(channel_multipliers) - 1 or min(strides, default=1) < 1:
+        raise ValueError(f"strides {strides} must be {len(channel_multipliers) - 1} integers >= 1, one per level "
+                         f"change of channel_multipliers {tuple(channel_multipliers)}")
+    return strides
+
+
+def downsampling_factor(channel_multipliers, strides=None) -> int:
+    """How many input positions make one latent position (per spatial axis)."""
+    strides = check_strides(strides, channel_multipliers)
+    return math.prod(strides) if strides is not None else 2 ** (len(channel_multipliers) - 1)
 
 
 def _check_variant(variant: str) -> None:
@@ -128,12 +174,14 @@ def _upsample(x: jax.Array, spatial_dims: int) -> jax.Array:
 
 
 class Encoder(nnx.Module):
-    """x [B, *spatial, C] -> latents [B, *spatial / 2**(levels), embed_dim]."""
+    """x [B, *spatial, C] -> latents [B, *spatial / factor, embed_dim], factor = 2**(levels) or
+    prod(strides) (`downsampling_factor`)."""
 
     def __init__(self, *, in_channels: int, base_channels: int, channel_multipliers: Sequence[int],
                  num_res_blocks: int, embed_dim: int, spatial_dims: int = 2, rngs: nnx.Rngs, dtype=jnp.float32,
-                 variant: str = "maskgen"):
+                 variant: str = "maskgen", strides: Sequence[int] | None = None):
         _check_variant(variant)
+        strides = check_strides(strides, channel_multipliers)
         kw = dict(spatial_dims=spatial_dims, rngs=rngs, dtype=dtype)
         self.spatial_dims = spatial_dims
         self.conv_in = Conv(in_channels, base_channels, 3, use_bias=variant == "maskgen", **kw)
@@ -145,6 +193,10 @@ class Encoder(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.blocks_per_level = num_res_blocks
         self.num_levels = len(channel_multipliers)
+        # Strided level changes: one conv per level change, at the width of the level it leaves.
+        self.down_convs = None if strides is None else nnx.List([
+            Conv(base_channels * channel_multipliers[i], base_channels * channel_multipliers[i], 2 * s, stride=s, **kw)
+            for i, s in enumerate(strides)])
         self.mid = nnx.List([ResBlock(ch, ch, variant=variant, **kw) for _ in range(num_res_blocks)])
         self.norm_out = GroupNorm(ch, rngs=rngs, dtype=dtype)
         self.conv_out = Conv(ch, embed_dim, 1, **kw)
@@ -154,20 +206,24 @@ class Encoder(nnx.Module):
         for i, block in enumerate(self.blocks):
             h = block(h)
             level_done = (i + 1) % self.blocks_per_level == 0
-            if level_done and (i + 1) // self.blocks_per_level < self.num_levels:
-                h = _downsample(h, self.spatial_dims)
+            level = (i + 1) // self.blocks_per_level
+            if level_done and level < self.num_levels:
+                h = (_downsample(h, self.spatial_dims) if self.down_convs is None
+                     else self.down_convs[level - 1](h))
         for block in self.mid:
             h = block(h)
         return self.conv_out(jax.nn.swish(self.norm_out(h)))
 
 
 class Decoder(nnx.Module):
-    """latents [B, *spatial, embed_dim] -> x [B, *spatial * 2**(levels), out_channels]."""
+    """latents [B, *spatial, embed_dim] -> x [B, *spatial * factor, out_channels], factor = 2**(levels)
+    or prod(strides) (the encoder's, mirrored: transposed convs instead of repeat + conv3)."""
 
     def __init__(self, *, out_channels: int, base_channels: int, channel_multipliers: Sequence[int],
                  num_res_blocks: int, embed_dim: int, spatial_dims: int = 2, rngs: nnx.Rngs, dtype=jnp.float32,
-                 variant: str = "maskgen"):
+                 variant: str = "maskgen", strides: Sequence[int] | None = None):
         _check_variant(variant)
+        strides = check_strides(strides, channel_multipliers)
         kw = dict(spatial_dims=spatial_dims, rngs=rngs, dtype=dtype)
         self.spatial_dims = spatial_dims
         ch = base_channels * channel_multipliers[-1]
@@ -179,11 +235,15 @@ class Decoder(nnx.Module):
                 blocks.append(ResBlock(ch, base_channels * mult, variant=variant, **kw))
                 ch = base_channels * mult
                 upsample_after.append(r == num_res_blocks - 1 and level > 0)
-                if upsample_after[-1]:
+                if upsample_after[-1] and strides is None:
                     upsample_convs.append(Conv(ch, ch, 3, **kw))
+                elif upsample_after[-1]:  # back to level - 1's resolution: its encoder stride, mirrored
+                    s = strides[level - 1]
+                    upsample_convs.append(ConvTranspose(ch, ch, 2 * s, stride=s, **kw))
         self.blocks = nnx.List(blocks)
         self.upsample_after = tuple(upsample_after)
         self.upsample_convs = nnx.List(upsample_convs)
+        self.learned_upsampling = strides is not None
         self.norm_out = GroupNorm(ch, rngs=rngs, dtype=dtype)
         self.conv_out = Conv(ch, out_channels, 3, **kw)
 
@@ -197,7 +257,7 @@ class Decoder(nnx.Module):
         for block, up in zip(self.blocks, self.upsample_after):
             h = block(h)
             if up:
-                h = next(ups)(_upsample(h, self.spatial_dims))
+                h = next(ups)(h if self.learned_upsampling else _upsample(h, self.spatial_dims))
         return jax.nn.swish(self.norm_out(h))
 
     def __call__(self, z: jax.Array) -> jax.Array:

@@ -221,17 +221,16 @@ def _atomic_write(path: str, data: bytes) -> None:
         raise
 
 
-def save_digit_classifier(classifier: DigitClassifier, cache_dir: str) -> str:
-    """Writes the JSON, then the msgpack params (each atomically); returns the msgpack path."""
-    stem = os.path.join(cache_dir, FILE_STEM)
-    _atomic_write(stem + ".json", json.dumps(classifier.info, indent=2, sort_keys=True).encode())
-    _atomic_write(stem + ".msgpack", serialization.msgpack_serialize(classifier.params))
+def save_cached_params(stem: str, info: dict, params) -> str:
+    """Writes `stem.json` (info), then `stem.msgpack` (params), each atomically; returns the msgpack path.
+    Shared by the feature networks trained in maskgen (digit and spoken-word classifiers)."""
+    _atomic_write(stem + ".json", json.dumps(info, indent=2, sort_keys=True).encode())
+    _atomic_write(stem + ".msgpack", serialization.msgpack_serialize(params))
     return stem + ".msgpack"
 
 
-def load_digit_classifier(cache_dir: str) -> DigitClassifier | None:
-    """The cached classifier, or None if absent, unreadable or trained with other settings than the defaults."""
-    stem = os.path.join(cache_dir, FILE_STEM)
+def read_cached_params(stem: str) -> tuple[dict, dict] | None:
+    """(info, raw params) written by `save_cached_params`, or None if absent or unreadable."""
     try:
         with open(stem + ".json") as f:
             info = json.load(f)
@@ -239,16 +238,37 @@ def load_digit_classifier(cache_dir: str) -> DigitClassifier | None:
             restored = serialization.msgpack_restore(f.read())
     except (OSError, ValueError):  # Absent, or not JSON / msgpack (msgpack errors are ValueErrors).
         return None
-    if {k: info.get(k) for k in training_settings()} != training_settings():
-        return None
-    graphdef, fresh = _graphdef_and_params(0, info["image_size"])
+    return info, restored
+
+
+def restore_params_like(fresh, restored):
+    """`restored` as the tree of `fresh` (numpy leaves), or None if it is another tree or other shapes."""
     try:
         params = serialization.from_state_dict(fresh, restored)
     except (AttributeError, KeyError, TypeError, ValueError):  # Not the expected tree.
         return None
     if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, fresh):
         return None
-    params = jax.tree.map(np.asarray, params)
+    return jax.tree.map(np.asarray, params)
+
+
+def save_digit_classifier(classifier: DigitClassifier, cache_dir: str) -> str:
+    """Writes the JSON, then the msgpack params (each atomically); returns the msgpack path."""
+    return save_cached_params(os.path.join(cache_dir, FILE_STEM), classifier.info, classifier.params)
+
+
+def load_digit_classifier(cache_dir: str) -> DigitClassifier | None:
+    """The cached classifier, or None if absent, unreadable or trained with other settings than the defaults."""
+    cached = read_cached_params(os.path.join(cache_dir, FILE_STEM))
+    if cached is None:
+        return None
+    info, restored = cached
+    if {k: info.get(k) for k in training_settings()} != training_settings():
+        return None
+    graphdef, fresh = _graphdef_and_params(0, info["image_size"])
+    params = restore_params_like(fresh, restored)
+    if params is None:
+        return None
     return DigitClassifier(graphdef, params, test_accuracy=info.get("test_accuracy"), info=info)
 
 

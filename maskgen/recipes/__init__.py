@@ -10,5 +10,7 @@ from maskgen.recipes.base import Recipe, get_recipe, recipe_names, recipes_with,
 from maskgen.recipes import mae, maskgit, tokenizer  # noqa: F401,E402
 from maskgen.recipes import masked_diffusion  # noqa: F401,E402
 from maskgen.recipes import dit, mar  # noqa: F401,E402
+from maskgen.recipes import codec  # noqa: F401,E402
+from maskgen.recipes import ssast  # noqa: F401,E402
 
 __all__ = ["Recipe", "get_recipe", "recipe_names", "recipes_with", "register"]

@@ -28,6 +28,18 @@ The GAN runs inside the one loop with one loss: the generator's adversarial term
 discriminator through `stop_gradient`, and the discriminator's term sees reconstructions through
 `stop_gradient`, so one gradient of the sum updates each network with its own objective; the
 discriminator is its own optimizer group (`optimizer_groups`).
+
+Log-mel input (`model.input="log_mel"`, issue 17): the tokenizer of SpecMaskGIT (Comunità et al.,
+arXiv 2406.17672), itself the SpecVQGAN idea (Iashin & Rahtu, arXiv 2110.08791): the same 2-D conv
+VQ tokenizer on a mel spectrogram seen as a one-channel image. The recipe reads audio batches
+(`batch["audio"]` float32 [B, T, 1]) and computes, inside its jitted loss/encode, the log-mel of
+`config.mel` (maskgen.audio.features.MelConfig; the sample rate is the data's), keeps its first
+`model.mel_frames` frames (0: all, T // hop), scales it to about [-1, 1]
+(`features.scale_log_mel`) and lays it out as [B, n_mels, frames, 1] (rows = mel bins from low to
+high, columns = frames). Tokens are then an (n_mels / f) x (frames / f) grid for a downsampling
+factor f = 2 ** (len(channel_multipliers) - 1); `decode` returns the scaled log-mel grid, and
+`info()["decodes_to"] = "log_mel"` tells `maskgen.runs.AudioDecoder` to unscale it and invert it
+with Griffin-Lim (`model.griffin_lim_iters`) for listening.
 """
 
 from __future__ import annotations
@@ -40,7 +52,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from maskgen.config import boolean, int_tuple, integer, number, one_of, recipe_problems, string
+from maskgen.audio import features as audio_features
+from maskgen.config import Rule, boolean, int_tuple, integer, number, one_of, or_none, recipe_problems, string
 from maskgen.models.conv import VARIANTS, Decoder, Discriminator, Encoder, GroupNorm, StyleGANDiscriminator
 from maskgen.recipes.base import Recipe, register
 from maskgen.tokenizers import make_quantizer
@@ -51,6 +64,7 @@ QUANTIZERS = ("vq", "fsq", "lfq", "rvq", "kl")
 CONTINUOUS = ("kl",)  # bottlenecks whose codes are float latents, not ids
 DISCRIMINATORS = ("patch", "stylegan")
 PIXEL_RANGES = ("minus_one_to_one", "zero_to_one")
+INPUTS = ("image", "log_mel")  # what the conv autoencoder sees: images, or a log-mel spectrogram of audio
 # Eq. 7 of VQGAN (arXiv 2012.09841, taming-transformers): lambda = ||g_rec|| / (||g_gan|| + 1e-4), clipped.
 _ADAPTIVE_EPS, _ADAPTIVE_MAX = 1e-4, 1e4
 
@@ -70,6 +84,12 @@ CONFIG_SPEC = {
     "model.stylegan_blur_resample": boolean(optional=True),
     "model.conv_variant": one_of(*VARIANTS, optional=True),
     "model.pixel_range": one_of(*PIXEL_RANGES, optional=True),
+    # Optional keys of issue 17 (audio): absent from image configs, whose defaults are "image".
+    "model.input": one_of(*INPUTS, optional=True),
+    "model.mel_frames": integer(min=0, why="log-mel frames kept from the clip's start; 0: all (T // hop)",
+                                optional=True),
+    "model.griffin_lim_iters": integer(min=1, why="Griffin-Lim iterations when decoded mels are turned into audio",
+                                       optional=True),
     "loss.adaptive_gan_weight": boolean(optional=True),
     "loss.entropy_anneal_factor": number(0, why="extra multiple of the entropy loss at step 0", optional=True),
     "loss.entropy_anneal_steps": integer(min=0, optional=True),
@@ -100,6 +120,20 @@ _VQ_SPEC = {
     "model.vq.dead_code_threshold": number(0),
     "model.vq.entropy_weight": number(0, optional=True),
     "model.vq.entropy_temperature": number(0, min_open=True, optional=True),
+}
+# config.mel: the log-mel front end of `model.input="log_mel"` (maskgen.audio.features.MelConfig fields).
+MEL_SPEC = {
+    "mel.n_fft": integer(min=2),
+    "mel.hop": integer(min=1),
+    "mel.n_mels": integer(min=1),
+    "mel.sample_rate": integer(min=1, why="must equal the data's sample rate", optional=True),
+    "mel.win_length": or_none(integer(min=1, optional=True)),
+    "mel.f_min": number(0, optional=True),
+    "mel.f_max": or_none(number(0, min_open=True, optional=True)),
+    "mel.mel_scale": one_of("slaney", "htk", optional=True),
+    "mel.norm": Rule("'slaney' or None", lambda v: v in ("slaney", None), optional=True),
+    "mel.power": number(0, min_open=True, why="1: magnitude, 2: power", optional=True),
+    "mel.log_floor": number(0, min_open=True, optional=True),
 }
 QUANTIZER_SPECS = {
     "vq": _VQ_SPEC,
@@ -184,8 +218,14 @@ class TokenizerRecipe(Recipe):
                  adversarial_weight: float, gan_loss: str, gan_start_step: int, lecam_weight: float,
                  lecam_decay: float, r1_weight: float, discriminator_overrides: dict,
                  perceptual_fn: Callable[[jax.Array], jax.Array] | None = None, adaptive_gan_weight: bool = False,
-                 entropy_anneal_factor: float = 0.0, entropy_anneal_steps: int = 0):
+                 entropy_anneal_factor: float = 0.0, entropy_anneal_steps: int = 0, mel: dict | None = None,
+                 mel_frames: int = 0, num_samples: int = 0, griffin_lim_iters: int = 32):
+        """mel: None for image input; for log-mel input the MelConfig fields (with the data's
+        sample_rate), `mel_frames` the frames kept (> 0), `num_samples` the clip length T in samples."""
         self.image_size, self.channels = image_size, channels
+        self.input = "image" if mel is None else "log_mel"
+        self.mel = None if mel is None else _mel_config(mel)
+        self.mel_frames, self.num_samples, self.griffin_lim_iters = int(mel_frames), int(num_samples), griffin_lim_iters
         self.model_kwargs = model_kwargs
         self.reconstruction, self.reconstruction_weight = reconstruction, reconstruction_weight
         self.perceptual_weight, self.perceptual_network = perceptual_weight, perceptual_network
@@ -195,8 +235,10 @@ class TokenizerRecipe(Recipe):
         self.discriminator_overrides = discriminator_overrides
         self.adaptive_gan_weight = adaptive_gan_weight
         self.entropy_anneal_factor, self.entropy_anneal_steps = entropy_anneal_factor, entropy_anneal_steps
-        levels = len(model_kwargs["channel_multipliers"]) - 1
-        self.token_grid = (image_size // 2 ** levels, image_size // 2 ** levels)
+        factor = 2 ** (len(model_kwargs["channel_multipliers"]) - 1)
+        # Log-mel grids are [n_mels, frames]: rarely square (SpecMaskGIT's 80 x 848 gives 5 x 53 tokens).
+        self.input_grid = (image_size, image_size) if mel is None else (self.mel.n_mels, self.mel_frames)
+        self.token_grid = (self.input_grid[0] // factor, self.input_grid[1] // factor)
         q = model_kwargs["quantizer_kwargs"]
         kind = model_kwargs["quantizer"]
         self.continuous = kind in CONTINUOUS
@@ -246,8 +288,15 @@ class TokenizerRecipe(Recipe):
         perceptual_fn = None
         if loss.perceptual_weight > 0:
             perceptual_fn = perceptual_network(loss.perceptual_network)
+        audio = {}
+        if m.get("input", "image") == "log_mel":
+            num_samples, sample_rate = audio_shape(data_info)
+            mel = mel_settings(config.mel.to_dict(), sample_rate)
+            audio = dict(mel=mel, num_samples=num_samples, griffin_lim_iters=m.get("griffin_lim_iters", 32),
+                         mel_frames=m.get("mel_frames", 0) or _num_frames(num_samples, mel["hop"]))
         return cls(
-            image_size=config.data.image_size, channels=int(data_info["image_shape"][-1]), model_kwargs=model_kwargs,
+            image_size=config.data.image_size, model_kwargs=model_kwargs, **audio,
+            channels=1 if audio else int(data_info["image_shape"][-1]),
             reconstruction=loss.reconstruction, reconstruction_weight=loss.reconstruction_weight,
             perceptual_weight=loss.perceptual_weight, perceptual_network=loss.perceptual_network,
             adversarial_weight=loss.adversarial_weight, gan_loss=loss.gan_loss, gan_start_step=loss.gan_start_step,
@@ -262,8 +311,13 @@ class TokenizerRecipe(Recipe):
     def validate(config: ml_collections.ConfigDict, data_info: dict[str, Any]) -> list[str]:
         m, loss = config.model, config.loss
         spec = {**CONFIG_SPEC, **QUANTIZER_SPECS.get(m.quantizer, {})}
-        problems = recipe_problems(config, data_info, spec, needs="images")
-        if problems.ok("model.channel_multipliers", "data.image_size"):
+        log_mel = m.get("input", "image") == "log_mel"
+        if log_mel:
+            spec.update(MEL_SPEC)
+        problems = recipe_problems(config, data_info, spec, needs="audio" if log_mel else "images")
+        if log_mel:
+            problems.extend(_log_mel_problems(config, data_info, problems))
+        elif problems.ok("model.channel_multipliers", "data.image_size"):
             factor = 2 ** (len(m.channel_multipliers) - 1)
             if config.data.image_size % factor:
                 problems.append(f"config.data.image_size={config.data.image_size} is not divisible by the "
@@ -272,7 +326,8 @@ class TokenizerRecipe(Recipe):
                 and not (loss.perceptual_network == "digit_classifier" or loss.perceptual_network.startswith("mae:"))):
             problems.append(f"config.loss.perceptual_network must be one of {PERCEPTUAL_NETWORKS}, got "
                             f"{loss.perceptual_network!r}")
-        if (m.get("discriminator", "patch") == "stylegan" and problems.ok("data.image_size", "model.discriminator")
+        if (m.get("discriminator", "patch") == "stylegan" and not log_mel
+                and problems.ok("data.image_size", "model.discriminator")
                 and (config.data.image_size < 4 or config.data.image_size & (config.data.image_size - 1))):
             problems.append(f"config.model.discriminator='stylegan' needs a power-of-two config.data.image_size "
                             f">= 4 (it halves the images down to 4x4), got {config.data.image_size}")
@@ -283,23 +338,23 @@ class TokenizerRecipe(Recipe):
 
     def info(self) -> dict[str, Any]:
         """token_shape is the grid of positions; a continuous (kl) run also gives "latent_channels" D
-        (its codes are float32 [h, w, D]) and "continuous": True, with codebook_size 0."""
+        (its codes are float32 [h, w, D]) and "continuous": True, with codebook_size 0. A log-mel run
+        adds "decodes_to": "log_mel" (decode returns the scaled log-mel [B, n_mels, frames, 1]),
+        "sample_rate", "mel" (MelConfig.to_dict()), "mel_frames", "num_samples" (the clip length T)
+        and "griffin_lim_iters" (maskgen.runs.AudioDecoder reads them)."""
         shape = self.token_grid + ((self.num_levels,) if self.model_kwargs["quantizer"] == "rvq" else ())
         info = {"codebook_size": self.codebook_size, "token_shape": shape, "num_levels": self.num_levels,
                 "quantizer": self.model_kwargs["quantizer"], "continuous": self.continuous}
         if self.continuous:
             info["latent_channels"] = self.model_kwargs["embed_dim"]
+        if self.mel is not None:
+            info.update(decodes_to="log_mel", sample_rate=self.mel.sample_rate, mel=self.mel.to_dict(),
+                        mel_frames=self.mel_frames, num_samples=self.num_samples,
+                        griffin_lim_iters=self.griffin_lim_iters)
         return info
 
     def optimizer_groups(self):
-        if self.model_kwargs["discriminator"] is None:
-            return None, {}
-
-        def labels(params):
-            return {k: jax.tree.map(lambda _: "discriminator" if k == "discriminator" else "default", v)
-                    for k, v in params.items()}
-
-        return labels, {"discriminator": self.discriminator_overrides}
+        return discriminator_groups(self.model_kwargs["discriminator"] is not None, self.discriminator_overrides)
 
     def make_model(self, rngs: nnx.Rngs) -> Tokenizer:
         return Tokenizer(channels=self.channels, rngs=rngs, **self.model_kwargs)
@@ -309,8 +364,17 @@ class TokenizerRecipe(Recipe):
         diff = x_rec - x
         return jnp.abs(diff).mean() if self.reconstruction == "l1" else jnp.square(diff).mean()
 
+    def inputs(self, batch) -> jax.Array:
+        """What the autoencoder reconstructs: batch["image"] [B, H, W, C] in [-1, 1], or for log-mel
+        input the scaled log-mel of batch["audio"] [B, T, 1] as [B, n_mels, mel_frames, 1]."""
+        if self.mel is None:
+            return batch["image"]
+        if "audio" not in batch:
+            raise ValueError(f"a log-mel tokenizer reads batch['audio'] [B, T, 1]; the batch has {sorted(batch)}")
+        return scaled_log_mel(batch["audio"], self.mel, self.mel_frames)
+
     def loss(self, model: Tokenizer, batch, rng, step):
-        x = batch["image"]
+        x = self.inputs(batch)
         quant_rng, _ = jax.random.split(rng)
         z_q, codes, qaux = model.encode(x, train=True, rng=quant_rng)
         features = model.decoder.features(z_q)
@@ -397,23 +461,134 @@ class TokenizerRecipe(Recipe):
 
     # ---------------------------------------------------------------- inference
     def reconstruct(self, model: Tokenizer, batch, rng):
-        _, codes, _ = model.encode(batch["image"], train=False)
-        return {"reconstruction": model.decode_codes(codes), "codes": codes}
+        """A log-mel run also returns "log_mel": its input, the scaled log-mel [B, n_mels, frames, 1]
+        ("reconstruction" is the decoded one, on the same scale)."""
+        x = self.inputs(batch)
+        _, codes, _ = model.encode(x, train=False)
+        out = {"reconstruction": model.decode_codes(codes), "codes": codes}
+        if self.mel is not None:
+            out["log_mel"] = x
+        return out
 
     def sample(self, model: Tokenizer, batch, rng):
         out = self.reconstruct(model, batch, rng)
-        return {"original": batch["image"], "reconstruction": out["reconstruction"]}
+        rows = {"original": self.inputs(batch), "reconstruction": out["reconstruction"]}
+        if self.mel is not None:  # spectrograms are drawn with low frequencies at the bottom
+            rows = {k: jnp.clip(v[:, ::-1], -1.0, 1.0) for k, v in rows.items()}
+        return rows
 
     def encode(self, model: Tokenizer, batch, rng):
-        """int codes [B, h, w(, K)], or for a kl run the latent means, float32 [B, h, w, D]."""
-        return model.encode(batch["image"], train=False)[1]
+        """int codes [B, h, w(, K)], or for a kl run the latent means, float32 [B, h, w, D]. A log-mel
+        run reads batch["audio"] [B, T, 1] (its h, w = n_mels / f, mel_frames / f)."""
+        return model.encode(self.inputs(batch), train=False)[1]
 
     def decode(self, model: Tokenizer, batch, rng):
         """batch["codes"]: what `encode` returns (ids, or float latents for a kl run) -> images."""
         return model.decode_codes(batch["codes"])
 
 
+# -------------------------------------------------------------------- log-mel input
+def _mel_config(mel: dict) -> audio_features.MelConfig:
+    return audio_features.MelConfig.from_dict(mel)
+
+
+def _num_frames(num_samples: int, hop: int) -> int:
+    return audio_features.num_frames(num_samples, hop)
+
+
+def audio_shape(data_info: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(clip length T in samples, sample rate) of the data's audio field (None where unknown)."""
+    for spec in (data_info.get("fields") or {}).values():
+        if getattr(spec, "kind", None) == "audio":
+            return spec.shape[0], int(spec.sample_rate)
+    return None, data_info.get("sample_rate")
+
+
+def mel_settings(mel: dict, sample_rate: int) -> dict:
+    """config.mel with the data's sample rate, as MelConfig fields."""
+    return {**{k: v for k, v in mel.items()}, "sample_rate": int(sample_rate)}
+
+
+def scaled_log_mel(audio: jax.Array, mel, frames: int) -> jax.Array:
+    """audio [B, T, 1] -> scale_log_mel(log_mel) of its first `frames` frames, [B, n_mels, frames, 1]."""
+    features = audio_features
+    if audio.ndim != 3 or audio.shape[-1] != 1:
+        raise ValueError(f"audio must be mono [B, T, 1], got shape {tuple(audio.shape)}")
+    lm = features.log_mel(audio[..., 0].astype(jnp.float32), mel)
+    if lm.shape[1] < frames:
+        raise ValueError(f"{audio.shape[1]} samples give {lm.shape[1]} mel frames at hop {mel.hop}; the tokenizer "
+                         f"needs {frames}")
+    return jnp.transpose(features.scale_log_mel(lm[:, :frames]), (0, 2, 1))[..., None]
+
+
+def _log_mel_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any], problems) -> list[str]:
+    """The checks that combine the log-mel settings with the data and the downsampling factor."""
+    m, mel, loss, out = config.model, config.mel, config.loss, []
+    if not problems.ok("data.name"):
+        return out
+    num_samples, sample_rate = audio_shape(data_info)
+    mel_keys = [f"mel.{k}" for k in ("n_fft", "hop", "n_mels", "sample_rate", "win_length", "f_max")]
+    if not problems.ok(*mel_keys):
+        return out
+    if mel.get("sample_rate") is not None and sample_rate is not None and mel.sample_rate != sample_rate:
+        out.append(f"config.mel.sample_rate={mel.sample_rate}: the {config.data.name!r} audio is at {sample_rate} Hz; "
+                   f"set config.mel.sample_rate={sample_rate} (or remove it: the data's rate is used)")
+    if mel.get("win_length") is not None and mel.win_length > mel.n_fft:
+        out.append(f"config.mel.win_length={mel.win_length} is longer than config.mel.n_fft={mel.n_fft}")
+    if mel.get("f_max") is not None and sample_rate is not None and mel.f_max > sample_rate / 2:
+        out.append(f"config.mel.f_max={mel.f_max} is above the Nyquist frequency {sample_rate / 2:g} Hz of the "
+                   f"{sample_rate} Hz data")
+    if out:
+        return out
+    try:  # MelConfig's own checks (f_min < f_max <= Nyquist, power 1 or 2, ...)
+        _mel_config(mel_settings(mel.to_dict(), sample_rate or mel.get("sample_rate", 16000)))
+    except (TypeError, ValueError) as err:
+        return [f"config.mel: {err}"]
+    if num_samples is not None and mel.n_fft // 2 >= num_samples:
+        out.append(f"config.mel.n_fft={mel.n_fft} is too long for {num_samples}-sample clips (the centred STFT "
+                   f"reflects n_fft // 2 samples at each end)")
+    if problems.ok("model.channel_multipliers", "model.mel_frames"):
+        factor = 2 ** (len(m.channel_multipliers) - 1)
+        available = None if num_samples is None else num_samples // mel.hop
+        frames = m.get("mel_frames", 0) or available
+        if frames is None:
+            out.append(f"the {config.data.name!r} clips vary in length: set config.model.mel_frames (a multiple of "
+                       f"{factor})")
+        if available is not None and frames > available:
+            out.append(f"config.model.mel_frames={frames}: {num_samples}-sample clips give only {available} frames "
+                       f"at config.mel.hop={mel.hop}")
+        if mel.n_mels % factor:
+            out.append(f"config.mel.n_mels={mel.n_mels} is not divisible by the downsampling factor {factor} "
+                       "(from model.channel_multipliers)")
+        if frames is not None and frames % factor:
+            what = ("config.model.mel_frames" if m.get("mel_frames", 0)
+                    else f"the clip's frame count (T // hop = {num_samples} // {mel.hop})")
+            out.append(f"{what}={frames} is not divisible by the downsampling factor {factor} (from "
+                       "model.channel_multipliers); set config.model.mel_frames to a multiple of it, or change "
+                       "config.mel.hop")
+    if m.get("discriminator", "patch") == "stylegan" and loss.adversarial_weight > 0:
+        out.append("config.model.discriminator='stylegan' needs square power-of-two images; a log-mel tokenizer "
+                   "takes the 'patch' discriminator")
+    if loss.perceptual_weight > 0:
+        out.append(f"config.loss.perceptual_weight={loss.perceptual_weight}: the perceptual networks "
+                   f"{PERCEPTUAL_NETWORKS} read images, not spectrograms; set it to 0 for model.input='log_mel'")
+    return out
+
+
 # -------------------------------------------------------------------- regularisers
+
+
+def discriminator_groups(has_discriminator: bool, overrides: dict):
+    """`optimizer_groups` of a model whose `discriminator` submodule trains with its own optimizer
+    settings (`overrides`, e.g. lr and b1), every other parameter with the config's."""
+    if not has_discriminator:
+        return None, {}
+
+    def labels(params):
+        return {k: jax.tree.map(lambda _: "discriminator" if k == "discriminator" else "default", v)
+                for k, v in params.items()}
+
+    return labels, {"discriminator": overrides}
 
 
 def r1_penalty(disc: nnx.Module, x: jax.Array) -> jax.Array:

@@ -9,7 +9,8 @@ a straight-through gradient from `z_q` to `z`, integer codes, and a dict of floa
                    ViT-VQGAN (Yu et al., arXiv 2110.04627); k-means init and dead-code restarts as in
                    SoundStream (Zeghidour et al., arXiv 2107.03312) and EnCodec (arXiv 2210.13438).
   ResidualVQ       SoundStream / EnCodec / DAC (Kumar et al., arXiv 2306.06546): each level quantises
-                   the residual of the previous one; quantizer dropout for a scalable bitrate.
+                   the residual of the previous one; quantizer dropout for a scalable bitrate;
+                   optionally DAC's factorised codes (a low-dim lookup space, `codebook_dim`).
   FSQ              Finite Scalar Quantization (Mentzer et al., arXiv 2309.15505): no codebook, no loss.
   LFQ              Lookup-Free Quantization (MAGVIT-v2, Yu et al., arXiv 2310.05737): signs of the
                    latent dims, with an entropy loss over the 2**dim implicit codes.
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskgen.models.layers import logical_param
+from maskgen.models.layers import Dense, logical_param
 
 _LAPLACE_EPS = 1e-5      # Laplace smoothing of EMA cluster sizes (VQ-VAE appendix A.1)
 _NORM_EPS = 1e-12        # floor of vector norms in l2 normalisation
@@ -200,13 +201,20 @@ class VectorQuantizer(Quantizer):
         the second entropy with the reference's log(p + 1e-5). It sharpens each assignment and spreads
         the batch over the codebook; its gradient reaches z and the codebook. Added to `loss` as
         entropy_weight * entropy (aux `entropy` unweighted, `entropy_loss` weighted).
+      codebook_dim: factorised codes (DAC, arXiv 2306.06546, section 3.2; 8 there): a linear map
+        `in_proj` (dim -> codebook_dim) projects z to a low-dimensional space where the lookup, the
+        losses, k-means, EMA and restarts all happen (with `l2_normalize`, on the unit sphere of that
+        space: DAC's l2-normalised codes), and `out_proj` (codebook_dim -> dim) maps the chosen code
+        back. z_q = out_proj(straight-through code), so both projections train; `decode_codes` is
+        out_proj(code). None (default): no projections, the lookup is in z's own space.
       restart_dead_codes: `usage` is an EMA (decay `ema_decay`) of each code's share of the batch's
         vectors in units of the uniform share, `usage_k <- d usage_k + (1-d) K n_k / N` (1.0 = used
         by 1/K of the vectors; it starts at 1.0). In train mode every code whose usage falls below
         `dead_code_threshold` is replaced by a random vector of the current batch plus tiny noise,
         and its usage (and EMA statistics) are reset to the uniform share.
 
-    Variables: `codebook` (Param [K, D], axes ("codebook", None)); CodebookState `usage` [K],
+    Variables: `codebook` (Param [K, D], axes ("codebook", None); D = codebook_dim when factorised,
+    with the `in_proj` / `out_proj` Dense params); CodebookState `usage` [K],
     `initialized` (int32 scalar, 1 once k-means has run or when `kmeans_init=False`), and with
     `use_ema` also `cluster_size` [K] and `embed_sum` [K, D].
     """
@@ -228,6 +236,7 @@ class VectorQuantizer(Quantizer):
         restart_dead_codes: bool = True,
         entropy_weight: float = 0.0,
         entropy_temperature: float = 0.01,
+        codebook_dim: int | None = None,
     ):
         if dim < 1 or codebook_size < 2:
             raise ValueError(f"VectorQuantizer needs dim >= 1 and codebook_size >= 2, got {dim}, {codebook_size}")
@@ -236,9 +245,13 @@ class VectorQuantizer(Quantizer):
         if entropy_weight < 0 or entropy_temperature <= 0:
             raise ValueError(f"VectorQuantizer needs entropy_weight >= 0 and entropy_temperature > 0, got "
                              f"{entropy_weight}, {entropy_temperature}")
+        if codebook_dim is not None and codebook_dim < 1:
+            raise ValueError(f"VectorQuantizer codebook_dim must be None or >= 1, got {codebook_dim}")
         self.dim = dim
         self.codebook_size = codebook_size
         self.num_levels = 1
+        self.factorised = codebook_dim is not None
+        self.code_dim = codebook_dim if self.factorised else dim  # where codes live
         self.l2_normalize = l2_normalize
         self.commitment_weight = float(commitment_weight)
         self.codebook_weight = float(codebook_weight)
@@ -252,8 +265,11 @@ class VectorQuantizer(Quantizer):
         self.entropy_temperature = float(entropy_temperature)
 
         self.codebook = logical_param(
-            rngs, jax.nn.initializers.normal(1.0), (codebook_size, dim), ("codebook", None)
+            rngs, jax.nn.initializers.normal(1.0), (codebook_size, self.code_dim), ("codebook", None)
         )
+        # Created after the codebook, so non-factorised quantizers draw exactly the values they did.
+        self.in_proj = Dense((dim,), (self.code_dim,), (None, None), rngs=rngs) if self.factorised else None
+        self.out_proj = Dense((self.code_dim,), (dim,), (None, None), rngs=rngs) if self.factorised else None
         self.usage = CodebookState(jnp.ones((codebook_size,), jnp.float32), out_sharding=("codebook",))
         self.initialized = CodebookState(jnp.asarray(0 if kmeans_init else 1, jnp.int32))
         if use_ema:
@@ -268,7 +284,8 @@ class VectorQuantizer(Quantizer):
         return self._prepare(self.codebook[...].astype(jnp.float32))
 
     def decode_codes(self, codes: jax.Array) -> jax.Array:
-        return jnp.take(self.code_vectors(), codes, axis=0)
+        vectors = jnp.take(self.code_vectors(), codes, axis=0)
+        return self.out_proj(vectors).astype(jnp.float32) if self.factorised else vectors
 
     def __call__(self, z, *, train: bool, rng: jax.Array | None = None):
         return self._quantize(z, train=train, rng=rng, mask=None)
@@ -280,9 +297,17 @@ class VectorQuantizer(Quantizer):
         the state is updated from them (left untouched when there are none)."""
         if z.shape[-1] != self.dim:
             raise ValueError(f"VectorQuantizer(dim={self.dim}) got input with last axis {z.shape[-1]}")
+        if not self.factorised:
+            return self._lookup(z, train=train, rng=rng, mask=mask)
+        z_low = self.in_proj(z.astype(jnp.float32)).astype(jnp.float32)
+        z_q_low, codes, aux = self._lookup(z_low, train=train, rng=rng, mask=mask)
+        return self.out_proj(z_q_low).astype(z.dtype), codes, aux
+
+    def _lookup(self, z, *, train: bool, rng, mask):
+        """Nearest code of z [..., code_dim] (the quantizer in the space its codes live in)."""
         sg = jax.lax.stop_gradient
         K, lead = self.codebook_size, z.shape[:-1]
-        flat = z.astype(jnp.float32).reshape(-1, self.dim)
+        flat = z.astype(jnp.float32).reshape(-1, self.code_dim)
         n = flat.shape[0]
         x = self._prepare(flat)
         x_sg = sg(x)
@@ -355,8 +380,8 @@ class VectorQuantizer(Quantizer):
                 else:
                     idx = jax.random.categorical(key_idx, jnp.log(weight), shape=(K,))
                     rms = jnp.sqrt(jnp.sum(weight[:, None] * jnp.square(x_sg))
-                                   / (jnp.maximum(n_active, 1.0) * self.dim))
-                candidates = x_sg[idx] + _RESTART_NOISE * rms * jax.random.normal(key_noise, (K, self.dim))
+                                   / (jnp.maximum(n_active, 1.0) * self.code_dim))
+                candidates = x_sg[idx] + _RESTART_NOISE * rms * jax.random.normal(key_noise, (K, self.code_dim))
                 cb_new = jnp.where(dead[:, None], candidates, cb_new)
                 usage = jnp.where(dead, 1.0, usage)
                 if self.use_ema:
@@ -398,6 +423,11 @@ class ResidualVQ(Quantizer):
     level's losses (means over all vectors with zeros for dropped ones, DAC's `(loss * mask).mean()`)
     nor its statistics and state updates (a level used by no example is left untouched).
 
+    Factorised codes (`codebook_dim`, DAC): each level's output passes through its own `out_proj`,
+    so z_q is the sum of the used levels' outputs *with* their gradients (DAC's
+    `z_q = z_q + z_q_i * mask`, and r_{k+1} = r_k - zq_k), not the straight-through sum above:
+    otherwise the projections would get no gradient from the decoder.
+
     aux: loss, commitment, codebook and entropy_loss (sums over levels of each level's terms),
     perplexity and usage (means over the levels some example used), dead_codes_restarted (sum),
     num_levels_used (mean over examples), and per level `perplexity_level{k}`, `commitment_level{k}`.
@@ -416,6 +446,7 @@ class ResidualVQ(Quantizer):
         self.quantizers = nnx.List(
             [VectorQuantizer(dim, codebook_size, rngs=rngs, **vq_kwargs) for _ in range(num_levels)]
         )
+        self.factorised = vq_kwargs.get("codebook_dim") is not None
 
     def levels_per_example(self, batch: int, rng: jax.Array) -> jax.Array:
         """int32 [batch]: how many levels each example uses in a train step (DAC's quantizer dropout)."""
@@ -450,7 +481,7 @@ class ResidualVQ(Quantizer):
             zq_k, codes_k, aux_k = quantizer._quantize(residual, train=train, rng=keys[k + 1], mask=mask)
             zq_k = zq_k.astype(jnp.float32)
             per_vector = uses.reshape((-1,) + (1,) * (z.ndim - 1)) if z.ndim > 1 else uses
-            total = total + jnp.where(per_vector, jax.lax.stop_gradient(zq_k), 0.0)
+            total = total + jnp.where(per_vector, zq_k if self.factorised else jax.lax.stop_gradient(zq_k), 0.0)
             residual = residual - zq_k
             codes.append(codes_k)
             on = jnp.any(uses).astype(jnp.float32)
@@ -467,7 +498,7 @@ class ResidualVQ(Quantizer):
             usage=sums["usage"] / levels_on, dead_codes_restarted=sums["dead_codes_restarted"],
             num_levels_used=n_used.astype(jnp.float32).mean(),
         )
-        z_q = _straight_through(total, z32).astype(z.dtype)
+        z_q = (total if self.factorised else _straight_through(total, z32)).astype(z.dtype)
         return z_q, jnp.stack(codes, axis=-1), {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
 
     def decode_codes(self, codes: jax.Array, num_levels: int | None = None) -> jax.Array:
