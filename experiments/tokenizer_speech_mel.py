@@ -70,7 +70,7 @@ def get_config(arg=None):
         # Mel distance, word accuracy through Griffin-Lim (and of Griffin-Lim on the original mels),
         # codebook usage, WAVs and spectrograms (maskgen.evaluators.audio).
         reconstruction=dict(type="audio_reconstruction", every=0, split="test",
-                            max_examples=None if args["size"] != "tiny" else 16),
+                            max_examples=None if args["size"] != "tiny" else 16, words=args["words"]),
         spectrograms=dict(type="image_grid", every=0, num=8, seed=0, rows=("original", "reconstruction")),
     )
     return config
