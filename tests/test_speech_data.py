@@ -195,6 +195,10 @@ def test_prepare_speech_cli_roundtrip_and_pipeline_batches(cache_root, tmp_path,
     info = source_info("array_record", out)
     assert info["fields"]["audio"].shape == (SMALL_T, 1) and info["num_classes"] == 10
     assert info["class_names"][0] == "zero" and info["sample_rate"] == 8000
+    # A config written for the speech source runs on the shards: its options must match how they were made.
+    assert source_info("array_record", out, {"sample_rate": 8000, "clip_seconds": 0.5, "words": "digits"}) == info
+    with pytest.raises(ValueError, match=r"data option sample_rate=16000 does not match .* made with sample_rate=8000"):
+        source_info("array_record", out, {"sample_rate": 16000})
     direct = make_source("speech", "test", cache_root, SMALL)
     records = make_source("array_record", "test", out)
     assert len(records) == len(direct)

@@ -394,8 +394,19 @@ class _Digits(DataSource):
 
 @register_source("array_record")
 class _ArrayRecord(DataSource):
+    # An audio dataset written by `maskgen prepare` keeps the options it was made with, so a config
+    # written for the `speech` source runs on its shards unchanged; a value given here must match.
+    options = {"sample_rate": None, "clip_seconds": None, "words": None}
+
     def info(self, data_dir, options):
         metadata = records.read_metadata(data_dir)
+        made_with = {"sample_rate": metadata.get("sample_rate"), "clip_seconds": metadata.get("clip_seconds"),
+                     "words": (metadata.get("speech") or {}).get("words")}
+        for key, wanted in (options or {}).items():
+            if wanted is not None and made_with.get(key) != wanted:
+                raise ValueError(f"data option {key}={wanted!r} does not match the array_record dataset {data_dir}, "
+                                 f"made with {key}={made_with.get(key)!r}: drop the option, set it to the dataset's "
+                                 f"value, or prepare the data again with `maskgen prepare` and {key}={wanted!r}")
         info = legacy_info(_array_record_fields(metadata),
                            {s: v["num_examples"] for s, v in metadata["splits"].items()})
         for key in ("class_names", "sample_rate", "clip_seconds", "voice_names"):  # audio datasets
