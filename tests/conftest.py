@@ -39,5 +39,17 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def one_device_mesh():
+    """Module code that builds sharded models outside the loop runs under a one-device mesh with the
+    default rules; a test module opts in with `pytestmark = pytest.mark.usefixtures("one_device_mesh")`."""
+    from maskgen import parallel
+    from maskgen.config import DEFAULT_SHARDING_RULES
+
+    mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
+    with parallel.sharding_context(mesh, DEFAULT_SHARDING_RULES):
+        yield
+
+
+@pytest.fixture
 def workdir(tmp_path):
     return str(tmp_path / "run")

@@ -13,7 +13,6 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from maskgen import parallel
 from maskgen.config import DEFAULT_SHARDING_RULES, ConfigError, load_config_file, apply_overrides
 from maskgen.models.dit import DiffusionTransformer, layerwise_ratios, moe_blocks, timestep_frequencies
 from maskgen.models.layers import ExpertChoiceMLP, gelu
@@ -25,11 +24,7 @@ TINY = dict(in_dim=4, out_dim=4, grid=(4, 4), num_classes=3, width=32, depth=3, 
 B, N = 2, 16
 
 
-@pytest.fixture(autouse=True)
-def one_device_mesh():
-    mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
-    with parallel.sharding_context(mesh, DEFAULT_SHARDING_RULES):
-        yield
+pytestmark = pytest.mark.usefixtures("one_device_mesh")
 
 
 def make(seed=0, **overrides) -> DiffusionTransformer:

@@ -6,18 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskgen import parallel
-from maskgen.config import DEFAULT_SHARDING_RULES
 from maskgen.evaluators.linear_probe import lars, paper_probe_accuracy
 from maskgen.models.vit import patchify, sincos_2d, unpatchify
 from maskgen.recipes.mae import MAERecipe, normalized_patches
 
 
-@pytest.fixture(autouse=True)
-def one_device_mesh():
-    mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
-    with parallel.sharding_context(mesh, DEFAULT_SHARDING_RULES):
-        yield
+pytestmark = pytest.mark.usefixtures("one_device_mesh")
 
 
 def _recipe(**overrides):

@@ -10,9 +10,7 @@ import pytest
 from flax import nnx
 from scipy import ndimage
 
-from maskgen import parallel
 from maskgen.audio.features import MelConfig, log_mel
-from maskgen.config import DEFAULT_SHARDING_RULES
 from maskgen.data.specs import AudioSpec, LabelSpec
 from maskgen.masking.generators import block_mask, masked_indices, random_mask_count
 from maskgen.models.ssast import patchify_2d, unpatchify_2d
@@ -25,11 +23,7 @@ MEL = MelConfig(sample_rate=16000, n_fft=256, hop=160, win_length=256, n_mels=16
                 norm=None, power=2.0, log_floor=1e-6)
 
 
-@pytest.fixture(autouse=True)
-def one_device_mesh():
-    mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
-    with parallel.sharding_context(mesh, DEFAULT_SHARDING_RULES):
-        yield
+pytestmark = pytest.mark.usefixtures("one_device_mesh")
 
 
 def _recipe(**overrides):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskgen import parallel
 from maskgen.config import DEFAULT_SHARDING_RULES
 from maskgen.models.layers import apply_rotary
 from maskgen.models.token_transformer import TokenTransformer, rope_2d, rope_axial
@@ -17,11 +16,7 @@ TINY = dict(vocab_size=16, token_shape=(4, 4), num_classes=3, width=32, depth=2,
 B, N, V = 3, 16, 16
 
 
-@pytest.fixture(autouse=True)
-def one_device_mesh():
-    mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
-    with parallel.sharding_context(mesh, DEFAULT_SHARDING_RULES):
-        yield
+pytestmark = pytest.mark.usefixtures("one_device_mesh")
 
 
 def make(seed: int = 0, **overrides) -> TokenTransformer:
