@@ -84,10 +84,6 @@ def main(argv=None) -> dict:
 
     from absl import flags
 
-    from maskgen.evaluators import classification  # registers "accuracy" (until maskgen.evaluators imports it)
-
-    assert classification.Accuracy
-
     flags.FLAGS.mark_as_parsed()
     seconds, probes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
