@@ -149,6 +149,7 @@ def test_token_metadata_mismatch_is_a_clear_error(tokenizer_run, tmp_path):
         check_token_metadata(meta, codebook_size=256, token_shape=(16, 16))
 
 
+@pytest.mark.slow  # 22 s: trains an MAE, then a tokenizer on its features (default-suite time budget)
 def test_perceptual_loss_with_an_mae_encoder_trained_in_maskgen(tmp_path):
     """An MAE run from the spine serves as the perceptual network of a tokenizer."""
     from conftest import tiny_mae_config
