@@ -45,6 +45,8 @@ BENCHMARKS = {
     "B17": ("codec_bitrate", "RVQ speech codec: reconstruction vs bitrate (levels), with and without quantizer dropout"),
     "B18": ("ssast_pretraining", "SSAST on speech: probe and fine-tune accuracy vs from-scratch and raw log-mel"),
     "B19": ("specmaskgit_rtf", "SpecMaskGIT on speech: word consistency, Frechet distance and real-time factor vs steps"),
+    "B20": ("magnet_vs_ar", "MAGNeT vs AR on codec tokens: quality, calls, wall time at batch 1/16; rescoring, hybrid"),
+    "B21": ("maskgct_voice", "MaskGCT voice prompting on held-out voices: speaker similarity, word accuracy, steps"),
 }
 
 

@@ -383,7 +383,8 @@ def edit_to_png(handle: GeneratorHandle, image_spec: str, mask_spec: str, label:
 # --------------------------------------------------------------------------------------------
 # Audio in and out.
 # --------------------------------------------------------------------------------------------
-AUDIO_MASK_HELP = ("time:START-END (seconds: regenerate that stretch, time inpainting), band:low:FRACTION or "
+AUDIO_MASK_HELP = ("time:START-END (seconds: regenerate that stretch, time inpainting; time:START- continues from "
+                   "START to the end), band:low:FRACTION or "
                    "band:high:FRACTION (regenerate the lowest/highest FRACTION of the mel bands: band:high:0.5 is "
                    "bandwidth extension); join several with +")
 
@@ -406,10 +407,15 @@ def audio_token_mask(spec: str, token_shape: tuple, decodes_to: str, seconds_per
     for part in spec.split("+"):
         kind, _, rest = part.strip().partition(":")
         if kind == "time":
-            match = re.fullmatch(r"\s*([0-9.]+)\s*-\s*([0-9.]+)\s*", rest)
-            start, end = (float(match.group(1)), float(match.group(2))) if match else (None, None)
+            # time:START- (no END) continues the audio from START to the end of the clip.
+            match = re.fullmatch(r"\s*([0-9.]+)\s*-\s*([0-9.]*)\s*", rest)
+            try:
+                start, end = (float(match.group(1)), float(match.group(2) or duration)) if match else (None, None)
+            except ValueError:
+                start = end = None
             if match is None or not 0 <= start < end:
-                raise ValueError(f"--mask {part!r}: give time:START-END in seconds with 0 <= START < END "
+                raise ValueError(f"--mask {part!r}: give time:START-END (or time:START- to the end) in seconds with "
+                                 f"0 <= START < END "
                                  f"(the clip is {duration:g} s)")
             if start >= duration:
                 raise ValueError(f"--mask {part!r}: starts at or after the end of the {duration:g} s clip")
@@ -541,3 +547,96 @@ def edit_to_wav(handle: GeneratorHandle, audio_spec: str, mask_spec: str, label:
                      _spectrogram(result["edited_log_mel"])]
             save_png(compare_out, make_grid([np.stack(strip)], upscale=2))
     return result
+
+
+# ---------------------------------------------------------------- MaskGCT: zero-shot voice prompting
+
+def load_prompt(spec: str, sample_rate: int, data_config=None) -> tuple[np.ndarray, str | None, str | None]:
+    """A voice prompt for MaskGCT: (float32 [T] cut to its sound, what it says or None, its voice or None).
+
+    `test:INDEX` / `train:INDEX`: the prompt part of that example of the run's speech data (concat=2:
+    the prompt clip; single clips: the clip), with its word and voice. A WAV/FLAC file must be mono at
+    `sample_rate`: another rate is an error naming both rates (a prompt is not resampled silently)."""
+    from maskgen.data.speech import trim_silence
+
+    if _is_example(spec):
+        from maskgen.data import data_options, make_source, source_info
+        from maskgen.data.speech import VOICES
+
+        split, _, index = spec.partition(":")
+        options = data_options(data_config)
+        source = make_source(data_config.name, split, data_config.data_dir or None, options)
+        names = list(source_info(data_config.name, data_config.data_dir or None, options).get("class_names") or [])
+        n = len(source)
+        if not re.fullmatch(r"[+-]?\d+", index.strip()) or not 0 <= int(index) < n:
+            raise ValueError(f"{spec} is not {split}:INDEX with INDEX in range: the {split} split has {n} examples")
+        example = source[int(index)]
+        audio = np.asarray(example["audio"], np.float32).reshape(-1)
+        label = int(example.get("prompt_label", example["label"]))
+        end = int(example.get("prompt_samples") or example.get("num_samples") or audio.size)
+        voice = example.get("voice")
+        return (trim_silence(audio[:end], sample_rate), names[label] if label < len(names) else None,
+                VOICES[int(voice)] if voice is not None else None)
+    from maskgen.data.audio_files import AudioOptions, load_clip, read_info
+
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"prompt audio {spec!r} not found (give a mono WAV/FLAC file, or test:INDEX)")
+    rate, _, frames = read_info(spec)
+    if rate != sample_rate:
+        raise ValueError(f"prompt audio {spec} is {rate} Hz, but the MaskGCT runs take {sample_rate} Hz audio; "
+                         f"resample it to {sample_rate} Hz first (prompts are not resampled silently)")
+    clip = load_clip(spec, AudioOptions(sample_rate=rate, clip_seconds=frames / rate, resample=False,
+                                        mix_to_mono=False))[:, 0]
+    trimmed = trim_silence(clip, sample_rate)
+    if trimmed.size == 0:
+        raise ValueError(f"prompt audio {spec} is silent")
+    return trimmed, None, None
+
+
+def maskgct_sample_to_wavs(s2a_workdir: str, t2s_workdir: str, text: str, prompt_spec: str, out_dir: str, *,
+                           prompt_text: str | None = None, num: int = 1, seed: int = 0, duration: float | None = None,
+                           t2s_settings: dict | None = None, s2a_settings: dict | None = None) -> dict:
+    """`maskgen sample --workdir S2A --t2s-workdir T2S --text TEXT --prompt-audio FILE|test:N`: says TEXT in
+    the prompt's voice (MaskGCT, arXiv 2409.00750; `maskgen.recipes.maskgct.maskgct_generate`) `num`
+    times and writes out_dir/prompt.wav, <text>_<i>.wav (the generated part) and
+    <text>_<i>_with_prompt.wav. `duration`: target seconds (default: the prompt's phone rate)."""
+    from maskgen.recipes.frozen import load_frozen_run
+    from maskgen.recipes.maskgct import maskgct_generate
+
+    if not text or not text.strip():
+        raise ValueError("--text: give the text to say (words; it is phonemised with eSpeak NG)")
+    s2a = load_frozen_run(s2a_workdir, role="--workdir", recipes=("maskgct_s2a",))
+    t2s = load_frozen_run(t2s_workdir, role="--t2s-workdir", recipes=("maskgct_t2s",))
+    rate = s2a.recipe.sample_rate
+    prompt, said, voice = load_prompt(prompt_spec, rate, s2a.config.data)
+    prompt_text = prompt_text or said
+    if not prompt_text:
+        raise ValueError(f"--prompt-text: say what {prompt_spec} says (MaskGCT puts the prompt's phonemes before the "
+                         "text's, and its phone rate sets the duration)")
+    frames = None if duration is None else max(1, int(round(duration * s2a.recipe.frame_rate)))
+    result = maskgct_generate(t2s, s2a, [text] * num, np.repeat(prompt[None], num, axis=0), [prompt_text] * num,
+                              seed=seed, target_frames_override=frames, t2s_settings=t2s_settings,
+                              s2a_settings=s2a_settings)
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9]+", "_", text.strip()).strip("_") or "sample"
+        paths = [outputs.write_wav(os.path.join(out_dir, "prompt.wav"), prompt, rate)]
+        for i in range(num):
+            paths.append(outputs.write_wav(os.path.join(out_dir, f"{name}_{i}.wav"),
+                                           result["target_audio"][i, :result["target_samples"][i]], rate))
+            end = result["prompt_samples"][i] + result["target_samples"][i]
+            paths.append(outputs.write_wav(os.path.join(out_dir, f"{name}_{i}_with_prompt.wav"),
+                                           result["audio"][i, :end], rate))
+        result["paths"] = paths
+    result.update(prompt_text=prompt_text, voice=voice)
+    return result
+
+
+def label_of_word(handle: GeneratorHandle, word: str) -> int:
+    """`--text WORD` for a class-conditional audio run (MAGNeT, SpecMaskGIT): the word's class index."""
+    names = [str(n).lower() for n in (handle.decoder.class_names or handle.info.get("words") or [])]
+    if not names:
+        raise ValueError(f"{handle.workdir} has no word list to map --text to a class; use --classes")
+    if word.strip().lower() not in names:
+        raise ValueError(f"--text {word!r} is not a word of {handle.workdir}: its words are {', '.join(names)}")
+    return names.index(word.strip().lower())

@@ -9,6 +9,8 @@
   maskgen edit   --workdir MASKGIT_DIR --image in.png|test:INDEX --mask mask.png|bottom --class C --out out.png
   maskgen sample --workdir TEXT_DIR --num 4                    (text generators: prints and writes samples.txt)
   maskgen sample --workdir SPEECH_MASKGIT_DIR --num 4 --out DIR    (audio generators: WAVs + spectrograms.png)
+  maskgen sample --workdir S2A_DIR --t2s-workdir T2S_DIR --text "seven" --prompt-audio in.wav|test:INDEX --out DIR
+                                                                 (MaskGCT: the text in the prompt's voice, WAVs)
   maskgen edit   --workdir SPEECH_MASKGIT_DIR --audio in.wav|test:INDEX --mask time:0.3-0.6|band:high:0.5 --class W --out out.wav
   maskgen edit   --workdir TEXT_DIR --prefix "The " --span 20 --suffix " is" --out edited.txt
   maskgen tokenize --tokenizer-workdir DIR --data digits --out TOKENS_DIR   (a kl tokenizer: float latents)
@@ -98,13 +100,28 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default=None,
                            help="PNG path, a .txt for text generators, or a folder of WAVs for audio generators "
                                 "(default: WORKDIR/samples.png, samples.txt or samples_audio/)")
-            p.add_argument("--num", type=_at_least(1), default=16,
+            p.add_argument("--num", type=_at_least(1), default=None,
                            help="images (MAE, tokenizers), samples per class (class-conditional generators) or "
-                                "samples (unconditional generators)")
+                                "samples (unconditional generators); default 16 (MaskGCT: 1)")
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--classes", default=None, help="generators: comma-separated classes (default: all)")
             p.add_argument("--trajectory-out", default=None, help="generators: PNG of one sample's decoding steps")
             _decode_args(p)
+            speech = p.add_argument_group("speech (a word of a class-conditional audio run, or MaskGCT text-to-speech)")
+            speech.add_argument("--text", default=None, help="the word to say (class-conditional audio runs), or the "
+                                                             "text to say in the prompt's voice (MaskGCT)")
+            speech.add_argument("--t2s-workdir", default=None, help="MaskGCT: the maskgct_t2s run (--workdir is the "
+                                                                    "maskgct_s2a run)")
+            speech.add_argument("--prompt-audio", default=None,
+                                help="MaskGCT: the voice prompt, a mono WAV/FLAC at the runs' sample rate, or "
+                                     "test:INDEX / train:INDEX")
+            speech.add_argument("--prompt-text", default=None,
+                                help="MaskGCT: what the prompt says (test:INDEX: its word)")
+            speech.add_argument("--duration", type=float, default=None,
+                                help="MaskGCT: target seconds (default: the prompt's phone rate x the text's phones)")
+            speech.add_argument("--s2a-steps", default=None,
+                                help="MaskGCT: S2A steps per RVQ level, comma-separated (the last repeats), "
+                                     "e.g. 25,10,1")
 
     edit = sub.add_parser("edit", help="regenerate part of an input: the masked region of an image (MaskGIT), or a "
                                        "span of text between a prefix and a suffix (masked diffusion)")
@@ -116,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="audio: a mono WAV/FLAC (resampled to the tokenizer's rate, centred to its clip length), "
                            "or test:INDEX / train:INDEX of the tokenizer's data")
     edit.add_argument("--mask", default=None, help="images: PNG (white = regenerate) or top|bottom|left|right; audio: "
-                                                   "time:START-END (seconds) or band:low|high:FRACTION, joined with +")
+                                                   "time:START-END (seconds; time:START- to the end) or "
+                                                   "band:low|high:FRACTION, joined with +")
     edit.add_argument("--class", dest="label", type=int, default=None,
                       help="images, audio: the class (word) to generate (audio test:INDEX: default its own)")
     edit.add_argument("--prefix", default=None, help="text: the text before the span (kept exactly)")
@@ -321,12 +339,20 @@ def main(argv: list[str]) -> int:
             from maskgen.generate import GeneratorHandle, sample_to_file
             from maskgen.recipes import get_recipe
 
+            if args.t2s_workdir or args.prompt_audio or args.s2a_steps:
+                return _sample_speech(args, decode)
             if "generate" in get_recipe(config.recipe).capabilities:
                 handle = GeneratorHandle(args.workdir, args.step, config)
                 if handle.kind in ("texts", "audio") and not args.out:
                     out = os.path.join(args.workdir, "samples.txt" if handle.kind == "texts" else "samples_audio")
                 classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-                result = sample_to_file(handle, out, num=args.num, classes=classes, seed=args.seed,
+                if args.text is not None:
+                    from maskgen.generate import label_of_word
+
+                    if classes is not None or handle.kind != "audio":
+                        raise ValueError("--text picks the word of an audio generator: give it without --classes")
+                    classes = [label_of_word(handle, args.text)]
+                result = sample_to_file(handle, out, num=args.num or 16, classes=classes, seed=args.seed,
                                         trajectory_out=args.trajectory_out, **decode)
                 if result.get("texts"):
                     from maskgen.outputs import join_samples
@@ -336,7 +362,7 @@ def main(argv: list[str]) -> int:
                 if decode or args.classes or args.trajectory_out:
                     raise ValueError(f"decoding options apply to token generators; {args.workdir} is a "
                                      f"{config.recipe!r} run")
-                train_lib.sample(config, args.workdir, out, num=args.num, step=args.step, seed=args.seed)
+                train_lib.sample(config, args.workdir, out, num=args.num or 16, step=args.step, seed=args.seed)
             print(f"wrote {out}")
         return 0
     except ConfigError as err:
@@ -355,6 +381,33 @@ def main(argv: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         raise
+
+
+def _sample_speech(args, decode: dict) -> int:
+    """`maskgen sample --workdir S2A --t2s-workdir T2S --text TEXT --prompt-audio FILE|test:N` (MaskGCT)."""
+    from maskgen.generate import maskgct_sample_to_wavs
+
+    missing = [flag for flag, value in (("--t2s-workdir", args.t2s_workdir), ("--text", args.text),
+                                        ("--prompt-audio", args.prompt_audio)) if not value]
+    if missing:
+        raise ValueError(f"MaskGCT voice prompting needs --workdir S2A_RUN --t2s-workdir T2S_RUN --text TEXT "
+                         f"--prompt-audio FILE|test:INDEX (missing: {', '.join(missing)})")
+    t2s = {k: v for k, v in decode.items() if k in ("num_steps", "cfg_scale", "temperature", "choice_temperature",
+                                                     "schedule", "policy", "precision")}
+    s2a = {k: v for k, v in t2s.items() if k != "num_steps"}
+    if args.s2a_steps:
+        try:
+            s2a["steps_per_level"] = tuple(int(s) for s in args.s2a_steps.split(","))
+        except ValueError:
+            raise ValueError(f"--s2a-steps {args.s2a_steps!r}: give comma-separated whole numbers, "
+                             "e.g. 25,10,1") from None
+    out = args.out or os.path.join(args.workdir, "samples_voice")
+    result = maskgct_sample_to_wavs(args.workdir, args.t2s_workdir, args.text, args.prompt_audio, out,
+                                    prompt_text=args.prompt_text, num=args.num or 1,
+                                    seed=args.seed, duration=args.duration, t2s_settings=t2s, s2a_settings=s2a)
+    print(f"wrote {out}: {args.text!r} in the voice of {args.prompt_audio} (prompt says {result['prompt_text']!r}; "
+          f"{result['nfe_t2s']} T2S + {result['nfe_s2a']} S2A network calls)")
+    return 0
 
 
 def _prepare_audio(args) -> int:

@@ -319,10 +319,12 @@ class AudioDecoder(Decoder):
     """Token grids or code streams made by `maskgen tokenize` from an audio tokenizer run -> audio.
 
     The tokenizer run's info says what its `decode` returns ("decodes_to"): "log_mel", the scaled
-    log-mel grid [n, n_mels, frames, 1] of the mel tokenizer (SpecMaskGIT, arXiv 2406.17672), which
-    is unscaled and turned into a waveform by Griffin-Lim (`features.mel_to_audio`, the run's
-    `griffin_lim_iters`; maskgen trains no neural vocoder); or "audio", a waveform [n, T, 1] (the
-    codec), whose log-mel is computed from it. `decode(tokens) -> {"audio": float32 [n, T, 1] in
+    log-mel grid [n, n_mels, frames, 1] of the mel tokenizer (SpecMaskGIT, arXiv 2406.17672) or of
+    the log-mel codec (`codec` with model.input="log_mel": [frames, K] code streams, the acoustic
+    tokens of MAGNeT and MaskGCT), which is unscaled and turned into a waveform by Griffin-Lim
+    (`features.mel_to_audio` with the run's info()["mel"] and `griffin_lim_iters`; maskgen trains no
+    neural vocoder); or "audio", a waveform [n, T, 1] (the waveform codec), whose log-mel is
+    computed from it. `decode(tokens) -> {"audio": float32 [n, T, 1] in
     [-1, 1], "sample_rate": int, "log_mel": float32 [n, frames, n_mels] (natural-log mel, for
     spectrogram images)}`, T the tokenizer data's clip length; `reference(split, limit) -> {"audio",
     "label"}` (the tokenizer run's data); `encode(audio [B, T, 1]) -> tokens` (for `maskgen edit`)."""
@@ -538,7 +540,7 @@ class TokenizerHandle(RunHandle):
 
     def __init__(self, workdir: str, step: int | None = None, which: str | None = None):
         config = load_run_config(workdir)
-        if not {"encode", "decode"} <= get_recipe(config.recipe).capabilities:
+        if "encode" not in get_recipe(config.recipe).capabilities:
             raise ValueError(f"{workdir} is a {config.recipe!r} run, not a tokenizer run "
                              f"({', '.join(recipes_with('encode'))})")
         super().__init__(workdir, step, which, config)
@@ -556,6 +558,7 @@ class TokenizerHandle(RunHandle):
         return bool(self.info.get("continuous", False))
 
     def decode(self, tokens) -> np.ndarray:
+        self.require("decode", "decoding tokens")  # an encode-only run (feature_tokenizer) has no decoder
         if self.continuous:
             latents = np.asarray(tokens, np.float32)
             shape = tuple(self.info["token_shape"]) + (int(self.info["latent_channels"]),)

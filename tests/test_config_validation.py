@@ -23,6 +23,7 @@ TOKENS_8x8 = {"token_shape": (8, 8), "codebook_size": 256, "num_levels": 1, "num
 TOKENS_16x16 = dict(TOKENS_8x8, token_shape=(16, 16), codebook_size=1024, splits={"train": 1281167, "validation": 50000})
 TOKENS_8x16 = dict(TOKENS_8x8, token_shape=(8, 16))  # mel tokens of 1 s of speech (SpecMaskGIT on speech)
 TOKENS_5x53 = dict(TOKENS_8x8, token_shape=(5, 53), codebook_size=1024)  # SpecMaskGIT's 10 s clips
+TOKENS_50x4 = dict(TOKENS_8x8, token_shape=(50, 4), num_levels=4)  # mel-codec streams [frames, K] (AR baseline)
 IMAGENET = {"image_shape": (None, None, 3), "num_classes": 1000, "splits": {"train": 1281167, "validation": 50000}}
 
 
@@ -54,10 +55,15 @@ def _latent_info(file_name):
 def _data_info(config, file_name=None):
     from maskgen.data import source_info
 
+    if config.data.name == "tokens" and "num_levels" in config.model:  # codec streams [frames, K] (MAGNeT)
+        from maskgen.data.specs import LabelSpec, TokenSpec, legacy_info
+        m = config.model
+        return legacy_info({"tokens": TokenSpec((m.num_frames, m.num_levels), m.codebook_size, m.num_levels),
+                            "label": LabelSpec(10)}, {"train": 10 ** 6, "test": 640})
     if config.data.name == "tokens" and "token_shape" not in config.model:
         return _latent_info(file_name)
     if config.data.name == "tokens":
-        return {(16, 16): TOKENS_16x16, (8, 16): TOKENS_8x16, (5, 53): TOKENS_5x53}.get(
+        return {(16, 16): TOKENS_16x16, (8, 16): TOKENS_8x16, (5, 53): TOKENS_5x53, (50, 4): TOKENS_50x4}.get(
             tuple(config.model.token_shape), TOKENS_8x8)
     if config.data.name == "pydoc_text":
         from maskgen.data import data_options
@@ -73,6 +79,12 @@ def _data_info(config, file_name=None):
         from maskgen.data.specs import AudioSpec, LabelSpec
 
         rate, words = config.data.get("sample_rate", 16000), config.data.get("words", "digits")
+        if config.data.get("concat", 1) > 1 or config.data.get("trim", False):  # prompt/target pairs: more fields
+            from maskgen.data import speech
+
+            return speech.info(speech.SpeechOptions(words, rate, config.data.get("clip_seconds", 1.0),
+                                                    concat=config.data.get("concat", 1),
+                                                    trim=config.data.get("trim", False)))
         classes = {"digits": 10, "commands": 10, "all": 20}.get(words, 527)  # 527: AudioSet's classes
         return {"fields": {"audio": AudioSpec((round(rate * config.data.get("clip_seconds", 1.0)), 1), rate),
                            "label": LabelSpec(classes)},

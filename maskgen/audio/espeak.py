@@ -168,20 +168,22 @@ class _Engine:
             chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
-    def phonemes(self, text: str, ipa: bool) -> str:
+    def phoneme_clauses(self, text: str, ipa: bool, voice: str = "en", separator: str = "") -> list[str]:
+        """One phoneme string per clause. speak_lib.h: phonememode bit 1 = IPA; bits 8-23 = a
+        character written between phonemes (0: none)."""
+        mode = (_PHONEMES_IPA if ipa else 0) | (ord(separator) << 8 if separator else 0)
         out = []
         with self.lock:
-            if self.lib.espeak_SetVoiceByName(b"en") != 0:
-                raise EspeakError("espeak-ng has no 'en' voice")
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise EspeakError(f"espeak-ng has no voice {voice!r}")
             buffer = ctypes.create_string_buffer(text.encode())
             pointer = ctypes.c_char_p(ctypes.addressof(buffer))
             # One clause per call; the library moves `pointer` on and sets it to NULL at the end.
             while pointer.value:
-                clause = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8,
-                                                        _PHONEMES_IPA if ipa else 0)
-                if clause:
-                    out.append(clause.decode())
-        return " ".join(s.strip() for s in out if s.strip())
+                clause = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, mode)
+                if clause and clause.decode().strip():
+                    out.append(clause.decode().strip())
+        return out
 
 
 _ENGINE: _Engine | None = None
@@ -233,12 +235,17 @@ def synthesize(text: str, voice: str = "en-us", *, rate: int = 175, pitch: int =
     return _engine().synthesize(Request(text, voice, rate, pitch, pitch_range), seed)
 
 
-def text_to_phonemes(text: str, *, ipa: bool = True) -> str:
-    """eSpeak NG's phonemes for `text` in English, IPA (default) or eSpeak's ASCII (Kirshenbaum-
-    like) codes; clauses joined by spaces. E.g. "seven eight" -> "sˈɛvən ˈeɪt"."""
+def text_to_phonemes(text: str, *, ipa: bool = True, voice: str = "en", separator: str = "") -> str:
+    """eSpeak NG's phonemes for `text` in `voice`'s language, IPA (default) or eSpeak's ASCII
+    (Kirshenbaum-like) codes; clauses joined by spaces. E.g. "seven eight" -> "sˈɛvən ˈeɪt".
+    `separator` (one character) is written between phonemes by eSpeak itself, so multi-character
+    phonemes ("aɪ", "tʃ") stay whole (maskgen.audio.phonemes splits on it)."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty string, got {text!r}")
-    return _engine().phonemes(text, ipa)
+    if len(separator) > 1:
+        raise ValueError(f"separator must be one character or empty, got {separator!r}")
+    check_voice(voice)
+    return " ".join(_engine().phoneme_clauses(text, ipa, voice, separator))
 
 
 def synthesize_batch(requests: list[Request], *, seeds: list[int] | None = None,

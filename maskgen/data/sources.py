@@ -501,7 +501,7 @@ class _Speech(DataSource):
     """Spoken words synthesised locally with eSpeak NG (maskgen.data.speech); data_dir, if set,
     is the cache root instead of $MASKGEN_CACHE or ~/.cache/maskgen."""
 
-    options = {"words": "digits", "sample_rate": 16000, "clip_seconds": 1.0, "renditions": 8}
+    options = {"words": "digits", "sample_rate": 16000, "clip_seconds": 1.0, "renditions": 8, "concat": 1, "trim": False}
 
     def info(self, data_dir, options):
         from maskgen.data import speech

@@ -21,6 +21,18 @@ Warden, arXiv 1804.03209; the digits set is an "AudioMNIST" stand-in).
   samples: zero padded when shorter, its centre kept when longer. Values are int16 / 32768
   (float32 in [-1, 1)), at the voice's own loudness (not normalised).
 
+Prompt/target pairs (`concat=2`, MaskGCT's in-context training examples, arXiv 2409.00750): each
+example is a PROMPT clip followed by its TARGET clip, both of the same voice: the prompt is another
+rendition of that voice (any word, never the target clip itself) chosen by a generator seeded by
+SHA-256 of "prompt|<word>|<voice>|<rendition>" of the target, so the pairing is fixed. With
+`trim=True` each part is first cut to its sound (the threshold and margin above), so the two
+utterances follow each other without the clips' silent padding. The parts are concatenated and
+zero padded to concat x the clip length; fields: "audio" [2T, 1], "label" (the target's word),
+"prompt_label" (the prompt's word), "voice" (index into VOICES), "prompt_samples" (samples of the
+prompt part) and "num_samples" (valid samples; the rest is padding). `concat=1, trim=True` gives
+single trimmed clips, left-aligned, with "voice" and "num_samples". Pairs and trimming are made
+when an example is read, from the same cache as single clips (its key does not depend on them).
+
 The clips are generated once (a few seconds: synthesis runs in one fresh child process, which is
 what makes it bit-exact, see maskgen.audio.espeak) and cached under
 <cache root>/speech/<key>/ (cache root: data_dir if given, else $MASKGEN_CACHE, else
@@ -79,6 +91,8 @@ class SpeechOptions:
     sample_rate: int = 16000
     clip_seconds: float = 1.0
     renditions: int = 8
+    concat: int = 1  # 1: single clips; 2: a prompt clip then a target clip of the same voice
+    trim: bool = False  # cut each clip to its sound before concatenating (and padding at the end)
 
     def __post_init__(self):
         if self.words not in WORD_SETS:
@@ -89,9 +103,17 @@ class SpeechOptions:
             raise ValueError(f"speech clip_seconds must be a number in [0.1, 10], got {self.clip_seconds!r}")
         if not isinstance(self.renditions, (int, np.integer)) or not 1 <= self.renditions <= 1000:
             raise ValueError(f"speech renditions must be an integer in [1, 1000], got {self.renditions!r}")
+        whole = isinstance(self.concat, (int, np.integer)) and not isinstance(self.concat, bool)
+        if not whole or self.concat not in (1, 2):
+            raise ValueError(f"speech concat must be 1 (single clips) or 2 (prompt then target clip of one voice), "
+                             f"got {self.concat!r}")
+        if not isinstance(self.trim, (bool, np.bool_)):
+            raise ValueError(f"speech trim must be true or false, got {self.trim!r}")
         object.__setattr__(self, "sample_rate", int(self.sample_rate))
         object.__setattr__(self, "clip_seconds", float(self.clip_seconds))
         object.__setattr__(self, "renditions", int(self.renditions))
+        object.__setattr__(self, "concat", int(self.concat))
+        object.__setattr__(self, "trim", bool(self.trim))
 
     @property
     def word_list(self) -> tuple[str, ...]:
@@ -99,7 +121,18 @@ class SpeechOptions:
 
     @property
     def num_samples(self) -> int:
+        """Samples of one clip."""
         return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def paired(self) -> bool:
+        """Whether examples carry the pair fields (prompt/target layout, or trimmed clips)."""
+        return self.concat > 1 or self.trim
+
+    @property
+    def example_samples(self) -> int:
+        """Samples of one example's audio: concat x the clip length."""
+        return self.concat * self.num_samples
 
 
 def is_test_voice(voice: str) -> bool:
@@ -332,10 +365,54 @@ def _split_indices(manifest: dict, split: str) -> np.ndarray:
 
 
 def fields(options: SpeechOptions) -> dict:
+    """The example fields. Integer fields without a spec kind of their own (voice index, sample
+    counts) are LabelSpecs: int32 scalars in [0, num_classes)."""
     from maskgen.data.specs import AudioSpec, LabelSpec
 
-    return {"audio": AudioSpec((options.num_samples, 1), options.sample_rate),
-            "label": LabelSpec(len(options.word_list))}
+    out = {"audio": AudioSpec((options.example_samples, 1), options.sample_rate),
+           "label": LabelSpec(len(options.word_list))}
+    if options.paired:
+        if options.concat > 1:
+            out["prompt_label"] = LabelSpec(len(options.word_list))
+            out["prompt_samples"] = LabelSpec(options.example_samples + 1)
+        out["voice"] = LabelSpec(len(VOICES))
+        out["num_samples"] = LabelSpec(options.example_samples + 1)
+    return out
+
+
+def prompt_partners(manifest: dict, options: SpeechOptions, indices: np.ndarray) -> np.ndarray:
+    """For each clip of `indices` (positions in the manifest), the manifest position of its prompt:
+    another clip of the same voice (never itself), drawn from a generator seeded by the target's
+    (word, voice, rendition), so the pairing depends on nothing else (not the split, not the order)."""
+    plan = clip_plan(options)
+    voices = np.asarray(manifest["voices"], np.int64)
+    same_voice = {v: np.flatnonzero(voices == v) for v in np.unique(voices[indices])}
+    partners = np.empty(len(indices), np.int64)
+    for row, i in enumerate(indices):
+        word, voice, rendition = plan[i]
+        seed = int.from_bytes(hashlib.sha256(f"prompt|{word}|{voice}|{rendition}".encode()).digest()[:8], "big")
+        pool = same_voice[voices[i]]
+        pick = int(np.random.default_rng(seed).integers(len(pool) - 1))
+        partners[row] = pool[pick + (pool[pick] >= i)]  # skip the target itself (pool is sorted)
+    return partners
+
+
+def trim_clip(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A stored clip cut to its sound (trim_silence's threshold and margin); a silent clip stays whole."""
+    trimmed = trim_silence(audio, sample_rate)
+    return trimmed if trimmed.size else audio
+
+
+def pair_example(prompt: np.ndarray | None, target: np.ndarray, length: int) -> tuple[np.ndarray, int, int]:
+    """(prompt then target, zero padded to `length`, as float32 [length, 1]; prompt samples; valid
+    samples). `prompt` None: the target alone."""
+    parts = [target] if prompt is None else [prompt, target]
+    valid = sum(p.size for p in parts)
+    if valid > length:
+        raise ValueError(f"a speech example of {valid} samples does not fit its {length}-sample audio")
+    audio = np.zeros((length, 1), np.float32)
+    audio[:valid, 0] = np.concatenate(parts)
+    return audio, (0 if prompt is None else prompt.size), valid
 
 
 def split_sizes(options: SpeechOptions) -> dict[str, int]:
@@ -351,6 +428,7 @@ def info(options: SpeechOptions) -> dict:
     out = legacy_info(fields(options), split_sizes(options))
     out.update(class_names=list(options.word_list), sample_rate=options.sample_rate,
                clip_seconds=options.clip_seconds, words=options.words, renditions=options.renditions,
+               **({"concat": options.concat, "trim": options.trim} if options.paired else {}),
                voice_names=list(VOICES), split_voices={s: list(split_voices(s)) for s in SPLITS})
     return out
 
@@ -366,6 +444,9 @@ class SpeechSource:
         self._indices = _split_indices(manifest, split)
         self._labels = np.asarray(manifest["labels"], np.int32)[self._indices]
         self._voices = np.asarray(manifest["voices"], np.int32)[self._indices]
+        if self.options.concat > 1:
+            self._prompts = prompt_partners(manifest, self.options, self._indices)
+            self._prompt_labels = np.asarray(manifest["labels"], np.int32)[self._prompts]
         self._audio = None
 
     @property
@@ -390,7 +471,20 @@ class SpeechSource:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for speech {self.split!r} ({len(self)} examples)")
         audio = np.asarray(self._clips()[self._indices[i]], np.float32) / 32768.0
-        return {"audio": audio[:, None], "label": self._labels[i], "voice": self._voices[i]}
+        if not self.options.paired:
+            return {"audio": audio[:, None], "label": self._labels[i], "voice": self._voices[i]}
+        prompt = None
+        if self.options.concat > 1:
+            prompt = np.asarray(self._clips()[self._prompts[i]], np.float32) / 32768.0
+        if self.options.trim:
+            rate = self.options.sample_rate
+            audio, prompt = trim_clip(audio, rate), None if prompt is None else trim_clip(prompt, rate)
+        audio, prompt_samples, valid = pair_example(prompt, audio, self.options.example_samples)
+        item = {"audio": audio, "label": self._labels[i], "voice": self._voices[i],
+                "num_samples": np.int32(valid)}
+        if self.options.concat > 1:
+            item.update(prompt_label=self._prompt_labels[i], prompt_samples=np.int32(prompt_samples))
+        return item
 
     def __repr__(self) -> str:
         return f"SpeechSource(split={self.split!r}, {self.options}, num_examples={len(self)})"

@@ -18,9 +18,10 @@ runs the recipe's `reconstruct` over a split and reports:
   ceiling). A log-mel tokenizer's reconstructions are heard through Griffin-Lim, so it also
   reports `word_accuracy_vocoded_original`: the classifier on Griffin-Lim of the *original* log-mel,
   which separates what the vocoder loses from what the tokenizer loses.
-- with `levels=(1, 2, 4, 8)` (codecs with residual VQ): the same metrics decoding only the first k
-  levels (the recipe's static `num_levels`), suffixed `_k{k}`, and `bitrate_kbps_k{k}` =
-  frames per second x k x log2(codebook size) / 1000: the bitrate sweep of one model.
+- with `levels=(1, 2, 4, 8)` (codecs with residual VQ, waveform or log-mel): the same metrics
+  decoding only the first k levels (the recipe's static `num_levels`), suffixed `_k{k}`, and
+  `bitrate_kbps_k{k}` = frames per second x k x log2(codebook size) / 1000: the bitrate sweep of
+  one model.
 - WAVs (`original_{i}`, `reconstruction_{i}[_k{k}]`, and `vocoded_original_{i}` for log-mel runs)
   and a `spectrograms` image: originals in the top row, then the reconstructions (one row per k).
 
@@ -238,9 +239,11 @@ class AudioReconstruction:
         """None (all levels) then each k of `levels`, checked against the run."""
         if not self.levels:
             return [None]
-        if info.get("decodes_to") != "audio":
-            raise ValueError("audio_reconstruction: `levels` sweeps the RVQ levels of a codec (decodes_to='audio'); "
-                             f"this run decodes to {info.get('decodes_to')!r}")
+        shape = tuple(info.get("token_shape", ()))
+        if info.get("quantizer") != "rvq" or len(shape) != 2:
+            raise ValueError("audio_reconstruction: `levels` sweeps the RVQ levels of a codec's code streams "
+                             f"[frames, K] (the `codec` recipe, waveform or log-mel); this run's tokens are {shape} "
+                             f"({info.get('quantizer')!r})")
         available = int(info.get("num_levels") or tuple(info.get("token_shape", (0, 0)))[-1])
         too_many = [k for k in self.levels if k > available]
         if too_many:
@@ -287,8 +290,10 @@ class AudioReconstruction:
                 tally = tallies[k]
                 if k is None and "codes" in out and "codebook_size" in info and not info.get("continuous"):
                     codes = np.asarray(out["codes"])[valid]
-                    # A codec's codes are [B, frames, K]; a single-level image-style grid gets a level axis.
-                    codes = codes if decodes_to == "audio" or codes.ndim == 4 else codes[..., None]
+                    # A codec's codes are [B, frames, K] (waveform or log-mel: its quantizer is "rvq");
+                    # a single-level image-style grid gets a level axis.
+                    codes = codes if decodes_to == "audio" or codes.ndim == 4 or info.get("quantizer") == "rvq" \
+                        else codes[..., None]
                     batch_counts = code_histogram(codes, int(info["codebook_size"]), per_level=True)
                     counts = batch_counts if counts is None else counts + batch_counts
                 if decodes_to == "audio":

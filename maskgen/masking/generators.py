@@ -7,6 +7,11 @@ of visible patches.
 `block_mask` masks a patch grid in clusters of c x c patches (SSAST's patch masking, Gong et al.,
 arXiv 2110.09784) and `random_mask_count` uniformly (SSAST's frame masking), both with an exact
 count per example rather than a ratio.
+
+`span_mask` is MAGNeT's span masking (Ziv et al., arXiv 2401.04577, Sec. 3.1 and App. C): a mask
+rate is turned into a number u of span starts through a host lookup table (`span_starts_table`),
+the u starts are the first u positions of a random permutation, and each start masks
+`span_length` frames (OR-ed, clipped at the end).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def num_masked(num_positions: int, ratio: float) -> int:
@@ -122,3 +128,105 @@ def masked_indices(mask: jax.Array, count: int) -> jax.Array:
     """
     order = jnp.argsort(jnp.logical_not(mask).astype(jnp.int32), axis=-1, stable=True)
     return order[:, :count].astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------ MAGNeT span masks
+
+def _check_span_args(num_frames, span_length) -> None:
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"span masking: num_frames must be an int >= 1, got {num_frames!r}")
+    if not isinstance(span_length, int) or not 1 <= span_length <= num_frames:
+        raise ValueError(f"span masking: span_length must be an int in [1, num_frames={num_frames}], "
+                         f"got {span_length!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def span_mask_rates(num_frames: int, span_length: int) -> np.ndarray:
+    """float64 [num_frames + 1]: entry u is the expected masked share of `span_mask` with u starts.
+
+    MAGNeT (arXiv 2401.04577, App. C): a frame with L = span_length possible starts in front of it
+    stays unmasked with probability C(T - L, u) / C(T, u) = prod_{j<u} (T - L - j) / (T - j) (a
+    product, so nothing overflows), hence rate(u) = 1 - C(T - L, u) / C(T, u). That holds for the
+    frames L - 1 .. T - 1. Spans here run to the right from their start (as in audiocraft), so frame
+    x < L - 1 has only x + 1 possible starts; its term (the same product with x + 1 in place of L)
+    is added, which makes the entry the generator's exact expectation (MAGNeT's formula alone is
+    up to 2 (L - 1) / T above it: < 0.4% at T = 500, L = 3; ~1% at T = 50).
+    """
+    _check_span_args(num_frames, span_length)
+    total = num_frames
+    windows = np.minimum(np.arange(total) + 1, span_length)  # possible starts in front of each frame
+    unmasked_sum = np.zeros(total + 1)
+    for width in range(1, span_length + 1):
+        frames_with_width = int(np.sum(windows == width))
+        if not frames_with_width:
+            continue
+        # keep[u] = C(T - w, u) / C(T, u) as a running product (0 once u > T - w).
+        factors = np.maximum(total - width - np.arange(total), 0) / (total - np.arange(total))
+        keep = np.concatenate([[1.0], np.cumprod(factors)])
+        unmasked_sum += frames_with_width * keep
+    return 1.0 - unmasked_sum / total
+
+
+@functools.lru_cache(maxsize=64)
+def span_starts_table(num_frames: int, span_length: int, resolution: int = 1000) -> np.ndarray:
+    """int32 [resolution + 1]: entry i is the number of span starts u whose expected masked share
+    (`span_mask_rates`, MAGNeT's rate(u) = 1 - C(T - L, u) / C(T, u) with the edge frames counted)
+    is closest to the rate i / resolution (ties to the smaller u). A host table (MAGNeT's lookup
+    table, App. C), so the traced generator only indexes it. Entry 0 is 0; `num_span_starts`
+    raises every count to at least 1.
+    """
+    _check_span_args(num_frames, span_length)
+    if not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"span_starts_table: resolution must be an int >= 1, got {resolution!r}")
+    rates = span_mask_rates(num_frames, span_length)  # increasing in u
+    targets = np.arange(resolution + 1) / resolution
+    above = np.clip(np.searchsorted(rates, targets), 1, num_frames)  # first u with rate >= target
+    below = above - 1
+    closer_below = (targets - rates[below]) <= (rates[above] - targets)
+    table = np.where(closer_below, below, above).astype(np.int32)
+    table.setflags(write=False)
+    return table
+
+
+def num_span_starts(rate: jax.Array, num_frames: int, span_length: int) -> jax.Array:
+    """int32 [B]: the number of span starts for each mask rate in `rate` (float [B], clipped to
+    [0, 1]), from `span_starts_table` at 1/1000 resolution, at least 1 (so a rate-0 row still
+    masks one span: 1 to span_length frames, fewer only when the start falls in the last
+    span_length - 1 frames; MAGNeT's training code clamps the same way)."""
+    _check_span_args(num_frames, span_length)
+    table = span_starts_table(num_frames, span_length)
+    resolution = table.shape[0] - 1
+    rate = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
+    index = jnp.round(rate * resolution).astype(jnp.int32)
+    return jnp.maximum(jnp.asarray(table)[index], 1)
+
+
+@functools.partial(jax.jit, static_argnames=("num_frames", "span_length"))
+def span_mask(rng: jax.Array, rate: jax.Array, num_frames: int, span_length: int) -> jax.Array:
+    """MAGNeT's span mask (arXiv 2401.04577, Sec. 3.1): bool [B, num_frames], True = masked.
+
+    Row b draws u_b = `num_span_starts(rate[b])` starts as the first u_b positions of a random
+    permutation (a per-row argsort of uniform noise), then masks each start and the
+    span_length - 1 frames after it (spans OR-ed, so they may overlap and merge; clipped at the
+    end). Every run of masked frames is therefore at least span_length long, except one that
+    reaches the last frame. Over draws the masked share of a row averages `span_mask_rates()[u_b]`,
+    the table's closest value to rate[b]. Pure, static-shaped and jittable; works under vmap.
+
+    Args:
+      rng: PRNG key.
+      rate: float [B], the target mask rate of each row (MAGNeT trains at cos(pi/2 * t), t ~ U(0, 1)).
+      num_frames: T, the length of the masked axis (static).
+      span_length: L, the span length in frames (static; MAGNeT: 3 frames = 60 ms at 50 Hz).
+    """
+    rate = jnp.asarray(rate)
+    if rate.ndim != 1:
+        raise ValueError(f"span_mask: rate must be a 1-D array of per-row mask rates [B], got shape {rate.shape}")
+    starts_per_row = num_span_starts(rate, num_frames, span_length)
+    noise = jax.random.uniform(rng, (rate.shape[0], num_frames))
+    ranks = jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
+    starts = ranks < starts_per_row[:, None]
+    mask = starts
+    for shift in range(1, span_length):
+        # A start at s masks s + shift; what runs past the last frame is dropped.
+        mask = mask | jnp.pad(starts[:, :-shift], ((0, 0), (shift, 0)))
+    return mask

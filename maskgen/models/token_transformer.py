@@ -53,6 +53,14 @@ Layout and conventions:
     probabilities and on each block's two sublayer outputs (before the residual sum), where the
     reference applies it (0.1). Only when the call is given `dropout_rng` (training): evaluation
     and sampling pass none and are deterministic.
+  * local_window (default None: full attention, exactly as before): a call with `local=True` (or a
+    bool [B] choosing per example) restricts attention to positions whose first token_shape
+    coordinate (time, for [T] codec frames) is within +-local_window of the query's: MAGNeT's
+    restricted context for codebook levels above 0 (Ziv et al., arXiv 2401.04577, Sec. 3.1;
+    audiocraft's `subcodes_context`, 5 frames). A prefix class token stays visible to every
+    position but attends only to itself (else it would carry far frames into every position, as
+    a conditioning by cross-attention never does). It adds no parameters, and `local=False` calls
+    build no mask.
   * The official checkpoint's vocabulary holds codebook tokens, then the classes (offset by the
     codebook size), then [MASK] last; maskgen keeps [MASK] as row vocab_size of `token_embed` and
     the classes in `class_embed` (`maskgen.weights.maskgit_transformer` maps one onto the other).
@@ -212,7 +220,8 @@ class TokenTransformer(nnx.Module):
                  depth: int, num_heads: int, mlp_ratio: float = 4.0, conditioning: str = "adaln",
                  positions: str = "learned", qk_norm: bool = False, tie_head: bool = True,
                  causal: bool = False, num_streams: int = 1, dtype=jnp.float32, remat: str = "none",
-                 architecture: str = "pre_ln", dropout: float = 0.0, rngs: nnx.Rngs):
+                 architecture: str = "pre_ln", dropout: float = 0.0, local_window: int | None = None,
+                 rngs: nnx.Rngs):
         self.remat = check_remat(remat)
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: {CONDITIONINGS}")
@@ -238,6 +247,9 @@ class TokenTransformer(nnx.Module):
                              "use conditioning='none' for unlabeled data")
         if num_streams < 1:
             raise ValueError(f"num_streams must be >= 1, got {num_streams}")
+        if local_window is not None and (not isinstance(local_window, int) or local_window < 0):
+            raise ValueError(f"local_window must be None (full attention) or an int >= 0 (frames either side), "
+                             f"got {local_window!r}")
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
@@ -259,6 +271,7 @@ class TokenTransformer(nnx.Module):
         self.dtype = dtype
         self.architecture = architecture
         self.dropout = float(dropout)
+        self.local_window = local_window
         bert = architecture == "bert"
         adaln = conditioning == "adaln"
         # A bidirectional prefix model has one extra (class) element; a causal one feeds its start
@@ -371,6 +384,37 @@ class TokenTransformer(nnx.Module):
             coords = np.concatenate([np.zeros((1, len(self.token_shape)), coords.dtype), coords])
         return rope_axial(coords, self.head_dim)
 
+    def _local_mask(self) -> np.ndarray:
+        """bool [seq_len, seq_len]: True where |time(query) - time(key)| <= local_window, time being a
+        token's first token_shape coordinate. A prefix class token is seen by every position but
+        attends only to itself, so it carries the class and no far frame (like cross-attention)."""
+        time = np.unravel_index(np.arange(self.num_tokens), self.token_shape)[0]
+        near = np.abs(time[:, None] - time[None, :]) <= self.local_window
+        if self.has_prefix:
+            near = np.pad(near, ((1, 0), (1, 0)), constant_values=False)
+            near[:, 0] = True
+        return near
+
+    def _attention_mask(self, local, batch: int) -> jax.Array | None:
+        """The attention mask for a call: None (full bidirectional), causal, local, or both; `local`
+        is a Python bool (one mask for the batch) or a bool array [B] (a mask per example)."""
+        causal = jnp.tril(jnp.ones((self.seq_len, self.seq_len), bool)) if self.causal else None
+        static = isinstance(local, (bool, np.bool_))
+        if static and not local:
+            return causal
+        if self.local_window is None:
+            raise ValueError("local attention was asked for, but this TokenTransformer has local_window=None; "
+                             "build it with local_window=W (frames either side)")
+        near = jnp.asarray(self._local_mask())
+        if not static:  # traced: one flag for the batch (a scalar) or one per example [B]
+            local = jnp.asarray(local, bool)
+            if local.shape not in ((), (batch,)):
+                raise ValueError(f"local must be a bool, a bool scalar or a bool array [B] = ({batch},), got shape "
+                                 f"{local.shape}")
+            # Where local is False every key is allowed: full attention for that example.
+            near = near | ~(local if local.ndim == 0 else local[:, None, None, None])
+        return near if causal is None else near & causal
+
     def _embedding_out(self, x: jax.Array, dropout_rng: jax.Array | None) -> jax.Array:
         """The summed embeddings [B, T, width] as the blocks see them: BERT's LayerNorm, then dropout."""
         if self.embed_norm is not None:
@@ -397,11 +441,13 @@ class TokenTransformer(nnx.Module):
     # ------------------------------------------------------------------------------------ forward
 
     def __call__(self, tokens: jax.Array, labels: jax.Array | None = None, *,
-                 dropout_rng: jax.Array | None = None) -> jax.Array:
+                 dropout_rng: jax.Array | None = None, local: bool | jax.Array = False) -> jax.Array:
         """tokens int in [0, vocab_size] ([B, N(, K)] or [B, *token_shape(, K)]); labels int [B] in
         [0, num_classes] (None for conditioning="none") -> float32 logits [*tokens.shape, vocab].
 
-        dropout_rng: a PRNG key turns dropout on (training); None (the default) is deterministic."""
+        dropout_rng: a PRNG key turns dropout on (training); None (the default) is deterministic.
+        local: restrict attention to +-local_window frames (True, or a bool [B] per example); needs
+        a model built with local_window. False (the default) is full attention."""
         if self.dropout == 0.0:
             dropout_rng = None
         in_shape = tokens.shape
@@ -422,7 +468,7 @@ class TokenTransformer(nnx.Module):
         keys = [None] * (len(self.blocks) + 1) if dropout_rng is None else jax.random.split(dropout_rng,
                                                                                             len(self.blocks) + 1)
         x = self._embedding_out(x, keys[0])
-        mask = jnp.tril(jnp.ones((self.seq_len, self.seq_len), bool)) if self.causal else None
+        mask = self._attention_mask(local, batch)
         rope = self._rope_tables()
         run = block_runner(lambda block, x, cond, mask, rope, key: block(x, cond, mask=mask, rope=rope,
                                                                          dropout_rng=key)[0], self.remat)

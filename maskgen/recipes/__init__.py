@@ -12,5 +12,8 @@ from maskgen.recipes import masked_diffusion  # noqa: F401,E402
 from maskgen.recipes import dit, mar  # noqa: F401,E402
 from maskgen.recipes import codec  # noqa: F401,E402
 from maskgen.recipes import ssast  # noqa: F401,E402
+from maskgen.recipes import feature_tokenizer  # noqa: F401,E402
+from maskgen.recipes import magnet  # noqa: F401,E402
+from maskgen.recipes import maskgct  # noqa: F401,E402
 
 __all__ = ["Recipe", "get_recipe", "recipe_names", "recipes_with", "register"]

@@ -22,6 +22,16 @@ and its exact `log_likelihood` scores samples of other models (generative perple
 Both train on token datasets (config.data.name = "tokens", or text datasets through the same
 `source_info` dict); the config's codebook size and token shape are checked against the data's
 before anything compiles.
+
+K code streams (`model.num_streams` K > 1, default 1): the K residual levels of a codec's frames
+[T, K] (`maskgen tokenize` of a `codec` run; data num_levels K, token_shape (T, K)) are modelled as
+K parallel streams of one position, as in MusicGen (Copet et al., arXiv 2306.05284): their
+embeddings are summed and K heads predict them (`TokenTransformer(token_shape=(T,), num_streams=K)`).
+`config.model.token_shape` stays the data's (T, K). MaskGIT then masks the T x K tokens uniformly
+at random; the AR model predicts all K tokens of frame t from the frames before it (MusicGen's
+"parallel" pattern, T sequential steps) and gives their teacher-forced log-probabilities
+(`token_log_probs`), which rescore MAGNeT's samples (Ziv et al., arXiv 2401.04577, Sec. 3.3;
+`maskgen.sampling.rescoring`).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from maskgen.models.token_transformer import ARCHITECTURES, TokenTransformer
 from maskgen.recipes.base import Recipe, register
 from maskgen.sampling.autoregressive import autoregressive_decode
 from maskgen.sampling.iterative import CFG_SCHEDULES, POLICIES, TEMPERATURE_SCHEDULES, iterative_decode
+from maskgen.sampling.rescoring import teacher_forced_log_probs
 from maskgen.sampling.categorical import PRECISIONS
 from maskgen.tasks import check_tasks
 
@@ -87,6 +98,8 @@ def masked_mean(values: jax.Array, weights: jax.Array, weighting: str = "per_exa
 CONFIG_SPEC = {
     "model.token_shape": Rule("a tuple of 2 ints >= 1 ((h, w) images), or of 1 ((L,) text) or 3 ((t, h, w) video)",
                               lambda v: int_tuple(1).test(v) and len(v) <= 3),
+    # K parallel code streams per position (a codec's RVQ levels); token_shape then ends in K.
+    "model.num_streams": integer(min=1, optional=True),
     "model.codebook_size": integer(min=2),
     "model.width": integer(min=1),
     "model.depth": integer(min=1),
@@ -133,8 +146,14 @@ def _token_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any]
         problems.append("config.model.architecture='bert' (the official MaskGIT transformer) takes the class as a "
                         "prefix token: set config.model.conditioning='prefix' (or 'none'); adaLN modulates "
                         "pre-norms, which its post-LN blocks do not have")
-    if problems.ok("model.width", "model.num_heads", "model.positions", "model.token_shape"):
-        rank = len(m.token_shape)
+    streams = m.get("num_streams", 1)
+    if problems.ok("model.num_streams", "model.token_shape") and streams > 1 and (
+            len(m.token_shape) < 2 or m.token_shape[-1] != streams):
+        problems.add("model.num_streams", f"config.model.num_streams={streams} needs config.model.token_shape to end "
+                                          f"in the {streams} streams, e.g. (frames, {streams}); got "
+                                          f"{tuple(m.token_shape)}")
+    if problems.ok("model.width", "model.num_heads", "model.positions", "model.token_shape", "model.num_streams"):
+        rank = len(m.token_shape) - (1 if streams > 1 else 0)  # the position axes; the stream axis has none
         if m.width % m.num_heads:
             problems.append(f"config.model.width={m.width} is not divisible by num_heads={m.num_heads}")
         elif m.positions == "rope2d" and rank != 2:
@@ -154,9 +173,16 @@ def _token_problems(config: ml_collections.ConfigDict, data_info: dict[str, Any]
             )
         except TokenMetadataError as err:
             problems.append(f"{err}{_mismatch_hint(m, data_info)}")
-    if data_info.get("num_levels", 1) != 1:
-        problems.append(f"the tokens have {data_info['num_levels']} residual levels; {config.recipe} models one "
-                        "token per position (tokenize with a vq/fsq/lfq tokenizer)")
+    levels = data_info.get("num_levels", 1)
+    if problems.ok("model.num_streams") and levels != streams:
+        if streams == 1:
+            problems.append(f"the tokens have {levels} residual levels, but {config.recipe} models one token per "
+                            f"position (config.model.num_streams=1): set config.model.num_streams={levels} to model "
+                            "them as parallel streams, or tokenize with a vq/fsq/lfq tokenizer")
+        else:
+            problems.add("model.num_streams", f"the token data's codec run has {levels} residual levels, but the "
+                                              f"model has config.model.num_streams={streams}: the number of levels "
+                                              f"must equal the model's (set config.model.num_streams={levels})")
     if problems.ok("model.conditioning") and m.conditioning != "none" and data_info.get("num_classes", 0) < 1:
         problems.append(f"config.model.conditioning={m.conditioning!r} is class-conditional, but the data has no "
                         "classes (num_classes=0, e.g. text); set config.model.conditioning='none'")
@@ -186,9 +212,16 @@ class _TokenRecipe(Recipe):
                  num_heads: int, mlp_ratio: float, conditioning: str, positions: str, qk_norm: bool,
                  tie_head: bool, label_smoothing: float, class_dropout: float, compute_dtype: str = "float32",
                  remat: str = "none", tokenizer: dict | None = None, sampling: dict | None = None,
-                 architecture: str = "pre_ln", dropout: float = 0.0):
-        self.token_shape = tuple(int(s) for s in token_shape)
-        self.num_tokens = math.prod(self.token_shape)
+                 architecture: str = "pre_ln", dropout: float = 0.0, num_streams: int = 1):
+        self.token_shape = tuple(int(s) for s in token_shape)  # per example, the streams' axis K last when K > 1
+        self.num_streams = int(num_streams)
+        if self.num_streams > 1 and (len(self.token_shape) < 2 or self.token_shape[-1] != self.num_streams):
+            raise ValueError(f"num_streams={self.num_streams} needs a token_shape ending in the streams, e.g. "
+                             f"(frames, {self.num_streams}); got {self.token_shape}")
+        # The positions the transformer sees; each holds K tokens (one per stream).
+        self.position_shape = self.token_shape[:-1] if self.num_streams > 1 else self.token_shape
+        self.num_positions = math.prod(self.position_shape)
+        self.num_tokens = math.prod(self.token_shape)  # all tokens of an example: positions x streams
         self.codebook_size, self.num_classes = int(codebook_size), int(num_classes)
         self.conditioning = conditioning
         self.conditioned = conditioning != "none"
@@ -198,7 +231,7 @@ class _TokenRecipe(Recipe):
         self.tokenizer = dict(tokenizer or {})
         self.sampling = dict(sampling or {})
         self.model_kwargs = dict(
-            vocab_size=self.codebook_size, token_shape=self.token_shape,
+            vocab_size=self.codebook_size, token_shape=self.position_shape, num_streams=self.num_streams,
             num_classes=self.num_classes if self.conditioned else 0,
             width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, conditioning=conditioning,
             positions=positions, qk_norm=qk_norm, tie_head=tie_head, causal=self.causal,
@@ -217,7 +250,8 @@ class _TokenRecipe(Recipe):
             label_smoothing=config.loss.label_smoothing, class_dropout=config.loss.class_dropout,
             compute_dtype=config.compute_dtype, remat=config.get("remat", "none"), tokenizer=data_info.get("tokenizer", {}),
             sampling=config.sampling.to_dict() if "sampling" in config else {},
-            architecture=m.get("architecture", "pre_ln"), dropout=m.get("dropout", 0.0), **cls._own_settings(config),
+            architecture=m.get("architecture", "pre_ln"), dropout=m.get("dropout", 0.0),
+            num_streams=m.get("num_streams", 1), **cls._own_settings(config),
         )
 
     @staticmethod
@@ -231,7 +265,7 @@ class _TokenRecipe(Recipe):
 
     def info(self) -> dict[str, Any]:
         return {"codebook_size": self.codebook_size, "token_shape": self.token_shape,
-                "num_classes": self.num_classes, "tokenizer": self.tokenizer, "sampling": self.sampling,
+                "num_streams": self.num_streams, "num_classes": self.num_classes, "tokenizer": self.tokenizer, "sampling": self.sampling,
                 "conditioning": self.conditioning, "tasks": sorted(self.supported_tasks()),
                 "generator": "autoregressive" if self.causal else "maskgit"}
 
@@ -239,11 +273,12 @@ class _TokenRecipe(Recipe):
         return TokenTransformer(rngs=rngs, **self.model_kwargs)
 
     def _flat(self, x: jax.Array, what: str = "tokens") -> jax.Array:
-        """[B, *token_shape] -> [B, N], with a message naming both shapes."""
+        """[B, *token_shape] -> [B, N] ([B, N, K] with K streams), with a message naming both shapes."""
         if x.shape[1:] != self.token_shape:
             raise ValueError(f"batch[{what!r}] is {tuple(x.shape[1:])} per example, the model expects "
                              f"{self.token_shape}")
-        return x.reshape(x.shape[0], self.num_tokens)
+        streams = (self.num_streams,) if self.num_streams > 1 else ()
+        return x.reshape((x.shape[0], self.num_positions) + streams)
 
     def _flat_tokens(self, batch) -> jax.Array:
         return self._flat(batch["tokens"])
@@ -283,7 +318,8 @@ class _TokenRecipe(Recipe):
                 raise ValueError("batch['tokens'] and batch['known'] go together: the known mask says which "
                                  "tokens are given")
             return self._flat(batch["tokens"]).astype(jnp.int32), self._flat(batch["known"], "known").astype(bool)
-        return jnp.zeros((b, self.num_tokens), jnp.int32), jnp.zeros((b, self.num_tokens), bool)
+        shape = (b, self.num_positions) + ((self.num_streams,) if self.num_streams > 1 else ())
+        return jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool)
 
 
 @register("maskgit")
@@ -317,17 +353,20 @@ class MaskGITRecipe(_TokenRecipe):
         return check_tasks({"class", "infill"} if self.conditioned else {"none", "prefix", "infill"})
 
     def loss(self, model: TokenTransformer, batch, rng, step):
-        tokens = self._flat_tokens(batch)
+        tokens = self._flat_tokens(batch)  # [B, N] or, with K streams, [B, N, K]
         ratio_rng, mask_rng, class_rng = jax.random.split(rng, 3)
-        r = jax.random.uniform(ratio_rng, (tokens.shape[0],))
+        b = tokens.shape[0]
+        r = jax.random.uniform(ratio_rng, (b,))
+        # With K streams the N x K tokens are masked uniformly, as if they were one sequence.
         masked = random_token_mask(mask_rng, num_to_mask(self.mask_schedule, r, self.num_tokens), self.num_tokens)
+        masked = masked.reshape(tokens.shape)
         inputs = jnp.where(masked, model.mask_token_id, tokens)
         logits = model(inputs, self._train_labels(class_rng, batch, model.null_class),
                        dropout_rng=self._dropout_rng(rng))
-        weights = masked.astype(jnp.float32)
-        per_token = smoothed_cross_entropy(logits, tokens, self.label_smoothing)
+        weights = masked.astype(jnp.float32).reshape(b, self.num_tokens)
+        per_token = smoothed_cross_entropy(logits, tokens, self.label_smoothing).reshape(b, self.num_tokens)
         loss = masked_mean(per_token, weights, self.loss_weighting)
-        correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32)
+        correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32).reshape(b, self.num_tokens)
         return loss, {"masked_accuracy": jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0),
                       "mask_ratio": jnp.mean(weights)}
 
@@ -365,15 +404,24 @@ class AutoregressiveRecipe(_TokenRecipe):
         loss = jnp.mean(smoothed_cross_entropy(logits, tokens, self.label_smoothing))
         return loss, {"accuracy": jnp.mean((jnp.argmax(logits, -1) == tokens).astype(jnp.float32))}
 
-    def log_likelihood(self, model: TokenTransformer, batch, rng):
-        """Exact teacher-forced log-likelihood of `batch["tokens"]` (no label smoothing, no class dropout):
-        {"nll": float32 [B], the summed -log p over the tokens in nats, "num_tokens": float32 [B]}.
-        Perplexity is exp(sum nll / sum num_tokens); bits per token divide by log 2."""
+    def token_log_probs(self, model: TokenTransformer, batch, rng) -> jax.Array:
+        """Teacher-forced log p of every token of `batch["tokens"]` given the tokens before it (and the
+        label): float32 [B, *token_shape], i.e. [B, T, K] for K code streams, where the K tokens of
+        frame t are predicted from frames < t. No label smoothing, no class dropout. The MAGNeT
+        rescorer (`maskgen.sampling.rescoring.ar_rescorer`) computes the same inside a decode."""
         del rng  # deterministic: kept for the recipe method signature
         tokens = self._flat_tokens(batch).astype(jnp.int32)
-        log_probs = jax.nn.log_softmax(model(tokens, self._labels(batch)).astype(jnp.float32), axis=-1)
-        token_log_probs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
-        return {"nll": -jnp.sum(token_log_probs, axis=-1),
+        return teacher_forced_log_probs(model, tokens, self._labels(batch)).reshape(batch["tokens"].shape)
+
+    def log_likelihood(self, model: TokenTransformer, batch, rng):
+        """Exact teacher-forced log-likelihood of `batch["tokens"]` (no label smoothing, no class dropout):
+        {"nll": float32 [B], the summed -log p over the tokens in nats, "num_tokens": float32 [B]}
+        (with K streams every one of the T x K tokens counts). Perplexity is exp(sum nll / sum
+        num_tokens); bits per token divide by log 2."""
+        del rng  # deterministic: kept for the recipe method signature
+        tokens = self._flat_tokens(batch).astype(jnp.int32)
+        token_log_probs = teacher_forced_log_probs(model, tokens, self._labels(batch))
+        return {"nll": -jnp.sum(token_log_probs.reshape(tokens.shape[0], self.num_tokens), axis=-1),
                 "num_tokens": jnp.full((tokens.shape[0],), self.num_tokens, jnp.float32)}
 
     def generate(self, model: TokenTransformer, batch, rng, *, temperature: float = 1.0, cfg_scale: float = 1.0,
@@ -383,10 +431,13 @@ class AutoregressiveRecipe(_TokenRecipe):
         `batch["tokens"]`/`batch["known"]` ([B, *token_shape], optional) give a prompt: the known
         positions before each row's first unknown one (in reading order) are forced. A left-to-right
         model cannot condition on later tokens, so known positions after that first gap are
-        resampled like the rest; use MaskGIT to infill. Returns {"tokens" [B, *token_shape]}.
+        resampled like the rest; use MaskGIT to infill. With K streams a frame counts as known when
+        all its K tokens are. Returns {"tokens" [B, *token_shape]}.
         """
         tokens, known = self._start(batch)
         labels = self._labels(batch)
+        if self.num_streams > 1:
+            known = jnp.all(known, axis=-1)
         prompt_length = jnp.sum(jnp.cumprod(known.astype(jnp.int32), axis=-1), axis=-1)  # the known prefix
         out = autoregressive_decode(model, labels, rng, batch_size=tokens.shape[0], prompt=tokens,
                                     prompt_length=prompt_length, temperature=temperature,

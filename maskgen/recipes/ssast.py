@@ -259,6 +259,27 @@ class SSASTRecipe(Recipe):
         """[B, width] encoder features of the unmasked clip: mean of the patch tokens, or "cls"."""
         return model.features(self.patches(batch["audio"]), pool)
 
+    def token_features(self, model: SSAST, batch, rng, layer: int = -1):
+        """{"audio" [B, T, 1]} -> float32 [B, N, width]: every token's encoder output on the unmasked
+        clip (the class token dropped), for per-token features such as semantic tokens (MaskGCT,
+        arXiv 2409.00750, takes one layer of its speech encoder). `layer` -1: the final output (after
+        the final LayerNorm); k in 0..depth: the input of the transformer (k = 0) or the output of
+        block k, before any norm. Tokens are in raster order over (mel, time) patches: one per
+        `patch_shape[1]` frames for frame tokens."""
+        depth = len(model.transformer.blocks)
+        if not -1 <= layer <= depth:
+            raise ValueError(f"SSAST token features: layer={layer} must be -1 (the final output) or 0..{depth}")
+        patches = self.patches(batch["audio"])
+        if layer == -1:
+            return model.encode(patches)[:, 1:].astype(jnp.float32)
+        # SSAST.encode up to block `layer`: patch embedding, class token, positions, then the blocks.
+        x = model.patch_embed(patches)
+        cls = jnp.broadcast_to(model.cls_token[...].astype(model.dtype), (x.shape[0], 1, model.width))
+        x = jnp.concatenate([cls, x], axis=1) + model.pos_embed[...].astype(model.dtype)
+        for block in model.transformer.blocks[:layer]:
+            x = block(x)
+        return x[:, 1:].astype(jnp.float32)
+
     def classify(self, model: SSAST, batch, rng):
         """{"audio" [B, T, 1]} -> class logits [B, num_classes] (the fine-tuning head)."""
         return model.classify(self.patches(batch["audio"]))

@@ -50,8 +50,33 @@ def _neg_log1m(v: jax.Array) -> jax.Array:
     return jnp.where(v < 2.0 ** -6, series, -jnp.log(1 - v))
 
 
+def nucleus_mask(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """bool [..., V]: the top-p nucleus of softmax(logits) over the last axis (Holtzman et al.,
+    arXiv 1904.09751): the most probable tokens, in decreasing order, up to and including the
+    first one that brings the cumulative probability to >= top_p. Every token tied in probability
+    with the last one kept is kept too, so the set does not depend on how a sort orders ties.
+    The most probable token is always in it."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    descending = -jnp.sort(-probs, axis=-1)
+    # Probability of the tokens ranked strictly above each one (an exclusive cumulative sum).
+    mass_above = jnp.cumsum(descending, axis=-1) - descending
+    in_nucleus = mass_above < jnp.asarray(top_p, jnp.float32)
+    in_nucleus = in_nucleus.at[..., 0].set(True)
+    threshold = jnp.min(jnp.where(in_nucleus, descending, jnp.inf), axis=-1, keepdims=True)
+    return probs >= threshold
+
+
 def sample_categorical(rng: jax.Array, logits: jax.Array, temperature: float | jax.Array = 1.0,
-                       precision: str = "float64") -> jax.Array:
-    """Samples ids from softmax(logits / temperature) over the last axis (Gumbel-max)."""
+                       precision: str = "float64", top_p: float | jax.Array = 1.0) -> jax.Array:
+    """Samples ids from softmax(logits / temperature) over the last axis (Gumbel-max).
+
+    top_p < 1 restricts the draw to the nucleus of the tempered distribution (`nucleus_mask`),
+    renormalised (MAGNeT samples with top_p = 0.9, arXiv 2401.04577). A Python top_p of 1.0 (the
+    default) skips the restriction entirely, so the samples are bit-identical to before.
+    """
+    if isinstance(top_p, (int, float)) and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     logits = logits.astype(jnp.float32) / jnp.maximum(jnp.asarray(temperature, jnp.float32), 1e-8)
+    if not (isinstance(top_p, (int, float)) and top_p == 1.0):
+        logits = jnp.where(nucleus_mask(logits, top_p), logits, -jnp.inf)
     return jnp.argmax(logits + gumbel_noise(rng, logits.shape, precision), axis=-1).astype(jnp.int32)

@@ -31,6 +31,16 @@ Policies (`POLICIES`):
     uniformly chosen unknown position per step, so N tokens take N steps. The model is
     time-agnostic, so the event times are not needed to sample; they are reported in `times`.
 
+  "span_max" / "span_prod" / "span_min" (`span_policy`): MAGNeT's re-masking (Ziv et al., arXiv
+    2401.04577): spans of `span_length` consecutive positions along the last token axis are
+    scored from their tokens' probabilities and re-masked whole, cos(pi/2 * i/(n - 1)) of them.
+
+MAGNeT's other decoding pieces are options of the same decoder: top-p sampling (`top_p`), the
+temperature annealed linearly to 0 within a run (`temperature_schedule="linear_to_zero"`),
+guidance annealed with the mask rate from `cfg_scale` to `cfg_min_scale`
+(`cfg_schedule="mask_rate"`), and rescoring by an external model, whose probability is mixed into
+the confidence (`score_fn`, `score_weight`). MAGNeT decodes one codebook level [B, T] per call.
+
 Editing (inpainting, outpainting, class-conditional editing) starts at a later step of the same
 schedule (`start_step`; the official MaskGIT code uses 2).
 
@@ -60,8 +70,9 @@ import jax.numpy as jnp
 from maskgen.masking.schedules import keep_masked_table, mask_ratio
 from maskgen.sampling.categorical import PRECISIONS, gumbel_noise, sample_categorical
 
-CFG_SCHEDULES = ("constant", "linear", "cosine")
-TEMPERATURE_SCHEDULES = ("constant", "linear")
+CFG_SCHEDULES = ("constant", "linear", "cosine", "mask_rate")
+TEMPERATURE_SCHEDULES = ("constant", "linear", "linear_to_zero")
+SPAN_AGGREGATES = ("max", "prod", "min")
 
 
 class DecodeResult(NamedTuple):
@@ -95,7 +106,8 @@ class DrawFn(Protocol):
 class ChooseFn(Protocol):
     def __call__(self, rng: jax.Array, *, log_probs_of_sample: jax.Array, unknown: jax.Array,
                  num_keep_masked: jax.Array, step: jax.Array, num_steps: int, ratio_prev: jax.Array,
-                 ratio: jax.Array, choice_temperature: Any, precision: str) -> jax.Array: ...
+                 ratio: jax.Array, choice_temperature: Any, precision: str, unknown_start: jax.Array,
+                 token_shape: tuple[int, ...]) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +115,16 @@ class UnmaskPolicy:
     """Which unknown positions a decoding step reveals.
 
     choose(rng, *, log_probs_of_sample, unknown, num_keep_masked, step, num_steps, ratio_prev,
-           ratio, choice_temperature, precision) -> bool [B, N], True where the position stays
+           ratio, choice_temperature, precision, unknown_start, token_shape) -> bool [B, N] (take
+      the arguments you do not need as **kwargs), True where the position stays
       unknown after the step. Arguments: log_probs_of_sample float32 [B, N] (log p of this step's
       sample), unknown bool [B, N] (before the step), num_keep_masked int32 [B] (MaskGIT's
       floor(n0 * gamma(r)) clamped to [1, unknown - 1], at least 1 while anything is unknown; 0 on
       the last step), step int32 scalar t, num_steps T (static),
-      ratio_prev / ratio float32 scalars gamma(t / T) / gamma((t + 1) / T). The decoder keeps only
+      ratio_prev / ratio float32 scalars gamma(t / T) / gamma((t + 1) / T), unknown_start bool
+      [B, N] (unknown before decoding began), token_shape the static shape after the batch axis
+      (N = prod(token_shape), row-major). With rescoring (`score_fn`) log_probs_of_sample is the
+      log of the mixed probability. The decoder keeps only
       positions that were unknown and reveals everything on the last step, so a policy cannot
       touch known tokens or leave the output incomplete.
     event_time(rng, *, time, unknown, step, num_steps) -> float32 [B], the diffusion time after
@@ -203,6 +219,71 @@ def _first_hitting_time(rng, *, time, unknown, **_):
     return jnp.where(n > 0, time * u ** (1.0 / jnp.maximum(n, 1.0)), time)
 
 
+def span_policy(span_length: int, aggregate: str = "max") -> UnmaskPolicy:
+    """MAGNeT's span re-masking (Ziv et al., arXiv 2401.04577, Sec. 3.2) as an unmask policy.
+
+    The positions are cut into spans of `span_length` consecutive positions along the LAST token
+    axis (for a [B, T] codebook level: frames [0, L), [L, 2L), ...; the last span of a row is
+    shorter when L does not divide T; with more axes each row of the last axis is cut alike). A
+    span is unknown while any of its positions is; known positions are never re-masked.
+
+    Span score (higher = re-masked first), from the sampled tokens' probabilities p over the
+    span's unknown positions:
+      "max":  1 - max p (MAGNeT's and audiocraft's "max": a span stays masked unless some token
+              in it is confident);
+      "prod": 1 - prod p (ranked as -sum log p, audiocraft's "prod");
+      "min":  1 - min p = max over the span of (1 - p) (its least confident token decides).
+
+    Count: after step t of n (step i = t + 1 of MAGNeT's loop) the highest-scoring
+    floor(cos(pi/2 * (t + 1)/(n - 1)) * S0) of the unknown spans stay masked, at least 1 and at
+    most the spans still unknown (so one lone unknown span waits for the last step), where S0 is
+    the number of spans unknown before decoding; the last step reveals everything. The floor is
+    exact (a host table, `keep_masked_table("cosine", n - 1, S0)`). Ties: the earlier span is
+    revealed. The policy ignores choice_temperature (MAGNeT adds no choice noise).
+    """
+    if not isinstance(span_length, int) or isinstance(span_length, bool) or span_length < 1:
+        raise ValueError(f"span_length must be an int >= 1, got {span_length!r}")
+    if aggregate not in SPAN_AGGREGATES:
+        raise ValueError(f"unknown span score aggregate {aggregate!r}; valid: {SPAN_AGGREGATES}")
+
+    def choose(rng, *, log_probs_of_sample, unknown, step, num_steps, unknown_start, token_shape, **_):
+        batch, num_tokens = unknown.shape
+        row_length = token_shape[-1]
+        spans_per_row = -(-row_length // span_length)
+        padding = spans_per_row * span_length - row_length
+
+        def to_spans(x, pad_value):  # [B, N] -> [B, P * spans_per_row, span_length]
+            x = x.reshape(batch, num_tokens // row_length, row_length)
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, padding)), constant_values=pad_value)
+            return x.reshape(batch, -1, span_length)
+
+        span_unknown = to_spans(unknown, False)
+        log_p = to_spans(log_probs_of_sample, 0.0)
+        # Span confidence: the lower it is, the sooner the span is re-masked (score = 1 - confidence).
+        if aggregate == "max":
+            confidence = jnp.max(jnp.where(span_unknown, log_p, -jnp.inf), axis=-1)
+        elif aggregate == "min":
+            confidence = jnp.min(jnp.where(span_unknown, log_p, jnp.inf), axis=-1)
+        else:  # prod
+            confidence = jnp.sum(jnp.where(span_unknown, log_p, 0.0), axis=-1)
+        any_unknown = jnp.any(span_unknown, axis=-1)
+        spans_at_start = jnp.sum(jnp.any(to_spans(unknown_start, False), axis=-1), axis=-1)
+        total_spans = any_unknown.shape[-1]
+        if num_steps > 1:
+            table = jnp.asarray(keep_masked_table("cosine", num_steps - 1, total_spans))
+            scheduled = table[jnp.minimum(step, num_steps - 2), spans_at_start]
+        else:
+            scheduled = jnp.zeros_like(spans_at_start)
+        unknown_spans = jnp.sum(any_unknown, axis=-1).astype(jnp.int32)
+        keep = jnp.minimum(jnp.maximum(scheduled, 1), unknown_spans)
+        span_still = _keep_lowest(confidence, any_unknown, keep)
+        still = jnp.broadcast_to(span_still[..., None], span_unknown.shape)
+        still = still.reshape(batch, num_tokens // row_length, spans_per_row * span_length)[..., :row_length]
+        return still.reshape(batch, num_tokens) & unknown
+
+    return UnmaskPolicy(choose, uses_count=False)
+
+
 POLICIES: dict[str, UnmaskPolicy] = {
     "confidence": UnmaskPolicy(_confidence),
     "random": UnmaskPolicy(_random),
@@ -235,6 +316,11 @@ def iterative_decode(
     precision: str = "float64",
     cache: bool = False,
     record_trajectory: bool = True,
+    top_p: float | jax.Array = 1.0,
+    cfg_min_scale: float | jax.Array = 1.0,
+    score_fn: Callable[[jax.Array], jax.Array] | None = None,
+    score_weight: float | jax.Array = 1.0,
+    span_length: int = 3,
 ) -> DecodeResult:
     """Decodes the unknown positions of `tokens` in `num_steps - start_step` parallel steps.
 
@@ -254,26 +340,70 @@ def iterative_decode(
       schedule: mask schedule name for `mask_ratio` (cosine, linear, powN, log, exp, ...).
       choice_temperature: scale of the Gumbel noise on the confidence, annealed by (1 - r).
       temperature: sampling temperature.
-      temperature_schedule: "constant", or "linear": temperature * (1 - t / T), which starts at
-        `temperature` and ends at temperature / T (never 0, so the last step still samples).
+      temperature_schedule: "constant"; "linear": temperature * (1 - t / T), which starts at
+        `temperature` and ends at temperature / T (never 0, so the last step still samples); or
+        "linear_to_zero" (MAGNeT's 3 -> 0 anneal, arXiv 2401.04577, as audiocraft computes it):
+        temperature * (1 - (t + 1) / T), so it reaches 0 on the last step, which takes the argmax
+        of the guided logits (sample-then-choose policies; a `draw` policy gets temperature 0,
+        which it clamps to 1e-8).
       policy: a name in POLICIES ("confidence", "random", "ancestral", "ancestral_joint",
-        "first_hitting") or an
-        `UnmaskPolicy`.
+        "first_hitting"), "span_max" / "span_prod" / "span_min" (MAGNeT's span re-masking,
+        `span_policy(span_length, aggregate)`), or an `UnmaskPolicy`.
       cfg_scale: guidance scale s; logits = uncond + s_t * (cond - uncond).
-      cfg_schedule: s_t = s ("constant"), s * r ("linear") or s * (1 - cos(pi r)) / 2 ("cosine").
+      cfg_schedule: s_t = s ("constant"), s * r ("linear"), s * (1 - cos(pi r)) / 2 ("cosine"), or
+        "mask_rate" (MAGNeT): s_t = m * s + (1 - m) * cfg_min_scale per example, m = the share of
+        the positions unknown before decoding that are still unknown before step t (1 on the
+        first step of a generation, falling towards 0; MAGNeT: s = 10, cfg_min_scale = 1).
       start_step: first step to run (editing starts later in the same T-step schedule).
       precision: "float64" (64-bit-resolution uniforms, default) or "float32" for the Gumbel noise.
       cache: skip the network (and reuse its last logits) when no token of the whole batch changed
         since its last call, or when nothing is left unknown; exact for models that do not see the step.
       record_trajectory: False returns empty trajectory/masks (long samplers need not keep S copies).
+      top_p: nucleus sampling (MAGNeT: 0.9): each step samples from the smallest set of most
+        probable tokens of the tempered, guided distribution whose mass reaches top_p
+        (`categorical.nucleus_mask`). 1.0 (default) = no restriction, bit-identical to before.
+        Not available with a `draw` policy ("ancestral_joint").
+      cfg_min_scale: the guidance scale reached when nothing is left masked, for
+        cfg_schedule="mask_rate" only (an error with any other schedule unless 1.0).
+      score_fn: rescoring (MAGNeT, Sec. 3.3): a pure function (sampled int32 [B, *shape]: this
+        step's samples with the known tokens in place) -> float32 [B, *shape] log-probabilities
+        of those tokens under another model (e.g. an autoregressive one). The confidence the
+        policy sees becomes log(w * p_model + (1 - w) * exp(score_fn(sampled))), w = score_weight,
+        p_model the decoded model's (guided, untempered) probability of the sample. It is called
+        once per step and does not count in `nfe`. Not available with a `draw` policy.
+      score_weight: w in [0, 1] (MAGNeT's paper: 0.7). A Python 1.0 skips score_fn entirely
+        (identical to score_fn=None).
+      span_length: the span length (positions along the last token axis) of the "span_*"
+        policies (MAGNeT: 3 frames); ignored by the other policies.
     """
     # ---- static validation: fail at trace time with the valid choices named.
+    span_names = tuple(f"span_{aggregate}" for aggregate in SPAN_AGGREGATES)
     if isinstance(policy, str):
-        if policy not in POLICIES:
-            raise ValueError(f"unknown decoding policy {policy!r}; valid: {tuple(POLICIES)}")
-        policy = POLICIES[policy]
+        if policy in span_names:
+            policy = span_policy(span_length, policy[len("span_"):])
+        elif policy not in POLICIES:
+            raise ValueError(f"unknown decoding policy {policy!r}; valid: {tuple(POLICIES) + span_names}")
+        else:
+            policy = POLICIES[policy]
     elif not isinstance(policy, UnmaskPolicy):
-        raise ValueError(f"policy must be a name in {tuple(POLICIES)} or an UnmaskPolicy, got {policy!r}")
+        raise ValueError(f"policy must be a name in {tuple(POLICIES) + span_names} or an UnmaskPolicy, "
+                         f"got {policy!r}")
+    if isinstance(top_p, (int, float)) and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    default_top_p = isinstance(top_p, (int, float)) and float(top_p) == 1.0
+    if isinstance(cfg_min_scale, (int, float)) and float(cfg_min_scale) != 1.0 and cfg_schedule != "mask_rate":
+        raise ValueError(f"cfg_min_scale={cfg_min_scale!r} only applies to cfg_schedule='mask_rate', "
+                         f"got cfg_schedule={cfg_schedule!r}")
+    if score_fn is not None and not callable(score_fn):
+        raise ValueError(f"score_fn must be a function of the sampled tokens or None, got {score_fn!r}")
+    if isinstance(score_weight, (int, float)) and not 0.0 <= score_weight <= 1.0:
+        raise ValueError(f"score_weight must be in [0, 1], got {score_weight!r}")
+    rescoring = score_fn is not None and not (isinstance(score_weight, (int, float)) and float(score_weight) == 1.0)
+    if policy.draw is not None and not default_top_p:
+        raise ValueError("top_p is not available with a policy that draws its own tokens (e.g. 'ancestral_joint')")
+    if policy.draw is not None and score_fn is not None:
+        raise ValueError("score_fn (rescoring) is not available with a policy that draws its own tokens "
+                         "(e.g. 'ancestral_joint'): it never scores a sample")
     if cfg_schedule not in CFG_SCHEDULES:
         raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}; valid: {CFG_SCHEDULES}")
     if temperature_schedule not in TEMPERATURE_SCHEDULES:
@@ -337,7 +467,7 @@ def iterative_decode(
                              f"got shape {logits.shape}")
         return logits.astype(jnp.float32).reshape(model_batch, num_tokens, logits.shape[-1])
 
-    def guide(raw, r):
+    def guide(raw, r, unknown):
         if not guided:
             return raw
         conditional, unconditional = raw[:batch], raw[batch:]
@@ -345,8 +475,13 @@ def iterative_decode(
             scale = cfg_scale
         elif cfg_schedule == "linear":
             scale = cfg_scale * r
-        else:  # cosine: 0 at r = 0, s at r = 1, smooth at both ends.
+        elif cfg_schedule == "cosine":  # 0 at r = 0, s at r = 1, smooth at both ends.
             scale = cfg_scale * (1.0 - jnp.cos(math.pi * r)) / 2.0
+        else:  # mask_rate (MAGNeT): per example, from the share still unknown before this step.
+            masked_share = (jnp.sum(unknown, axis=-1).astype(jnp.float32)
+                            / jnp.maximum(num_unknown_start, 1).astype(jnp.float32))
+            scale = (masked_share * jnp.asarray(cfg_scale, jnp.float32)
+                     + (1.0 - masked_share) * jnp.asarray(cfg_min_scale, jnp.float32))[:, None, None]
         return unconditional + jnp.asarray(scale, jnp.float32) * (conditional - unconditional)
 
     def step_fn(carry, xs):
@@ -368,11 +503,14 @@ def iterative_decode(
         else:
             raw = network(model_in)
             nfe = nfe + 1
-        logits = guide(raw, r)
+        logits = guide(raw, r, unknown)
         if temperature_schedule == "linear":
             # (1 - t/T) rather than (1 - (t+1)/T): starts at the requested temperature and never
             # reaches 0, so the tokens left to the last step are still sampled, not argmaxed.
             temp = temperature * (1.0 - t.astype(jnp.float32) / num_steps)
+        elif temperature_schedule == "linear_to_zero":
+            # MAGNeT/audiocraft: temperature * steps_left / T, 0 on the last step (argmax below).
+            temp = temperature * (1.0 - (t + 1).astype(jnp.float32) / num_steps)
         else:
             temp = temperature
         last = t == num_steps - 1
@@ -385,7 +523,12 @@ def iterative_decode(
                                          precision=precision)
             sampled = jnp.where(unknown, sampled, cur_tokens)
         else:
-            sampled = sample_categorical(sample_rng, logits, temp, precision)
+            if default_top_p:
+                sampled = sample_categorical(sample_rng, logits, temp, precision)
+            else:
+                sampled = sample_categorical(sample_rng, logits, temp, precision, top_p=top_p)
+            if temperature_schedule == "linear_to_zero":
+                sampled = jnp.where(last, jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
             sampled = jnp.where(unknown, sampled, cur_tokens)
 
             # 2. How many stay masked, by the reference's count: max(1, min(unknown_now - 1,
@@ -400,9 +543,20 @@ def iterative_decode(
             # 3. The policy picks what stays masked, only among the unknown.
             log_probs = jax.nn.log_softmax(logits, axis=-1)  # unused (and dropped by XLA) unless the policy reads it
             log_probs_of_sample = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+            if rescoring:
+                # MAGNeT's rescoring mixes probabilities: w * p_model + (1 - w) * p_rescorer.
+                rescored = score_fn(sampled.reshape((batch,) + shape))
+                if jnp.shape(rescored) != (batch,) + shape:
+                    raise ValueError(f"score_fn must return log-probs of shape {(batch,) + shape}, "
+                                     f"got {jnp.shape(rescored)}")
+                weight = jnp.asarray(score_weight, jnp.float32)
+                mixed = (weight * jnp.exp(log_probs_of_sample)
+                         + (1.0 - weight) * jnp.exp(jnp.asarray(rescored, jnp.float32).reshape(batch, num_tokens)))
+                log_probs_of_sample = jnp.log(mixed)
             still = policy.choose(choice_rng, log_probs_of_sample=log_probs_of_sample, unknown=unknown,
                                   num_keep_masked=keep, step=t, num_steps=num_steps, ratio_prev=ratio_prev,
-                                  ratio=ratio, choice_temperature=choice_temperature, precision=precision)
+                                  ratio=ratio, choice_temperature=choice_temperature, precision=precision,
+                                  unknown_start=~flat_known, token_shape=shape)
         # Only unknown positions can stay masked, and nothing after the last step.
         still = still & unknown & ~last
         if policy.event_time is None:
