@@ -38,7 +38,10 @@ def get_config(arg=None):
     config.model = dict(width=width, depth=depth, num_heads=heads, mlp_ratio=4.0, positions="learned",
                         num_levels=args["levels"], num_frames=100)
     config.loss = dict(min_mask_prob=0.0, prompt_drop=0.15, prompt_max_fraction=0.5, prompt_min_frames=5,
-                       label_smoothing=0.0)
+                       label_smoothing=0.0,
+                       # > 0: that share of the examples takes the pair's real prompt clip as the prompt
+                       # (inference's layout) instead of the paper's random prefix (docs/audio.md, B21).
+                       prompt_boundary_prob=0.0)
     # Amphion's semantic2acoustic: temperature 1.5 annealed, CFG 2.5, steps [25, 10, 1, ...].
     config.sampling = dict(steps_per_level=(10, 4, 1, 1), temperature=1.5, choice_temperature=1.0, cfg_scale=2.5,
                            schedule="cosine", policy="confidence")

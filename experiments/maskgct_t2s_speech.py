@@ -45,7 +45,10 @@ def get_config(arg=None):
     config.model = dict(width=width, depth=depth, num_heads=heads, mlp_ratio=4.0, positions="learned",
                         max_phones=24, num_frames=100)
     config.loss = dict(min_mask_prob=0.2, prompt_drop=0.15, prompt_max_fraction=0.4, prompt_min_frames=5,
-                       label_smoothing=0.0)
+                       label_smoothing=0.0,
+                       # > 0: that share of the examples takes the pair's real prompt clip as the prompt
+                       # (inference's layout) instead of the paper's random prefix (docs/audio.md, B21).
+                       prompt_boundary_prob=0.0)
     # Amphion's text2semantic: 25-50 steps, temperature 0.9 annealed, CFG 2.5, last step greedy.
     config.sampling = dict(num_steps=16, temperature=0.9, choice_temperature=1.0, cfg_scale=2.5, schedule="cosine",
                            policy="confidence")
