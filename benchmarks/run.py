@@ -1,4 +1,4 @@
-"""Runs every benchmark (B1-B19) and prints one summary table: `python -m benchmarks.run`.
+"""Runs every benchmark (B1-B21) and prints one summary table: `python -m benchmarks.run`.
 
 Each benchmark runs in its own child process (its own XLA flags, thread pools and memory peak),
 prints its full table as it goes, and leaves a JSON result that this runner collects. On a 2-core

@@ -144,9 +144,22 @@ class GeneratorHandle(RunHandle):
         return {"edited": self.decoder.decode(edited_tokens)["images"][0],
                 "reconstruction": self.decoder.decode(tokens)["images"][0], "token_mask": token_mask}
 
+    def codec_streams(self) -> bool:
+        """Whether the tokens are a codec's [frames, K] residual streams (waveform or mel codec), not
+        a 2-D [bands, time] grid: the layout follows the tokenizer, not what it decodes to."""
+        return self.decoder.tokenizer.info.get("quantizer") == "rvq" and len(self.info["token_shape"]) == 2
+
+    def token_layout(self) -> str:
+        """What `audio_token_mask` and the edit picture read the token grid as: "audio" ([frames, K])
+        or "log_mel" ([bands, time])."""
+        return "audio" if self.codec_streams() else self.decoder.decodes_to
+
     def audio_mask(self, spec: str) -> np.ndarray:
         """A `--mask` spec for audio (AUDIO_MASK_HELP) -> the token mask over info()["token_shape"]."""
-        return audio_token_mask(spec, tuple(self.info["token_shape"]), self.decoder.decodes_to,
+        shape = tuple(self.info["token_shape"])
+        if self.codec_streams():  # one token frame per 1 / frame_rate seconds
+            return audio_token_mask(spec, shape, "audio", 1.0 / float(self.decoder.tokenizer.info["frame_rate"]))
+        return audio_token_mask(spec, shape, self.decoder.decodes_to,
                                 self.decoder.seconds_per_frame * self._frames_per_time_token())
 
     def _frames_per_time_token(self) -> int:
@@ -543,7 +556,7 @@ def edit_to_wav(handle: GeneratorHandle, audio_spec: str, mask_spec: str, label:
         outputs.write_wav(out, result["edited"], result["sample_rate"])
         if compare_out:
             original = _spectrogram(result["reconstruction_log_mel"])
-            strip = [original, _grey_tokens(original, result["token_mask"], handle.decoder.decodes_to),
+            strip = [original, _grey_tokens(original, result["token_mask"], handle.token_layout()),
                      _spectrogram(result["edited_log_mel"])]
             save_png(compare_out, make_grid([np.stack(strip)], upscale=2))
     return result
@@ -600,13 +613,11 @@ def maskgct_sample_to_wavs(s2a_workdir: str, t2s_workdir: str, text: str, prompt
     the prompt's voice (MaskGCT, arXiv 2409.00750; `maskgen.recipes.maskgct.maskgct_generate`) `num`
     times and writes out_dir/prompt.wav, <text>_<i>.wav (the generated part) and
     <text>_<i>_with_prompt.wav. `duration`: target seconds (default: the prompt's phone rate)."""
-    from maskgen.recipes.frozen import load_frozen_run
-    from maskgen.recipes.maskgct import maskgct_generate
+    from maskgen.recipes.maskgct import maskgct_generate, open_voice_runs
 
     if not text or not text.strip():
         raise ValueError("--text: give the text to say (words; it is phonemised with eSpeak NG)")
-    s2a = load_frozen_run(s2a_workdir, role="--workdir", recipes=("maskgct_s2a",))
-    t2s = load_frozen_run(t2s_workdir, role="--t2s-workdir", recipes=("maskgct_t2s",))
+    s2a, t2s = open_voice_runs(s2a_workdir, t2s_workdir)
     rate = s2a.recipe.sample_rate
     prompt, said, voice = load_prompt(prompt_spec, rate, s2a.config.data)
     prompt_text = prompt_text or said

@@ -320,3 +320,21 @@ def test_cpu_config_trains_on_codec_token_streams(tmp_path):
 
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "metrics.jsonl") if '"loss"' in line]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_time_masks_on_mel_codec_streams_select_frames_not_levels():
+    """A mel codec decodes to a log-mel but its tokens are [frames, K] streams: `--mask time:S-E`
+    must select frames (every level), timed by the codec's frame rate, not read the streams as a
+    [bands, time] grid."""
+    from types import SimpleNamespace
+
+    from maskgen.generate import GeneratorHandle
+
+    tokenizer = SimpleNamespace(info={"quantizer": "rvq", "frame_rate": 50.0, "mel_frames": 100})
+    handle = SimpleNamespace(info={"token_shape": (50, 4)},
+                             decoder=SimpleNamespace(decodes_to="log_mel", tokenizer=tokenizer, seconds_per_frame=0.01))
+    handle.codec_streams = lambda: GeneratorHandle.codec_streams(handle)
+    mask = GeneratorHandle.audio_mask(handle, "time:0.3-0.6")
+    assert mask.shape == (50, 4)
+    assert np.array_equal(np.flatnonzero(mask.any(axis=1)), np.arange(15, 30)) and mask[15:30].all()
+    assert GeneratorHandle.token_layout(handle) == "audio"

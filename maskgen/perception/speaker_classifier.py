@@ -79,7 +79,7 @@ def _db_to_scaled(db: float) -> float:
 
 
 def mel_config(sample_rate: int) -> audio_features.MelConfig:
-    """The network's log-mel settings at `sample_rate`: 32 ms windows (a power of two), 75% overlap, 64 mels."""
+    """The network's log-mel settings at `sample_rate`: 32 ms windows (a power of two), 50% overlap, 64 mels."""
     n_fft = 2 ** math.ceil(math.log2(0.032 * sample_rate))
     return audio_features.MelConfig(sample_rate=sample_rate, n_fft=n_fft, hop=n_fft // 2, n_mels=N_MELS)
 

@@ -716,6 +716,15 @@ def _generate(run, batch: dict, rng: jax.Array, settings: dict | None) -> dict:
     return _jitted(run, ("generate", tuple(sorted(settings.items()))), make)(run.params, batch, rng)
 
 
+def open_voice_runs(s2a_workdir: str, t2s_workdir: str):
+    """The frozen (s2a_run, t2s_run) pair `maskgct_generate` takes, checked to be a `maskgct_s2a` and
+    a `maskgct_t2s` run (errors name the flags of `maskgen sample`)."""
+    from maskgen.recipes.frozen import load_frozen_run
+
+    return (load_frozen_run(s2a_workdir, role="--workdir", recipes=("maskgct_s2a",)),
+            load_frozen_run(t2s_workdir, role="--t2s-workdir", recipes=("maskgct_t2s",)))
+
+
 def maskgct_generate(t2s_run, s2a_run, texts, prompt_audio, prompt_texts, *, seed: int = 0, target_frames_override=None,
                      t2s_settings: dict | None = None, s2a_settings: dict | None = None,
                      griffin_lim_iters: int | None = None, use_prompt: bool = True) -> dict:
