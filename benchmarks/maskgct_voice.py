@@ -211,6 +211,19 @@ def run(t2s_workdir: str, s2a_workdir: str, *, per_voice: int, t2s_steps, s2a_st
                       references, speaker, words, clip, voices=shifted)
             w.update(t2s_steps=t_steps, s2a_steps=list(s_steps))
             results.append(w)
+    # S2A alone: the true semantic tokens of each pair (T2S skipped), with the true target length.
+    frames = recipe.num_frames
+    capacity = int(round(frames * recipe.samples_per_frame))
+    whole = np.zeros((n, capacity, 1), np.float32)
+    whole[:, :min(capacity, pairs["audio"].shape[1]), 0] = np.asarray(pairs["audio"])[:, :capacity]
+    true_semantic = np.asarray(recipe.semantic.encode(whole, frames))
+    out = maskgct_generate(t2s, s2a, pairs["text"], pairs["prompt"], pairs["prompt_text"], seed=seed,
+                           s2a_settings={"steps_per_level": default_s2a}, semantic_tokens=true_semantic,
+                           target_frames_override=np.maximum(1, np.round(target_len / recipe.samples_per_frame)))
+    r = score("S2A from the true semantic tokens (T2S skipped)", out["target_audio"], out["target_samples"], pairs,
+              references, speaker, words, clip)
+    r.update(s2a_steps=list(default_s2a))
+    results.append(r)
     # No prompt: the same texts and durations, no prompt frames or prompt text.
     out = maskgct_generate(t2s, s2a, pairs["text"], pairs["prompt"], pairs["prompt_text"], seed=seed,
                            t2s_settings={"num_steps": default_t2s}, s2a_settings={"steps_per_level": default_s2a},

@@ -727,7 +727,7 @@ def open_voice_runs(s2a_workdir: str, t2s_workdir: str):
 
 def maskgct_generate(t2s_run, s2a_run, texts, prompt_audio, prompt_texts, *, seed: int = 0, target_frames_override=None,
                      t2s_settings: dict | None = None, s2a_settings: dict | None = None,
-                     griffin_lim_iters: int | None = None, use_prompt: bool = True) -> dict:
+                     griffin_lim_iters: int | None = None, use_prompt: bool = True, semantic_tokens=None) -> dict:
     """Zero-shot voice prompting: say `texts` in the voice of `prompt_audio`.
 
     t2s_run, s2a_run: FrozenRuns (`maskgen.recipes.frozen.load_frozen_run`) of a `maskgct_t2s` and a
@@ -740,6 +740,8 @@ def maskgct_generate(t2s_run, s2a_run, texts, prompt_audio, prompt_texts, *, see
     target_frames_override: int or [n] target frames (default: the prompt's phone rate).
     use_prompt=False: the no-prompt baseline (no prompt frames, no prompt text; the voice is the
     model's choice): target_frames_override is then required.
+    semantic_tokens: int [n, S] semantic tokens of the whole utterance (e.g. a real pair's, encoded by
+    the runs' semantic tokenizer): T2S is skipped and S2A reads them (the S2A-only ceiling of B21).
     Returns {"audio" [n, samples] (prompt + target), "target_audio" [n, samples] (the generated part,
     zero padded), "prompt_samples", "target_samples" [n], "semantic" [n, S], "acoustic" [n, S, K],
     "sample_rate", "nfe_t2s", "nfe_s2a"}.
@@ -798,7 +800,14 @@ def maskgct_generate(t2s_run, s2a_run, texts, prompt_audio, prompt_texts, *, see
     t2s_batch = {"phones": jnp.asarray(phones), "num_prompt_phones": jnp.asarray(num_prompt_phones),
                  "prompt_tokens": prompt_semantic, "prompt_frames": jnp.asarray(prompt_frames),
                  "total_frames": jnp.asarray(total_frames)}
-    t2s_out = _generate(t2s_run, t2s_batch, rng_t2s, t2s_settings)
+    if semantic_tokens is None:
+        t2s_out = _generate(t2s_run, t2s_batch, rng_t2s, t2s_settings)
+    else:
+        semantic_tokens = jnp.asarray(semantic_tokens, jnp.int32)
+        if semantic_tokens.shape != prompt_semantic.shape:
+            raise ValueError(f"semantic_tokens must be [n, S] = {tuple(prompt_semantic.shape)}, got "
+                             f"{tuple(semantic_tokens.shape)}")
+        t2s_out = {"tokens": semantic_tokens, "nfe": 0}
     s2a_batch = {"semantic": t2s_out["tokens"], "prompt_tokens": prompt_acoustic,
                  "prompt_frames": jnp.asarray(prompt_frames), "total_frames": jnp.asarray(total_frames)}
     s2a_out = _generate(s2a_run, s2a_batch, rng_s2a, s2a_settings)
