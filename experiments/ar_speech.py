@@ -24,7 +24,7 @@ from maskgen.config import Arg, base_config, choice, integer, parse_config_arg
 # size: (width, depth, heads, steps, batch): experiments/magnet_speech.py's, for a fair comparison.
 SIZES = {"tiny": (32, 2, 2, 20, 8), "small": (128, 4, 4, 3000, 32)}
 ARGS = {
-    "tokens": Arg("/work/runs18/codec_tokens", "the token dataset (`maskgen tokenize --out` of a codec run)"),
+    "tokens": Arg("runs/codec_tokens", "the token dataset (`maskgen tokenize --out` of a codec run)"),
     "size": choice("small", "model size and batch (SIZES); tiny is for tests", *SIZES),
     "steps": Arg(None, "training steps (default per size)", integer(min=1)),
     "frames": Arg(50, "codec frames per clip (the tokens' token_shape[0])", integer(min=1)),

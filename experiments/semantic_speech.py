@@ -25,7 +25,7 @@ SIZES = {
 }
 ARGS = {
     "size": choice("small", "codebook size and steps (SIZES); tiny is for tests", *SIZES),
-    "encoder": Arg("/tmp/ssast_frame", "the frozen encoder: a trained SSAST frame-token run's workdir"),
+    "encoder": Arg("runs/ssast_frame", "the frozen encoder: a trained SSAST frame-token run's workdir"),
     "layer": Arg(-1, "the encoder layer: -1 the final output, k the output of block k", integer(min=-1)),
     "codebook": Arg(None, "number of k-means centroids (default per size; MaskGCT: 8192)", integer(min=2)),
     "steps": Arg(None, "training steps (default per size)", integer(min=1)),
