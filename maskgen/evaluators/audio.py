@@ -240,7 +240,8 @@ class AudioReconstruction:
         if not self.levels:
             return [None]
         shape = tuple(info.get("token_shape", ()))
-        if info.get("quantizer") != "rvq" or len(shape) != 2:
+        codec_streams = info.get("decodes_to") == "audio" or (info.get("quantizer") == "rvq" and len(shape) == 2)
+        if not codec_streams:
             raise ValueError("audio_reconstruction: `levels` sweeps the RVQ levels of a codec's code streams "
                              f"[frames, K] (the `codec` recipe, waveform or log-mel); this run's tokens are {shape} "
                              f"({info.get('quantizer')!r})")
