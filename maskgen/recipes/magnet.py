@@ -67,7 +67,7 @@ from maskgen.config import Problems, boolean, int_tuple, integer, number, one_of
 from maskgen.masking.generators import span_mask
 from maskgen.models.token_transformer import TokenTransformer
 from maskgen.recipes.base import Recipe, register
-from maskgen.recipes.maskgit import LOSS_WEIGHTINGS, masked_mean, smoothed_cross_entropy
+from maskgen.recipes.maskgit import BACKBONE_SPEC, LOSS_WEIGHTINGS, masked_mean, smoothed_cross_entropy
 from maskgen.sampling.categorical import PRECISIONS
 from maskgen.sampling.iterative import iterative_decode, span_policy
 from maskgen.tasks import check_tasks
@@ -84,15 +84,7 @@ LEVELS_MISMATCH = "a codec run whose number of levels differs from the model's"
 CONFIG_SPEC = {
     "model.num_frames": integer(min=1, why="T, codec frames per clip (the token data's token_shape[0])"),
     "model.num_levels": integer(min=1, why="K, the codec's RVQ levels (the token data's num_levels)"),
-    "model.codebook_size": integer(min=2),
-    "model.width": integer(min=1),
-    "model.depth": integer(min=1),
-    "model.num_heads": integer(min=1),
-    "model.mlp_ratio": number(0, min_open=True),
-    "model.conditioning": one_of(*CONDITIONINGS),
-    "model.positions": one_of(*POSITIONS),
-    "model.qk_norm": boolean(),
-    "model.tie_head": boolean(),
+    **BACKBONE_SPEC,
     "model.dropout": number(0, 1, max_open=True, optional=True),
     # Frames either side that levels above 0 attend to (audiocraft's subcodes_context, 5); None: full.
     "model.local_window": or_none(integer(min=0)),

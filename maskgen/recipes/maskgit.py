@@ -93,13 +93,8 @@ def masked_mean(values: jax.Array, weights: jax.Array, weighting: str = "per_exa
     return jnp.mean(per_example)
 
 
-# What each MaskGIT / AR setting may be (maskgen.config.check_spec). `sampling` holds the decoding
-# defaults of `maskgen sample` and the generation evaluator (`iterative_decode` arguments).
-CONFIG_SPEC = {
-    "model.token_shape": Rule("a tuple of 2 ints >= 1 ((h, w) images), or of 1 ((L,) text) or 3 ((t, h, w) video)",
-                              lambda v: int_tuple(1).test(v) and len(v) <= 3),
-    # K parallel code streams per position (a codec's RVQ levels); token_shape then ends in K.
-    "model.num_streams": integer(min=1, optional=True),
+# The TokenTransformer settings every token recipe on it shares (MaskGIT, AR, MAGNeT).
+BACKBONE_SPEC = {
     "model.codebook_size": integer(min=2),
     "model.width": integer(min=1),
     "model.depth": integer(min=1),
@@ -109,6 +104,16 @@ CONFIG_SPEC = {
     "model.positions": one_of(*POSITIONS),
     "model.qk_norm": boolean(),
     "model.tie_head": boolean(),
+}
+
+# What each MaskGIT / AR setting may be (maskgen.config.check_spec). `sampling` holds the decoding
+# defaults of `maskgen sample` and the generation evaluator (`iterative_decode` arguments).
+CONFIG_SPEC = {
+    "model.token_shape": Rule("a tuple of 2 ints >= 1 ((h, w) images), or of 1 ((L,) text) or 3 ((t, h, w) video)",
+                              lambda v: int_tuple(1).test(v) and len(v) <= 3),
+    # K parallel code streams per position (a codec's RVQ levels); token_shape then ends in K.
+    "model.num_streams": integer(min=1, optional=True),
+    **BACKBONE_SPEC,
     # "pre_ln": maskgen's block; "bert": the official MaskGIT transformer (post-LN, embedding norm,
     # MLM head; see maskgen.models.token_transformer). Dropout: the reference's 0.1, training only.
     "model.architecture": one_of(*ARCHITECTURES, optional=True),
@@ -445,5 +450,5 @@ class AutoregressiveRecipe(_TokenRecipe):
         return {"tokens": out.reshape((-1,) + self.token_shape)}
 
 
-__all__ = ["MaskGITRecipe", "AutoregressiveRecipe", "LOSS_WEIGHTINGS", "masked_mean", "random_token_mask",
+__all__ = ["MaskGITRecipe", "AutoregressiveRecipe", "BACKBONE_SPEC", "LOSS_WEIGHTINGS", "masked_mean", "random_token_mask",
            "smoothed_cross_entropy"]
