@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from maskgen.data import digits, records, text
+from maskgen.data import digits, photo_digits, records, text
 from maskgen.data.specs import ImageSpec, LabelSpec, legacy_info
 
 def _check_index(index, length: int) -> int:
@@ -390,6 +390,26 @@ class _Digits(DataSource):
 
     def open(self, split, data_dir, options):
         return digits.DigitsSource(split)
+
+
+@register_source("photo_digits")
+class _PhotoDigits(DataSource):
+    """scikit-learn's digits blended onto crops of its sample photos (maskgen.data.photo_digits);
+    `train_renditions`/`test_renditions` images are rendered per digit of each split."""
+
+    options = {"train_renditions": photo_digits.DEFAULT_RENDITIONS["train"],
+               "test_renditions": photo_digits.DEFAULT_RENDITIONS["test"]}
+
+    @staticmethod
+    def _renditions(options):
+        return {split: photo_digits.check_renditions(options[f"{split}_renditions"]) for split in photo_digits.SPLITS}
+
+    def info(self, data_dir, options):
+        return legacy_info(photo_digits.fields(), photo_digits.split_sizes(self._renditions(options)))
+
+    def open(self, split, data_dir, options):
+        photo_digits._check_split(split)
+        return photo_digits.PhotoDigitsSource(split, self._renditions(options)[split])
 
 
 @register_source("array_record")

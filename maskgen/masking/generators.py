@@ -230,3 +230,72 @@ def span_mask(rng: jax.Array, rate: jax.Array, num_frames: int, span_length: int
         # A start at s masks s + shift; what runs past the last frame is dropped.
         mask = mask | jnp.pad(starts[:, :-shift], ((0, 0), (shift, 0)))
     return mask
+
+
+# ------------------------------------------------------------------------------ GMML group masks
+
+@functools.partial(jax.jit, static_argnames=("batch", "grid", "min_ratio", "max_ratio", "max_block_share",
+                                             "max_blocks"))
+def group_mask(rng: jax.Array, batch: int, grid: tuple[int, int], min_ratio: float, max_ratio: float,
+               max_block_share: float = 0.3, max_blocks: int | None = None) -> jax.Array:
+    """GMML's group masks (Atito, Awais and Kittler, arXiv 2111.15340): bool [batch, rows * cols].
+
+    Each row masks a count drawn uniformly from [round(min_ratio N), round(max_ratio N)] (GMML's
+    `GMML_drop_rand_patches` draws a pixel share uniformly from [min(0.5, max_replace), max_replace];
+    the paper corrupts 50-75%), made of patch-aligned rectangles of random height
+    and width, each side uniform in [1, max(1, round(max_block_share * side))] patches (GMML:
+    blocks up to 30% of the image side), dropped at random until the count is covered. The count
+    varies per row: this is for objectives that encode every patch (the corrupted ones replaced).
+
+    Static shapes as in `block_mask`: `max_blocks` candidate rectangles are drawn at once, each
+    position is ranked by the first rectangle covering it (ties at random, which decides what part
+    of the last rectangle is kept), and the row's `count` best-ranked positions are masked, so the
+    count is exact (uncovered positions rank last).
+
+    Where maskgen differs from GMML's code: the count is exact (the code adds rectangles until the
+    target is reached, so it overshoots by part of a block), and rectangles may hang over any edge
+    of the grid (clipped there), so every patch is equally likely to be masked; the code starts
+    them inside the image and clips them at the bottom/right, so the top/left patches are corrupted
+    less often. GMML's side lengths come from a pixel range rounded to the patch size, so the
+    smallest and largest sides are a little less likely than the middle ones; here they are uniform.
+
+    Args:
+      rng: PRNG key.
+      batch: number of rows.
+      grid: (rows, columns) of the patch grid; positions are numbered in raster order.
+      min_ratio, max_ratio: the range of the masked share, 0 <= min_ratio <= max_ratio <= 1.
+      max_block_share: the longest rectangle side as a share of the grid side.
+      max_blocks: how many candidate rectangles to draw per row (default: enough to cover the
+        grid about 8 times over).
+    Returns:
+      bool [batch, rows * cols], True = masked.
+    """
+    rows, cols = grid
+    positions = rows * cols
+    if rows < 1 or cols < 1:
+        raise ValueError(f"group_mask: grid must have positive sides, got {grid}")
+    if not 0.0 <= min_ratio <= max_ratio <= 1.0:
+        raise ValueError(f"group_mask: need 0 <= min_ratio <= max_ratio <= 1, got min_ratio={min_ratio}, "
+                         f"max_ratio={max_ratio}")
+    if not 0.0 < max_block_share <= 1.0:
+        raise ValueError(f"group_mask: max_block_share must be in (0, 1], got {max_block_share}")
+    low, high = int(round(min_ratio * positions)), int(round(max_ratio * positions))
+    max_height = max(1, int(round(max_block_share * rows)))
+    max_width = max(1, int(round(max_block_share * cols)))
+    if max_blocks is None:
+        mean_area = (1 + max_height) / 2 * (1 + max_width) / 2
+        max_blocks = max(8, int(np.ceil(8 * positions / mean_area)))
+    count_rng, height_rng, width_rng, row_rng, col_rng, tie_rng = jax.random.split(rng, 6)
+    counts = jax.random.randint(count_rng, (batch, 1), low, high + 1)
+    height = jax.random.randint(height_rng, (batch, max_blocks, 1), 1, max_height + 1)
+    width = jax.random.randint(width_rng, (batch, max_blocks, 1), 1, max_width + 1)
+    # Top-left corners from -(side - 1): a rectangle may start above/left of the grid and be clipped.
+    top = jax.random.randint(row_rng, (batch, max_blocks, 1), 0, rows + height - 1) - (height - 1)
+    left = jax.random.randint(col_rng, (batch, max_blocks, 1), 0, cols + width - 1) - (width - 1)
+    r = jnp.repeat(jnp.arange(rows), cols)[None, None]  # [1, 1, N] row of each raster position
+    c = jnp.tile(jnp.arange(cols), rows)[None, None]
+    covered = (r >= top) & (r < top + height) & (c >= left) & (c < left + width)  # [B, K, N]
+    first_block = jnp.where(covered.any(1), jnp.argmax(covered, axis=1), max_blocks)  # [B, N]
+    key = first_block.astype(jnp.float32) + jax.random.uniform(tie_rng, (batch, positions))
+    ranks = jnp.argsort(jnp.argsort(key, axis=-1), axis=-1)
+    return ranks < counts
