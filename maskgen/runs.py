@@ -149,14 +149,21 @@ def restore_variables(run: Run, workdir: str, step: int | None = None, which: st
 def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalContext:
     config, cache, sources = run.config, run.compiled_methods, {}
 
+    def pure_method(name: str, **static):
+        """The recipe's `name` as an un-jitted `(variables, batch, rng) -> output` (EvalContext.method)."""
+        if name.startswith("_") or not callable(getattr(run.recipe, name, None)):
+            raise ValueError(f"the {config.recipe!r} recipe has no method {name!r}")
+
+        def fn(variables, batch, rng):
+            return getattr(run.recipe, name)(run.merge(variables), batch, rng, **static)
+
+        return fn
+
     def apply(method: str, params, batch, rng, **static):
         # `static` settings (e.g. decoding steps) are baked into the compiled function, one per value.
         key = (method, tuple(sorted(static.items())))
         if key not in cache:
-            def fn(p, b, r):
-                return getattr(run.recipe, method)(run.merge(p), b, r, **static)
-
-            cache[key] = jax.jit(fn)
+            cache[key] = jax.jit(pure_method(method, **static))
         with jax.set_mesh(run.mesh):
             return cache[key](params, batch, rng)
 
@@ -190,7 +197,7 @@ def make_eval_context(run: Run, params, step: int, workdir: str = "") -> EvalCon
         step=step, params=params, apply=apply, init_params=init_params,
         batches=batches, to_host=parallel.to_host, rng=jax.random.key(config.seed + 7),
         info=run.recipe.info(), workdir=workdir, shard=shard, batch_multiple=batch_multiple,
-        decode=decoder.decode, reference=decoder.reference, open_run=open_run,
+        decode=decoder.decode, reference=decoder.reference, open_run=open_run, method=pure_method,
     )
 
 

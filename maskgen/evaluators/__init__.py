@@ -10,5 +10,6 @@ from maskgen.evaluators import generation, image_grid, linear_probe, reconstruct
 from maskgen.evaluators import text  # noqa: F401,E402
 from maskgen.evaluators import audio  # noqa: F401,E402
 from maskgen.evaluators import classification  # noqa: F401,E402
+from maskgen.evaluators import finetune  # noqa: F401,E402
 
 __all__ = ["EvalContext", "EvalResult", "build_evaluator", "evaluator_types"]

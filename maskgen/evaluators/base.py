@@ -81,6 +81,11 @@ class EvalContext:
       (e.g. {"image", "label"} of the tokenizer's dataset).
     open_run(workdir): another trained run, restored (e.g. an AR model that scores samples):
       `.info`, `.config`, `.can(capability)`, `.apply(method, host_batch, rng, **static)`.
+    method(name, **static): the recipe's `name` as a pure, un-jitted function
+      `(variables, batch, rng) -> output` (the model is rebuilt from `variables` inside), for
+      evaluators that jit and differentiate their own steps (e.g. fine-tuning: `jax.grad` with
+      respect to `variables["params"]`, the trainable nnx.Param values; `variables["model_state"]`
+      holds the rest). Raises ValueError when the recipe has no such method.
     """
 
     step: int
@@ -97,3 +102,4 @@ class EvalContext:
     decode: Callable[[np.ndarray], dict] | None = None
     reference: Callable[..., dict] | None = None
     open_run: Callable[[str], Any] | None = None
+    method: Callable[..., Callable[[Any, Any, jax.Array], Any]] | None = None
