@@ -1,4 +1,4 @@
-"""Runs every benchmark (B1-B21) and prints one summary table: `python -m benchmarks.run`.
+"""Runs every benchmark (B1-B22) and prints one summary table: `python -m benchmarks.run`.
 
 Each benchmark runs in its own child process (its own XLA flags, thread pools and memory peak),
 prints its full table as it goes, and leaves a JSON result that this runner collects. On a 2-core
@@ -47,6 +47,7 @@ BENCHMARKS = {
     "B19": ("specmaskgit_rtf", "SpecMaskGIT on speech: word consistency, Frechet distance and real-time factor vs steps"),
     "B20": ("magnet_vs_ar", "MAGNeT vs AR on codec tokens: quality, calls, wall time at batch 1/16; rescoring, hybrid"),
     "B21": ("maskgct_voice", "MaskGCT voice prompting on held-out voices: speaker similarity, word accuracy, steps"),
+    "B22": ("mae_family", "MAE variants (ColorMAE, HPM, GMML, MaskAlign, DMAE, MR-MAE) vs plain MAE: probe, fine-tune, step cost"),
 }
 
 

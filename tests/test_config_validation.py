@@ -89,7 +89,11 @@ def _data_info(config, file_name=None):
         return {"fields": {"audio": AudioSpec((round(rate * config.data.get("clip_seconds", 1.0)), 1), rate),
                            "label": LabelSpec(classes)},
                 "num_classes": classes, "splits": {"train": 2560, "test": 640}, "words": words}
-    return source_info("digits") if config.data.name == "digits" else IMAGENET
+    if config.data.name in ("digits", "moved_digits"):  # local sources: their own shapes (cheap, nothing rendered)
+        from maskgen.data import data_options
+
+        return source_info(config.data.name, None, data_options(config.data))
+    return IMAGENET
 
 
 def _recipe_problems(config, data_info=None):

@@ -164,7 +164,9 @@ def test_defaults_follow_the_papers(teacher_run, frozen):
     assert (mrmae.student_layers, mrmae.teacher_layers, mrmae.loss_name, mrmae.weight) == ((), (), "mse", 0.5)
 
 
-@pytest.mark.parametrize("kind", mae_teacher.KINDS)
+# MaskAlign (the most parts: fusion, adapters, several layers) in the default suite; the others with -m slow.
+@pytest.mark.parametrize("kind", [k if k == "maskalign" else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in mae_teacher.KINDS])
 def test_loss_trains_the_student_and_head_only_and_falls(frozen, inputs, kind):
     patches, visible, student = inputs
     target = _from_run(frozen, kind)

@@ -1,8 +1,9 @@
-"""8 virtual CPU devices as meshes (data, fsdp, tensor) = (8,1,1), (4,2,1) and (2,2,2) give the
-losses of 1 device, and parameters land where the logical sharding rules say.
+"""8 virtual CPU devices as meshes (data, fsdp, tensor) = (8,1,1) and (2,2,2) give the losses of 1
+device, and parameters land where the logical sharding rules say. ((4,2,1) was dropped from the
+default suite for time: (2,2,2) shards over fsdp and tensor at once, which covers it.)
 
 Two subprocesses run side by side: the 1-device CLI run, and one 8-device process that trains the
-three meshes in sequence (one interpreter and backend start for all three) and records how each
+meshes in sequence (one interpreter and backend start for all three) and records how each
 run's parameters are sharded when restored from its checkpoint. (Splitting the meshes over two
 8-device processes measured slower on 2 cores.)
 
@@ -25,7 +26,7 @@ from maskgen.config import DEFAULT_SHARDING_RULES
 CONFIG = f"{MAE_DIGITS}:size=tiny,steps=12"
 OVERRIDES = ["log_every=1", "evals.probe.every=-1", "evals.reconstruction.every=-1", "model.width=64",
              "model.num_heads=4"]
-MESHES = [(8, 1, 1), (4, 2, 1), (2, 2, 2)]
+MESHES = [(8, 1, 1), (2, 2, 2)]
 DIT_CONFIG = os.path.join(REPO, "experiments", "dit_digits.py") + ":size=tiny,steps=10,experts=4,evals=0"
 DIT_OVERRIDES = ["log_every=1", "model.depth=3"]  # block 2 of 3 is the MoE block
 EXPERT_MESH = "mesh=(('data', 2), ('fsdp', 1), ('tensor', 1), ('expert', 4))"
@@ -119,17 +120,15 @@ def test_mesh_matches_one_device(runs, mesh):
 def test_parameters_follow_logical_rules_on_a_mesh(runs):
     """`embed` -> fsdp, `heads`/`mlp` -> tensor; optimizer state sharded like its parameter."""
     block = "['encoder']['transformer']['blocks'][0]"
-    # (param, logical axes) -> local shard shape on each mesh (8,1,1), (4,2,1), (2,2,2); width 64,
-    # 4 heads of 16, MLP 256.
+    # (param, logical axes) -> local shard shape on each mesh (8,1,1), (2,2,2); width 64, 4 heads
+    # of 16, MLP 256.
     expected = {
-        f"{block}['mlp']['fc1']['kernel']": ("P('fsdp', 'tensor')", [[64, 256], [32, 256], [32, 128]]),
-        f"{block}['mlp']['fc2']['kernel']": ("P('tensor', 'fsdp')", [[256, 64], [256, 32], [128, 32]]),
-        f"{block}['attn']['qkv']['kernel']": ("P('fsdp', None, 'tensor', None)",
-                                              [[64, 3, 4, 16], [32, 3, 4, 16], [32, 3, 2, 16]]),
-        f"{block}['attn']['out']['kernel']": ("P('tensor', None, 'fsdp')",
-                                              [[4, 16, 64], [4, 16, 32], [2, 16, 32]]),
-        f"{block}['norm1']['scale']": ("P(None,)", [[64], [64], [64]]),
-        "['encoder']['cls_token']": ("P('fsdp',)", [[64], [32], [32]]),
+        f"{block}['mlp']['fc1']['kernel']": ("P('fsdp', 'tensor')", [[64, 256], [32, 128]]),
+        f"{block}['mlp']['fc2']['kernel']": ("P('tensor', 'fsdp')", [[256, 64], [128, 32]]),
+        f"{block}['attn']['qkv']['kernel']": ("P('fsdp', None, 'tensor', None)", [[64, 3, 4, 16], [32, 3, 2, 16]]),
+        f"{block}['attn']['out']['kernel']": ("P('tensor', None, 'fsdp')", [[4, 16, 64], [2, 16, 32]]),
+        f"{block}['norm1']['scale']": ("P(None,)", [[64], [64]]),
+        "['encoder']['cls_token']": ("P('fsdp',)", [[64], [32]]),
     }
     for i, mesh in enumerate(MESHES):
         with open(runs / "x".join(map(str, mesh)) / "shardings.json") as f:

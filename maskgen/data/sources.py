@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from maskgen.data import digits, photo_digits, records, text
+from maskgen.data import digits, moved_digits, records, text
 from maskgen.data.specs import ImageSpec, LabelSpec, legacy_info
 
 def _check_index(index, length: int) -> int:
@@ -392,24 +392,27 @@ class _Digits(DataSource):
         return digits.DigitsSource(split)
 
 
-@register_source("photo_digits")
-class _PhotoDigits(DataSource):
-    """scikit-learn's digits blended onto crops of its sample photos (maskgen.data.photo_digits);
-    `train_renditions`/`test_renditions` images are rendered per digit of each split."""
+@register_source("moved_digits")
+class _MovedDigits(DataSource):
+    """scikit-learn's digits moved and rescaled on a 32x32 canvas, black or a photo crop
+    (maskgen.data.moved_digits); `train_renditions`/`test_renditions` images per digit of each split."""
 
-    options = {"train_renditions": photo_digits.DEFAULT_RENDITIONS["train"],
-               "test_renditions": photo_digits.DEFAULT_RENDITIONS["test"]}
+    options = {"train_renditions": moved_digits.DEFAULT_RENDITIONS["train"],
+               "test_renditions": moved_digits.DEFAULT_RENDITIONS["test"],
+               "background": "none", "digit_sides": moved_digits.DIGIT_SIDES}
 
     @staticmethod
     def _renditions(options):
-        return {split: photo_digits.check_renditions(options[f"{split}_renditions"]) for split in photo_digits.SPLITS}
+        return {split: moved_digits.check_renditions(options[f"{split}_renditions"]) for split in moved_digits.SPLITS}
 
     def info(self, data_dir, options):
-        return legacy_info(photo_digits.fields(), photo_digits.split_sizes(self._renditions(options)))
+        moved_digits.check_style(options["background"], options["digit_sides"])
+        return legacy_info(moved_digits.fields(), moved_digits.split_sizes(self._renditions(options)))
 
     def open(self, split, data_dir, options):
-        photo_digits._check_split(split)
-        return photo_digits.PhotoDigitsSource(split, self._renditions(options)[split])
+        moved_digits._check_split(split)
+        background, sides = moved_digits.check_style(options["background"], options["digit_sides"])
+        return moved_digits.MovedDigitsSource(split, self._renditions(options)[split], background, sides)
 
 
 @register_source("array_record")

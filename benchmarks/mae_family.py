@@ -1,0 +1,271 @@
+r"""B22: the MAE family on `moved_digits`: every variant against plain MAE at the same budget.
+
+Each variant of `experiments/mae_family.py` (ColorMAE, HPM, GMML, MaskAlign, DMAE, MR-MAE; each
+changes one thing of plain MAE, arXiv 2111.06377) is pretrained at the same model, data, batch
+and steps for every seed, then evaluated two ways:
+
+  * linear probe (frozen encoder, mean-pooled tokens, the quick protocol), with the probe's
+    baselines from each plain-MAE run: the same encoder at random init (its seed varies with the
+    run's) and raw pixels;
+  * end-to-end fine-tuning (the `finetune` evaluator: AdamW with layer-wise lr decay), with a
+    from-scratch baseline (the same fine-tune from a random init).
+
+The table gives mean +- std over seeds, the difference to plain MAE, the paper's claimed
+direction, and a verdict: "holds" when the variant beats MAE by more than twice the standard
+error of the difference, "reversed" when it loses by as much, "within noise" otherwise. A
+second table gives each variant's train-step time as a ratio to plain MAE's, timed in one
+process with the steps interleaved (the teacher forward and the loss predictor are in the step).
+
+The teacher variants read one frozen teacher run: a larger plain MAE (`method=teacher`),
+trained once before them; its cost is reported separately (it is paid once, not per step).
+
+    python -m benchmarks.mae_family --workdir runs/mae_family          # the table in docs/mae_family.md
+    python -m benchmarks.mae_family --methods mae,colormae --seeds 0,1
+    python -m benchmarks.mae_family --size smoke                       # tiny runs: only checks the script
+
+Runs already finished under --workdir are reused (each writes result.json), so an interrupted
+sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+TITLE = "MAE family on moved_digits: probe and fine-tune accuracy vs plain MAE, mean +- std over seeds"
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+
+
+def _family():
+    sys.path.insert(0, EXPERIMENTS)
+    import mae_family
+
+    return mae_family
+
+
+def _config(method: str, size: str, seed: int, overrides: list[str], steps: int | None = None):
+    from maskgen import config as config_lib
+
+    arg = f"method={method},size={size},seed={seed}" + (f",steps={steps}" if steps else "")
+    config = config_lib.load_config_file(os.path.join(EXPERIMENTS, "mae_family.py") + ":" + arg)
+    config_lib.apply_overrides(config, overrides)
+    return config
+
+
+def _eval_overrides(size: str, seed: int) -> list[str]:
+    out = [f"evals.probe.random_init_seed={12345 + seed}", f"evals.finetune.seed={seed}",
+           f"evals.finetune.random_init_seed={12345 + seed}"]
+    if size == "tiny":
+        out += ["evals.probe.max_examples=64", "evals.probe.steps=20", "evals.finetune.max_examples=64",
+                "evals.finetune.steps=4"]
+    return out
+
+
+def train_one(root: str, method: str, size: str, seed: int, teacher: str, steps: int | None) -> dict:
+    """Pretrains one (method, seed) run and evaluates it; returns its result (cached in result.json)."""
+    from maskgen import train as train_lib
+
+    workdir = os.path.join(root, f"{method}-{seed}")
+    done = os.path.join(workdir, "result.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    overrides = _eval_overrides(size, seed)
+    if method != "mae":  # the baselines (random init, raw pixels) are read from the plain-MAE runs
+        overrides += ["evals.probe.baselines=()", "evals.finetune.baselines=()"]
+    if _family().needs_teacher(method):
+        overrides.append(f"teacher.workdir={teacher}")
+    config = _config(method, size, seed, overrides, steps)
+    start = time.perf_counter()
+    out = train_lib.train(config, workdir)
+    result = {"method": method, "seed": seed, "seconds": time.perf_counter() - start,
+              **{f"probe/{k}": v for k, v in out["evals"]["probe"].scalars.items()},
+              **{f"finetune/{k}": v for k, v in out["evals"]["finetune"].scalars.items()}}
+    with open(done, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"{method}-{seed}: {json.dumps({k: round(v, 4) for k, v in result.items() if isinstance(v, float)})}",
+          flush=True)
+    return result
+
+
+def train_teacher(root: str, size: str, steps: int | None) -> tuple[str, float]:
+    from maskgen import train as train_lib
+
+    workdir = os.path.join(root, "teacher")
+    done = os.path.join(workdir, "trained.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return workdir, json.load(f)["seconds"]
+    config = _config("teacher", size, 0, ["evals.probe.every=-1", "evals.finetune.every=-1"], steps)
+    start = time.perf_counter()
+    train_lib.train(config, workdir)
+    seconds = time.perf_counter() - start
+    with open(done, "w") as f:
+        json.dump({"seconds": seconds}, f)
+    return workdir, seconds
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def verdict(ours: list[float], base: list[float]) -> tuple[float, str]:
+    """(difference of means, "holds" | "reversed" | "within noise") for a claim that `ours` > `base`."""
+    diff = statistics.fmean(ours) - statistics.fmean(base)
+    se = math.sqrt(sum(statistics.variance(v) / len(v) if len(v) > 1 else 0.0 for v in (ours, base)))
+    if diff > 2 * se and diff > 0:
+        return diff, "holds"
+    if diff < -2 * se and diff < 0:
+        return diff, "reversed"
+    return diff, "within noise"
+
+
+def _fmt(values: list[float]) -> str:
+    m, s = mean_std(values)
+    return f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def step_costs(methods: list[str], size: str, teacher: str, repeats: int) -> dict[str, float]:
+    """Median train-step seconds of each method on one fixed batch, interleaved in this process."""
+    import jax
+    import numpy as np
+
+    from maskgen import parallel
+    from maskgen import train as train_lib
+    from maskgen.data import data_options, make_source
+
+    contenders = {}
+    for method in methods:
+        overrides = [f"teacher.workdir={teacher}"] if _family().needs_teacher(method) else []
+        config = _config(method, size, 0, overrides)
+        run = train_lib.setup(config)
+        tx, schedule = train_lib.make_optimizer(config.optimizer, config.total_steps, *run.recipe.optimizer_groups())
+        init_key, train_key = train_lib._keys(config.seed)
+        jit_init, _, (state_sh, ema_sh) = train_lib._state_initializer(run, tx)
+        source = make_source(config.data.name, "train", None, data_options(config.data))
+        rows = [run.preprocess(source[i]) for i in range(config.batch_size)]
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        with run.context():
+            state, ema = jit_init(init_key)
+            step_fn = jax.jit(train_lib.make_train_step(run, tx, schedule, train_key),
+                              in_shardings=(state_sh, ema_sh, None),
+                              out_shardings=(state_sh, ema_sh, parallel.replicated(run.mesh)))
+            global_batch = parallel.global_batch(batch, run.mesh, run.rules)
+            compiled = common.compile_fn(step_fn, state, ema, global_batch)
+
+        def one(compiled=compiled, state=state, ema=ema, global_batch=global_batch):
+            return compiled.call(state, ema, global_batch)[2]["loss"]
+
+        contenders[method] = one
+    times = common.alternate(contenders, repeats=repeats, rounds=2)
+    return {m: common.median(t) for m, t in times.items()}
+
+
+def main(argv=None) -> dict:
+    family = _family()
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--methods", default=",".join(family.SWEEP_METHODS),
+                   help=f"comma-separated variants (default: {','.join(family.SWEEP_METHODS)})")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps of every run (default: the config's)")
+    p.add_argument("--teacher-steps", type=int, default=None, help="the teacher's pretraining steps (default: the config's)")
+    p.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary directory)")
+    p.add_argument("--no-cost", action="store_true", help="skip the step-time table")
+    p.add_argument("--cost-only", action="store_true",
+                   help="only the step-time table (trains the teacher, for --teacher-steps, if --workdir has none)")
+    args = p.parse_args(argv)
+    smoke = args.size == "smoke"
+    size = "tiny" if smoke else "small"
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(family.METHODS))
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; valid: {', '.join(family.METHODS)}")
+    if "mae" not in methods:
+        methods.insert(0, "mae")  # every row is read against plain MAE
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if smoke:
+        seeds = seeds[:1]
+    repeats = args.repeats or (2 if smoke else 10)
+    root = args.workdir or tempfile.mkdtemp(prefix="mae_family_")
+    os.makedirs(root, exist_ok=True)
+
+    teacher, teacher_seconds = "", 0.0
+    if any(family.needs_teacher(m) for m in methods):
+        teacher, teacher_seconds = train_teacher(root, size, 4 if smoke else args.teacher_steps)
+    if args.cost_only:
+        costs = step_costs(methods, size, teacher, repeats)
+        return _cost_table(methods, costs, teacher_seconds, family, {"id": "B22", "extra": {}}, args.json)
+    steps = 4 if smoke else args.steps
+    results = {m: [train_one(root, m, size, s, teacher, steps) for s in seeds] for m in methods}
+
+    def column(method: str, key: str) -> list[float]:
+        return [r[key] for r in results[method]]
+
+    mae_probe, mae_ft = column("mae", "probe/accuracy_model"), column("mae", "finetune/accuracy_model")
+    rows = [
+        ["raw pixels", _fmt(column("mae", "probe/accuracy_pixels")), "", "", "", "", ""],
+        ["random encoder", _fmt(column("mae", "probe/accuracy_random_init")),
+         _fmt(column("mae", "finetune/accuracy_random_init")), "", "", "", ""],
+        ["plain MAE", _fmt(mae_probe), _fmt(mae_ft), "", "", "", ""],
+    ]
+    verdicts = {}
+    for method in methods:
+        if method == "mae":
+            continue
+        dp, vp = verdict(column(method, "probe/accuracy_model"), mae_probe)
+        df, vf = verdict(column(method, "finetune/accuracy_model"), mae_ft)
+        verdicts[method] = {"probe": vp, "finetune": vf, "probe_diff": dp, "finetune_diff": df}
+        rows.append([family.LABELS[method], _fmt(column(method, "probe/accuracy_model")),
+                     _fmt(column(method, "finetune/accuracy_model")), f"{100 * dp:+.1f} / {100 * df:+.1f}",
+                     family.CLAIMS[method], vp, vf])
+    # The issue's gate: plain MAE above both probe baselines by more than 3 std across seeds.
+    mae_mean, mae_std = mean_std(mae_probe)
+    gaps = {}
+    for name in ("pixels", "random_init"):
+        base_mean, base_std = mean_std(column("mae", f"probe/accuracy_{name}"))
+        spread = max(mae_std, base_std, 1e-9)
+        gaps[name] = (mae_mean - base_mean) / spread
+    headline = (f"plain MAE probes {100 * mae_mean:.1f}% vs raw pixels "
+                f"{100 * mean_std(column('mae', 'probe/accuracy_pixels'))[0]:.1f}% "
+                f"({gaps['pixels']:.1f} std) and a random encoder "
+                f"{100 * mean_std(column('mae', 'probe/accuracy_random_init'))[0]:.1f}% ({gaps['random_init']:.1f} std); "
+                + "; ".join(f"{family.LABELS[m]} {v['probe']}/{v['finetune']}" for m, v in verdicts.items()))
+    header = ["variant", "probe % (mean ± std)", "fine-tune % (mean ± std)", "Δ vs MAE (probe / ft)",
+              "paper's direction", "verdict (probe)", "verdict (fine-tune)"]
+    extra = {"seeds": seeds, "verdicts": verdicts, "gaps_in_std": gaps, "teacher_seconds": teacher_seconds,
+             "runs": results}
+    result = common.report("B22", TITLE, header, rows, headline, claim="each variant beats plain MAE (its paper)",
+                           holds=min(gaps.values()) > 3, extra=extra, json_path=None)
+    if args.no_cost:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return result
+    return _cost_table(methods, step_costs(methods, size, teacher, repeats), teacher_seconds, family, result,
+                       args.json)
+
+
+def _cost_table(methods, costs, teacher_seconds, family, result, json_path):
+    print(f"\n{common.machine_line()}\n| variant | train step (median) | vs plain MAE |\n|---|---|---|")
+    for m in methods:
+        print(f"| {family.LABELS[m]} | {common.fmt_seconds(costs[m])} | {costs[m] / costs['mae']:.2f}x |")
+    if teacher_seconds:
+        print(f"(the teacher run, paid once: {teacher_seconds:.0f} s of training)")
+    result["extra"]["step_seconds"] = costs
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
