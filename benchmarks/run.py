@@ -5,7 +5,7 @@ prints its full table as it goes, and leaves a JSON result that this runner coll
 CPU the whole set takes about 12 minutes; `docs/benchmarks.md` holds a run and explains it.
 
     python -m benchmarks.run                      # everything, default sizes
-    python -m benchmarks.run --only B2,B5         # a subset
+    python -m benchmarks.run --only B2,B5         # a subset (B22, hours at the default size, only this way)
     python -m benchmarks.run --size smoke         # smallest shapes: checks the scripts run
     python -m benchmarks.run --out results.md     # also write the tables as Markdown
 
@@ -49,6 +49,8 @@ BENCHMARKS = {
     "B21": ("maskgct_voice", "MaskGCT voice prompting on held-out voices: speaker similarity, word accuracy, steps"),
     "B22": ("mae_family", "MAE variants (ColorMAE, HPM, GMML, MaskAlign, DMAE, MR-MAE) vs plain MAE: probe, fine-tune, step cost"),
 }
+# Hours at the default size (a sweep of trained runs): run by default only at --size smoke, else with --only.
+ON_REQUEST = ("B22",)
 
 
 def run_one(bench_id: str, size: str, json_dir: str) -> dict:
@@ -95,7 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated ids, e.g. B1,B3 (default: all)")
     parser.add_argument("--out", default=None, help="write the summary and every table to this Markdown file")
     args = parser.parse_args(argv)
-    ids = [s.strip().upper() for s in args.only.split(",") if s.strip()] or list(BENCHMARKS)
+    ids = [s.strip().upper() for s in args.only.split(",") if s.strip()] or [
+        i for i in BENCHMARKS if args.size == "smoke" or i not in ON_REQUEST]
     unknown = [i for i in ids if i not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark id(s) {unknown}; known: {', '.join(BENCHMARKS)}")
