@@ -392,29 +392,6 @@ class _Digits(DataSource):
         return digits.DigitsSource(split)
 
 
-@register_source("moved_digits")
-class _MovedDigits(DataSource):
-    """scikit-learn's digits moved and rescaled on a 32x32 canvas, black or a photo crop
-    (maskgen.data.moved_digits); `train_renditions`/`test_renditions` images per digit of each split."""
-
-    options = {"train_renditions": moved_digits.DEFAULT_RENDITIONS["train"],
-               "test_renditions": moved_digits.DEFAULT_RENDITIONS["test"],
-               "background": "none", "digit_sides": moved_digits.DIGIT_SIDES}
-
-    @staticmethod
-    def _renditions(options):
-        return {split: moved_digits.check_renditions(options[f"{split}_renditions"]) for split in moved_digits.SPLITS}
-
-    def info(self, data_dir, options):
-        moved_digits.check_style(options["background"], options["digit_sides"])
-        return legacy_info(moved_digits.fields(), moved_digits.split_sizes(self._renditions(options)))
-
-    def open(self, split, data_dir, options):
-        moved_digits._check_split(split)
-        background, sides = moved_digits.check_style(options["background"], options["digit_sides"])
-        return moved_digits.MovedDigitsSource(split, self._renditions(options)[split], background, sides)
-
-
 @register_source("array_record")
 class _ArrayRecord(DataSource):
     # An audio dataset written by `maskgen prepare` keeps the options it was made with, so a config
@@ -562,6 +539,29 @@ class _AudioFolder(DataSource):
 
         audio_options, test_fraction = self._split(options)
         return audio_files.AudioFolderSource(data_dir, split, audio_options, test_fraction)
+
+
+@register_source("moved_digits")
+class _MovedDigits(DataSource):
+    """scikit-learn's digits moved and rescaled on a 32x32 canvas, black or a photo crop
+    (maskgen.data.moved_digits); `train_renditions`/`test_renditions` images per digit of each split."""
+
+    options = {"train_renditions": moved_digits.DEFAULT_RENDITIONS["train"],
+               "test_renditions": moved_digits.DEFAULT_RENDITIONS["test"],
+               "background": "none", "digit_sides": moved_digits.DIGIT_SIDES}
+
+    @staticmethod
+    def _renditions(options):
+        return {split: moved_digits.check_renditions(options[f"{split}_renditions"]) for split in moved_digits.SPLITS}
+
+    def info(self, data_dir, options):
+        moved_digits.check_style(options["background"], options["digit_sides"])
+        return legacy_info(moved_digits.fields(), moved_digits.split_sizes(self._renditions(options)))
+
+    def open(self, split, data_dir, options):
+        moved_digits._check_split(split)
+        background, sides = moved_digits.check_style(options["background"], options["digit_sides"])
+        return moved_digits.MovedDigitsSource(split, self._renditions(options)[split], background, sides)
 
 
 VALID_NAMES = tuple(source_names())  # the built-in names; source_names() also lists later registrations
