@@ -61,7 +61,7 @@ import ml_collections
 from flax import nnx
 
 from maskgen.config import integer, number, recipe_problems, string
-from maskgen.models.vit import patchify, sincos_2d, unpatchify
+from maskgen.models.vit import patchify, unpatchify
 from maskgen.recipes.base import Recipe, register
 from maskgen.tokenizers.quantizers import VectorQuantizer
 
@@ -118,16 +118,9 @@ def mae_block_output(encoder: nnx.Module, patches: jax.Array, layer: int) -> jax
     transformer's input (class token, then patch embeddings plus positions)."""
     if layer == -1:
         return encoder(patches)
-    if layer >= 1 and hasattr(encoder, "hidden_states"):
-        return encoder.hidden_states(patches)[layer - 1]  # the unused later blocks are pruned by XLA
-    # ViTEncoder.__call__ up to block `layer`: embeddings, class token, then the blocks.
-    x = encoder.patch_embed(patches) + jnp.asarray(sincos_2d(*encoder.grid, encoder.width, encoder.sincos_order),
-                                                   encoder.dtype)
-    cls = jnp.broadcast_to(encoder.cls_token[...].astype(encoder.dtype), (x.shape[0], 1, encoder.width))
-    x = jnp.concatenate([cls, x], axis=1)
-    for block in encoder.transformer.blocks[:layer]:
-        x = block(x)
-    return x
+    if layer == 0:
+        return encoder.embed(patches)
+    return encoder.hidden_states(patches)[layer - 1]  # the unused later blocks are pruned by XLA
 
 
 class MAEPatchFeatures:
