@@ -53,3 +53,16 @@ def one_device_mesh():
 @pytest.fixture
 def workdir(tmp_path):
     return str(tmp_path / "run")
+
+
+def write_run_config(folder, spec, *overrides):
+    """A run directory holding only the config.json of `spec` (an experiments file, relative to the
+    repo) with `overrides`: enough for checks that read a run's config before it is trained."""
+    from maskgen.config import apply_overrides, config_to_json, load_config_file
+
+    config = load_config_file(os.path.join(REPO, spec))
+    apply_overrides(config, list(overrides))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        f.write(config_to_json(config))
+    return str(folder)

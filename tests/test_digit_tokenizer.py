@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import write_run_config  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, PATCH, WIDTH, DEPTH = 8, 2, 16, 2  # a 4x4 grid of 2x2 patches, one channel
 
@@ -131,15 +133,6 @@ def test_mean_patches_and_decode_on_a_fixed_batch(encoder):
         tokenizer.decode(model, {"codes": codes[:, :2]}, None)
 
 
-def _write_run_config(folder, spec, *overrides):
-    from maskgen.config import apply_overrides, config_to_json, load_config_file
-
-    config = load_config_file(os.path.join(REPO, spec))
-    apply_overrides(config, list(overrides))
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        f.write(config_to_json(config))
-    return str(folder)
 
 
 def test_validation_names_the_problem(tmp_path):
@@ -147,7 +140,7 @@ def test_validation_names_the_problem(tmp_path):
     from maskgen.recipes.feature_tokenizer import FeatureTokenizerRecipe, _encoder_problems
     from tests.test_config_validation import _data_info
 
-    mae_run = _write_run_config(tmp_path / "mae", "experiments/mae_digits.py:size=tiny")  # depth 1, 16x16
+    mae_run = write_run_config(tmp_path / "mae", "experiments/mae_digits.py:size=tiny")  # depth 1, 16x16
     assert _encoder_problems(mae_run, 1, None, 16) == []
     assert any("has 1 encoder blocks; use -1" in p for p in _encoder_problems(mae_run, 2, None, 16))
     assert any("trained on 16x16 images, but config.data.image_size=8" in p

@@ -13,6 +13,8 @@ from flax import nnx
 
 from maskgen.audio.features import MelConfig
 
+from conftest import write_run_config  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 8 kHz, 10 ms hop, 8 mel bins: a frame token is 2 frames = 160 samples (50 Hz); 20 frames a clip.
 MEL = dict(sample_rate=8000, n_fft=256, hop=80, win_length=200, n_mels=8, f_min=20.0, f_max=None, mel_scale="htk",
@@ -142,29 +144,20 @@ def test_statistics_then_kmeans(encoder):
     assert float(metrics["distortion"]) < 0.5 * float(np.mean(z ** 2))
 
 
-def _write_run_config(folder, spec, *overrides):
-    from maskgen.config import apply_overrides, config_to_json, load_config_file
-
-    config = load_config_file(os.path.join(REPO, spec))
-    apply_overrides(config, list(overrides))
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        f.write(config_to_json(config))
-    return str(folder)
 
 
 def test_validation_names_the_problem(tmp_path, encoder):
     from maskgen.config import load_config_file
     from maskgen.recipes.feature_tokenizer import FeatureTokenizerRecipe, _encoder_problems
 
-    patch_run = _write_run_config(tmp_path / "patch", "experiments/ssast_speech.py:size=tiny")
+    patch_run = write_run_config(tmp_path / "patch", "experiments/ssast_speech.py:size=tiny")
     assert any("model.tokens='patch'" in p and "frame-token run" in p for p in _encoder_problems(patch_run, -1, 16000))
-    frame_run = _write_run_config(tmp_path / "frame", "experiments/ssast_speech.py:size=tiny,tokens=frame")
+    frame_run = write_run_config(tmp_path / "frame", "experiments/ssast_speech.py:size=tiny,tokens=frame")
     assert _encoder_problems(frame_run, -1, 16000) == []
     assert any("has 1 blocks; use -1" in p for p in _encoder_problems(frame_run, 5, 16000))
     assert any("trained on 16000 Hz audio, but config.data gives 8000 Hz" in p
                for p in _encoder_problems(frame_run, -1, 8000))
-    codec_run = _write_run_config(tmp_path / "codec", "experiments/codec_speech.py:size=tiny")
+    codec_run = write_run_config(tmp_path / "codec", "experiments/codec_speech.py:size=tiny")
     assert any("is a 'codec' run; the feature tokenizer reads runs of: ssast" in p
                for p in _encoder_problems(codec_run, -1, 16000))
 
