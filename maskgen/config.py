@@ -255,6 +255,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path!r}")
+    if not path.endswith(".py"):
+        saved = (" A run's saved config.json is read by leaving out --config: `maskgen eval --workdir DIR` "
+                 "uses DIR/config.json." if path.endswith(".json") else "")
+        raise ConfigError(f"{path}: a config file is a Python file (.py) with get_config(arg).{saved}")
     module_spec = importlib.util.spec_from_file_location(
         "maskgen_config_" + os.path.basename(path).removesuffix(".py"), path
     )

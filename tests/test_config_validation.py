@@ -226,6 +226,13 @@ def test_exception_in_get_config_names_file_and_line(tmp_path):
     assert message == f"{path}:6: KeyError: 'b'\n    config.total_steps = {{'a': 1}}[arg]"
 
 
+def test_saved_config_json_as_config_file_points_to_workdir(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    message = _error(config_lib.load_config_file, str(path))  # was AttributeError on a None module spec
+    assert message.startswith(f"{path}: a config file is a Python file (.py)") and "--workdir DIR" in message
+
+
 def test_cli_broken_config_file_and_bogus_argument_exit_2_without_traceback(tmp_path):
     path = tmp_path / "broken.py"
     path.write_text("def get_config(arg=None):\n    return base_config(\n")
