@@ -1,0 +1,72 @@
+"""B22's sweep bookkeeping (benchmarks/mae_family.py): the verdict rule, and several sweep
+processes sharing one --workdir through claim files. Training is replaced by a stub that records
+the order of the runs; nothing here trains a model."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from benchmarks import mae_family
+
+
+def test_verdict_needs_two_standard_errors_either_way():
+    base = [0.80, 0.79, 0.81]
+    assert mae_family.verdict([0.85, 0.86, 0.84], base)[1] == "holds"
+    assert mae_family.verdict([0.70, 0.71, 0.69], base)[1] == "reversed"
+    diff, verdict = mae_family.verdict([0.82, 0.77, 0.84], base)  # +0.01, se ~0.02
+    assert verdict == "within noise" and diff == pytest.approx(0.01)
+
+
+def test_claim_is_exclusive_per_live_process_and_taken_over_from_a_dead_one(tmp_path):
+    run = str(tmp_path / "mae-0")
+    assert mae_family._claim(run) and mae_family._claim(run)  # this process's own claim, twice
+    claim = os.path.join(run, "claimed_by")
+    with open(claim, "w") as f:
+        f.write(str(os.getppid()))  # a live process (pytest's parent) holds it
+    assert not mae_family._claim(run)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    with open(claim, "w") as f:
+        f.write(str(finished.pid))  # a killed sweep's claim
+    assert mae_family._claim(run)
+    with open(claim) as f:
+        assert int(f.read()) == os.getpid()
+
+
+def test_sweep_skips_runs_another_process_claimed_and_reads_their_results(tmp_path, monkeypatch):
+    import maskgen.train
+
+    root = str(tmp_path)
+    other = os.path.join(root, "mae-1")
+    os.makedirs(other)
+    with open(os.path.join(other, "claimed_by"), "w") as f:
+        f.write(str(os.getppid()))  # another live sweep is training mae-1
+    trained = []
+
+    def fake_train(config, workdir):
+        name = os.path.basename(workdir)
+        trained.append(name)
+        if name == "dmae-1":  # meanwhile the other sweep finishes mae-1
+            with open(os.path.join(other, "result.json"), "w") as f:
+                json.dump({"method": "mae", "seed": 1, "probe/accuracy_model": 0.5}, f)
+        if name.startswith("dmae"):
+            assert config.teacher.workdir == os.path.join(root, "teacher")
+        scalars = {"accuracy_model": 0.25}
+        return {"evals": {"probe": types.SimpleNamespace(scalars=scalars),
+                          "finetune": types.SimpleNamespace(scalars=scalars)}}
+
+    monkeypatch.setattr(maskgen.train, "train", fake_train)
+    results, teacher, _ = mae_family.run_sweep(root, ["mae", "dmae"], [0, 1], "tiny", steps=2, teacher_steps=2,
+                                               poll_seconds=0.01)
+    assert trained == ["teacher", "mae-0", "dmae-0", "dmae-1"]  # mae-1 was left to its owner
+    assert teacher == os.path.join(root, "teacher")
+    assert [r["seed"] for r in results["mae"]] == [0, 1] and results["mae"][1]["probe/accuracy_model"] == 0.5
+    assert results["dmae"][0]["probe/accuracy_model"] == 0.25
+    # A second sweep over the same workdir reuses every result and trains nothing.
+    trained.clear()
+    again, _, _ = mae_family.run_sweep(root, ["mae", "dmae"], [0, 1], "tiny", steps=2, teacher_steps=2)
+    assert trained == [] and again == results
