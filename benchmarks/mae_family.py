@@ -22,6 +22,7 @@ trained once before them; its cost is reported separately (it is paid once, not 
     python -m benchmarks.mae_family --workdir runs/mae_family          # the table in docs/mae_family.md
     python -m benchmarks.mae_family --methods mae,colormae --seeds 0,1
     python -m benchmarks.mae_family --size smoke                       # tiny runs: only checks the script
+    python -m benchmarks.mae_family --workdir runs/mae_family --table-only   # the table so far; trains nothing
 
 Runs already finished under --workdir are reused (each writes result.json), so an interrupted
 sweep continues where it stopped. Several sweeps may share one --workdir: each run is claimed by
@@ -192,6 +193,19 @@ def run_sweep(root: str, methods: list[str], seeds: list[int], size: str, steps:
     return {m: [results[m, s] for s in seeds] for m in methods}, teacher[0], teacher[1]
 
 
+def finished_results(root: str, methods: list[str], seeds: list[int]) -> dict[str, list[dict]]:
+    """{method: [result of each seed whose run has finished under `root`]}, in seed order."""
+    out = {}
+    for method in methods:
+        out[method] = []
+        for seed in seeds:
+            path = os.path.join(root, f"{method}-{seed}", "result.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    out[method].append(json.load(f))
+    return out
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -209,7 +223,7 @@ def verdict(ours: list[float], base: list[float]) -> tuple[float, str]:
 
 def _fmt(values: list[float]) -> str:
     m, s = mean_std(values)
-    return f"{100 * m:.1f} ± {100 * s:.1f}"
+    return f"{100 * m:.1f} ± {100 * s:.1f}" if len(values) > 1 else f"{100 * m:.1f} (1 seed)"
 
 
 def step_costs(methods: list[str], size: str, teacher: str, repeats: int) -> dict[str, float]:
@@ -260,7 +274,11 @@ def main(argv=None) -> dict:
     p.add_argument("--no-cost", action="store_true", help="skip the step-time table")
     p.add_argument("--cost-only", action="store_true",
                    help="only the step-time table (trains the teacher, for --teacher-steps, if --workdir has none)")
+    p.add_argument("--table-only", action="store_true",
+                   help="print the table from the runs already finished in --workdir; train nothing")
     args = p.parse_args(argv)
+    if args.table_only and not args.workdir:
+        p.error("--table-only reads the finished runs of --workdir; name it")
     smoke = args.size == "smoke"
     size = "tiny" if smoke else "small"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -285,8 +303,14 @@ def main(argv=None) -> dict:
             teacher, teacher_seconds = trained
         costs = step_costs(methods, size, teacher, repeats)
         return _cost_table(methods, costs, teacher_seconds, family, {"id": "B22", "extra": {}}, args.json)
-    results, teacher, teacher_seconds = run_sweep(root, methods, seeds, size, 4 if smoke else args.steps,
-                                                  teacher_steps)
+    if args.table_only:
+        results = finished_results(root, methods, seeds)
+        if not results["mae"]:
+            p.error(f"--table-only: {root} has no finished plain-MAE run (mae-<seed>/result.json)")
+        teacher_seconds = 0.0
+    else:
+        results, teacher, teacher_seconds = run_sweep(root, methods, seeds, size, 4 if smoke else args.steps,
+                                                      teacher_steps)
 
     def column(method: str, key: str) -> list[float]:
         return [r[key] for r in results[method]]
@@ -300,10 +324,12 @@ def main(argv=None) -> dict:
     ]
     verdicts = {}
     for method in methods:
-        if method == "mae":
+        if method == "mae" or not results[method]:
             continue
         dp, vp = verdict(column(method, "probe/accuracy_model"), mae_probe)
         df, vf = verdict(column(method, "finetune/accuracy_model"), mae_ft)
+        if len(results[method]) < len(seeds) or len(results["mae"]) < len(seeds):  # --table-only, mid-sweep
+            vp = vf = f"none yet ({len(results[method])} of {len(seeds)} seeds)"
         verdicts[method] = {"probe": vp, "finetune": vf, "probe_diff": dp, "finetune_diff": df}
         rows.append([family.LABELS[method], _fmt(column(method, "probe/accuracy_model")),
                      _fmt(column(method, "finetune/accuracy_model")), f"{100 * dp:+.1f} / {100 * df:+.1f}",
@@ -326,7 +352,7 @@ def main(argv=None) -> dict:
              "runs": results}
     result = common.report("B22", TITLE, header, rows, headline, claim="each variant beats plain MAE (its paper)",
                            holds=min(gaps.values()) > 3, extra=extra, json_path=None)
-    if args.no_cost:
+    if args.no_cost or args.table_only:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)

@@ -70,3 +70,21 @@ def test_sweep_skips_runs_another_process_claimed_and_reads_their_results(tmp_pa
     trained.clear()
     again, _, _ = mae_family.run_sweep(root, ["mae", "dmae"], [0, 1], "tiny", steps=2, teacher_steps=2)
     assert trained == [] and again == results
+
+
+def test_table_only_reads_finished_runs_and_gives_no_verdict_before_every_seed(tmp_path, capsys):
+    def finished(method, seed, probe, finetune, **baselines):
+        os.makedirs(tmp_path / f"{method}-{seed}")
+        result = {"method": method, "seed": seed, "probe/accuracy_model": probe, "finetune/accuracy_model": finetune,
+                  **baselines}
+        (tmp_path / f"{method}-{seed}" / "result.json").write_text(json.dumps(result))
+
+    for seed, probe in enumerate([0.80, 0.79, 0.81]):
+        finished("mae", seed, probe, 0.95, **{"probe/accuracy_pixels": 0.4, "probe/accuracy_random_init": 0.7,
+                                              "finetune/accuracy_random_init": 0.9})
+    finished("dmae", 0, 0.85, 0.96)
+    result = mae_family.main(["--workdir", str(tmp_path), "--table-only", "--methods", "dmae,hpm"])
+    rows = {row[0]: row for row in result["rows"]}
+    assert rows["plain MAE"][1] == "80.0 ± 1.0" and rows["DMAE"][1] == "85.0 (1 seed)"
+    assert rows["DMAE"][5] == "none yet (1 of 3 seeds)" and "HPM" not in rows  # no run of it has finished
+    assert not any(tmp_path.glob("teacher*")) and "| DMAE |" in capsys.readouterr().out  # nothing was trained
