@@ -159,9 +159,26 @@ def train_teacher(root: str, size: str, steps: int | None) -> tuple[str, float] 
     start = time.perf_counter()
     train_lib.train(config, workdir)
     seconds = time.perf_counter() - start
+    probe_teacher(root, size)
     with open(done, "w") as f:
         json.dump({"seconds": seconds}, f)
     return workdir, seconds
+
+
+def probe_teacher(root: str, size: str) -> dict:
+    """The teacher run's own quick-probe result (cached in teacher/probe.json): the reference that
+    the teacher variants distil, so a reader can tell distillation from the variant's own gain."""
+    from maskgen import runs
+
+    workdir = os.path.join(root, "teacher")
+    done = os.path.join(workdir, "probe.json")
+    if not os.path.exists(done):
+        config = _config("teacher", size, 0, ["evals.probe.baselines=()"])
+        _, evals = runs.evaluate(config, workdir, names=("probe",))
+        with open(done, "w") as f:
+            json.dump({f"probe/{k}": v for k, v in evals["probe"].scalars.items()}, f, indent=1)
+    with open(done) as f:
+        return json.load(f)
 
 
 def run_sweep(root: str, methods: list[str], seeds: list[int], size: str, steps: int | None,
@@ -322,6 +339,10 @@ def main(argv=None) -> dict:
          _fmt(column("mae", "finetune/accuracy_random_init")), "", "", "", ""],
         ["plain MAE", _fmt(mae_probe), _fmt(mae_ft), "", "", "", ""],
     ]
+    teacher_probe = os.path.join(root, "teacher", "probe.json")
+    if os.path.exists(teacher_probe):  # what the teacher variants distil (one run, larger, longer)
+        with open(teacher_probe) as f:
+            rows.append([family.LABELS["teacher"], _fmt([json.load(f)["probe/accuracy_model"]]), "", "", "", "", ""])
     verdicts = {}
     for method in methods:
         if method == "mae" or not results[method]:

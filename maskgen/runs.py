@@ -613,11 +613,13 @@ def _eval_batches(source, run: Run, limit: int | None = None, batch_size: int | 
 # --------------------------------------------------------------------------------------------
 # Evaluating and sampling a saved run.
 # --------------------------------------------------------------------------------------------
-def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[int, dict[str, EvalResult]]:
+def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+             names=None) -> tuple[int, dict[str, EvalResult]]:
+    """Runs the config's evaluators (or those in `names`) on a checkpoint of `workdir`."""
     run = setup(config)
     step, variables = restore_variables(run, workdir, step)
     writer = MetricWriter(os.path.join(workdir, "eval"), jax.process_index() == 0, tensorboard=False)
-    results = run_evaluators(run, variables, step, writer)
+    results = run_evaluators(run, variables, step, writer, names)
     writer.close()
     return step, results
 

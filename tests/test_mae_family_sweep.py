@@ -60,9 +60,10 @@ def test_sweep_skips_runs_another_process_claimed_and_reads_their_results(tmp_pa
                           "finetune": types.SimpleNamespace(scalars=scalars)}}
 
     monkeypatch.setattr(maskgen.train, "train", fake_train)
+    monkeypatch.setattr(mae_family, "probe_teacher", lambda root, size: trained.append("probe teacher"))
     results, teacher, _ = mae_family.run_sweep(root, ["mae", "dmae"], [0, 1], "tiny", steps=2, teacher_steps=2,
                                                poll_seconds=0.01)
-    assert trained == ["teacher", "mae-0", "dmae-0", "dmae-1"]  # mae-1 was left to its owner
+    assert trained == ["teacher", "probe teacher", "mae-0", "dmae-0", "dmae-1"]  # mae-1 was left to its owner
     assert teacher == os.path.join(root, "teacher")
     assert [r["seed"] for r in results["mae"]] == [0, 1] and results["mae"][1]["probe/accuracy_model"] == 0.5
     assert results["dmae"][0]["probe/accuracy_model"] == 0.25
