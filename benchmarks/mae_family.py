@@ -173,7 +173,7 @@ def probe_teacher(root: str, size: str) -> dict:
     workdir = os.path.join(root, "teacher")
     done = os.path.join(workdir, "probe.json")
     if not os.path.exists(done):
-        config = _config("teacher", size, 0, ["evals.probe.baselines=()"])
+        config = _config("teacher", size, 0, _eval_overrides(size, 0) + ["evals.probe.baselines=()"])
         _, evals = runs.evaluate(config, workdir, names=("probe",))
         with open(done, "w") as f:
             json.dump({f"probe/{k}": v for k, v in evals["probe"].scalars.items()}, f, indent=1)
