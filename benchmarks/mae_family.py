@@ -18,6 +18,9 @@ process with the steps interleaved (the teacher forward and the loss predictor a
 
 The teacher variants read one frozen teacher run: a larger plain MAE (`method=teacher`),
 trained once before them; its cost is reported separately (it is paid once, not per step).
+So that their gain can be told from their extra compute, the sweep also trains plain MAE for 7x
+the steps (`method=mae_long`: the teacher's training plus the costliest student), printed as a
+reference row and, in a third table, as the baseline the teacher variants are read against.
 
     python -m benchmarks.mae_family --workdir runs/mae_family          # the table in docs/mae_family.md
     python -m benchmarks.mae_family --methods mae,colormae --seeds 0,1
@@ -343,9 +346,15 @@ def main(argv=None) -> dict:
     if os.path.exists(teacher_probe):  # what the teacher variants distil (one run, larger, longer)
         with open(teacher_probe) as f:
             rows.append([family.LABELS["teacher"], _fmt([json.load(f)["probe/accuracy_model"]]), "", "", "", "", ""])
+    reference = "mae_long"  # plain MAE at the compute of a teacher pipeline: a row, not a variant
+    if results.get(reference):
+        long_probe, long_ft = column(reference, "probe/accuracy_model"), column(reference, "finetune/accuracy_model")
+        rows.append([family.LABELS[reference], _fmt(long_probe), _fmt(long_ft),
+                     f"{100 * verdict(long_probe, mae_probe)[0]:+.1f} / {100 * verdict(long_ft, mae_ft)[0]:+.1f}",
+                     "", "", ""])
     verdicts = {}
     for method in methods:
-        if method == "mae" or not results[method]:
+        if method in ("mae", reference) or not results[method]:
             continue
         dp, vp = verdict(column(method, "probe/accuracy_model"), mae_probe)
         df, vf = verdict(column(method, "finetune/accuracy_model"), mae_ft)
@@ -373,6 +382,9 @@ def main(argv=None) -> dict:
              "runs": results}
     result = common.report("B22", TITLE, header, rows, headline, claim="each variant beats plain MAE (its paper)",
                            holds=min(gaps.values()) > 3, extra=extra, json_path=None)
+    matched = compute_matched(results, family, reference, len(seeds))
+    if matched:
+        result["extra"]["compute_matched"] = matched
     if args.no_cost or args.table_only:
         if args.json:
             with open(args.json, "w") as f:
@@ -380,6 +392,29 @@ def main(argv=None) -> dict:
         return result
     return _cost_table(methods, step_costs(methods, size, teacher, repeats), teacher_seconds, family, result,
                        args.json)
+
+
+def compute_matched(results: dict, family, reference: str, num_seeds: int) -> dict:
+    """The teacher variants against plain MAE trained as long as a whole teacher pipeline costs
+    (`reference`): prints that second table and returns {method: {probe, finetune, *_diff}}."""
+    def column(method, key):
+        return [r[key] for r in results[method]]
+
+    if not results.get(reference):
+        return {}
+    out = {}
+    print(f"\n| teacher variant | Δ vs {family.LABELS[reference]} (probe / ft) | verdict (probe) | verdict (fine-tune) |"
+          "\n|---|---|---|---|")
+    for method in results:
+        if not family.needs_teacher(method) or not results[method]:
+            continue
+        dp, vp = verdict(column(method, "probe/accuracy_model"), column(reference, "probe/accuracy_model"))
+        df, vf = verdict(column(method, "finetune/accuracy_model"), column(reference, "finetune/accuracy_model"))
+        if min(len(results[method]), len(results[reference])) < num_seeds:
+            vp = vf = "none yet"
+        out[method] = {"probe": vp, "finetune": vf, "probe_diff": dp, "finetune_diff": df}
+        print(f"| {family.LABELS[method]} | {100 * dp:+.1f} / {100 * df:+.1f} | {vp} | {vf} |")
+    return out
 
 
 def _cost_table(methods, costs, teacher_seconds, family, result, json_path):

@@ -15,6 +15,9 @@ data, batch and number of steps (docs/mae_family.md has the table this config ma
   method=mrmae      MR-MAE (arXiv 2303.05475): MAE + mimicking of the teacher's features on the
                     visible tokens
   method=teacher    the teacher those three read: a larger plain MAE trained for longer
+  method=mae_long   plain MAE trained COMPUTE_MATCHED_STEPS times as many steps: the compute of the
+                    costliest teacher pipeline (the teacher paid in full, plus the student), so the
+                    teacher variants can be read against plain MAE at equal compute too
 
 The teacher variants read the run named by `teacher=` (default runs/mae_family/teacher, a trained
 method=teacher run);
@@ -30,11 +33,11 @@ Arguments (`--config experiments/mae_family.py:method=mae,size=tiny`): ARGS belo
 
 from maskgen.config import Arg, base_config, choice, integer, parse_config_arg
 
-METHODS = ("mae", "colormae", "hpm", "gmml", "gmml_image", "maskalign", "dmae", "mrmae", "teacher")
-SWEEP_METHODS = ("mae", "colormae", "hpm", "gmml", "gmml_image", "maskalign", "dmae", "mrmae")
+METHODS = ("mae", "colormae", "hpm", "gmml", "gmml_image", "maskalign", "dmae", "mrmae", "teacher", "mae_long")
+SWEEP_METHODS = ("mae", "colormae", "hpm", "gmml", "gmml_image", "maskalign", "dmae", "mrmae", "mae_long")
 LABELS = {"mae": "plain MAE", "colormae": "ColorMAE (green)", "hpm": "HPM", "gmml": "GMML (noise)",
           "gmml_image": "GMML (other image)", "maskalign": "MaskAlign", "dmae": "DMAE", "mrmae": "MR-MAE",
-          "teacher": "teacher (larger MAE)"}
+          "teacher": "teacher (larger MAE)", "mae_long": "plain MAE, 7x steps (compute-matched)"}
 # Each paper's claimed direction against plain MAE (docs/mae_family.md has the numbers).
 CLAIMS = {
     "colormae": "green masks beat random (+0.2-0.8 ft on IN-1k)",
@@ -46,6 +49,11 @@ CLAIMS = {
     "mrmae": "beats MAE (ViT-B 85.8 at 400 ep vs 83.6 at 1600)",
 }
 TEACHER_METHODS = ("maskalign", "dmae", "mrmae")
+# mae_long's steps as a multiple of the others'. Measured on the table's machine (docs/mae_family.md,
+# "Cost per step"): the teacher's training costs 4.7 plain-MAE pretrainings (2,000 steps at 648 ms
+# against 1,000 at 276 ms) and the costliest student, MR-MAE, 2.4 (its step is 2.39x plain MAE's):
+# 4.7 + 2.4 = 7.1. MaskAlign's pipeline is 4.7 + 2.2, DMAE's 4.7 + 1.2.
+COMPUTE_MATCHED_STEPS = 7
 
 
 def needs_teacher(method: str) -> bool:
@@ -66,7 +74,8 @@ ARGS = {
     "method": choice("mae", "the variant (METHODS)", *METHODS),
     "size": choice("small", "model size and batch (SIZES); tiny is for tests", *SIZES),
     "seed": Arg(0, "seed of the initialisation, masks and data order", integer(min=0)),
-    "steps": Arg(None, "total training steps (default per size)", integer(min=1)),
+    "steps": Arg(None, "total training steps (default per size; mae_long trains COMPUTE_MATCHED_STEPS x this)",
+                 integer(min=1)),
     "teacher": Arg("runs/mae_family/teacher", "the frozen teacher run of maskalign/dmae/mrmae (a method=teacher run)"),
 }
 
@@ -79,7 +88,7 @@ def get_config(arg=None):
     config = base_config()
     config.recipe = "mae"
     config.seed = args["seed"]
-    config.total_steps = args["steps"] or steps
+    config.total_steps = (args["steps"] or steps) * (COMPUTE_MATCHED_STEPS if method == "mae_long" else 1)
     config.batch_size = batch
     # Digits are not flipped or cropped (a mirrored 2 is not a 2): the renditions already vary the
     # digit's size (18-28 px) and place on the 32x32 canvas. background="photo" is the MNIST-M-like

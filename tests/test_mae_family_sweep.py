@@ -89,3 +89,36 @@ def test_table_only_reads_finished_runs_and_gives_no_verdict_before_every_seed(t
     assert rows["plain MAE"][1] == "80.0 ± 1.0" and rows["DMAE"][1] == "85.0 (1 seed)"
     assert rows["DMAE"][5] == "none yet (1 of 3 seeds)" and "HPM" not in rows  # no run of it has finished
     assert not any(tmp_path.glob("teacher*")) and "| DMAE |" in capsys.readouterr().out  # nothing was trained
+
+
+def test_compute_matched_row_reads_teacher_variants_against_long_mae(tmp_path, capsys):
+    def finished(method, seed, probe, finetune, **baselines):
+        os.makedirs(tmp_path / f"{method}-{seed}")
+        result = {"method": method, "seed": seed, "probe/accuracy_model": probe, "finetune/accuracy_model": finetune,
+                  **baselines}
+        (tmp_path / f"{method}-{seed}" / "result.json").write_text(json.dumps(result))
+
+    for seed in range(3):
+        finished("mae", seed, 0.80 + 0.01 * seed, 0.95, **{"probe/accuracy_pixels": 0.4,
+                                                           "probe/accuracy_random_init": 0.7,
+                                                           "finetune/accuracy_random_init": 0.9})
+        finished("dmae", seed, 0.85 + 0.01 * seed, 0.97 + 0.001 * seed)
+        finished("mae_long", seed, 0.90 + 0.01 * seed, 0.97 - 0.001 * seed)
+    result = mae_family.main(["--workdir", str(tmp_path), "--table-only", "--methods", "dmae,mae_long"])
+    rows = {row[0]: row for row in result["rows"]}
+    long_label = "plain MAE, 7x steps (compute-matched)"
+    assert rows[long_label][1] == "91.0 ± 1.0" and rows[long_label][3] == "+10.0 / +1.9"
+    assert result["extra"]["verdicts"]["dmae"]["probe"] == "holds"  # against plain MAE at equal steps...
+    assert "mae_long" not in result["extra"]["verdicts"]  # a reference row, with no paper claim
+    matched = result["extra"]["compute_matched"]["dmae"]  # ...but reversed at equal compute
+    assert matched["probe"] == "reversed" and matched["finetune"] == "holds"
+    assert round(matched["probe_diff"], 3) == -0.05
+    assert "| DMAE | -5.0 / +0.2 | reversed | holds |" in capsys.readouterr().out
+
+
+def test_mae_long_trains_compute_matched_steps():
+    config = mae_family._config("mae_long", "tiny", 0, [], steps=3)
+    family = mae_family._family()
+    assert config.total_steps == 3 * family.COMPUTE_MATCHED_STEPS
+    assert mae_family._config("mae", "tiny", 0, [], steps=3).total_steps == 3
+    assert config.model.to_dict() == mae_family._config("mae", "tiny", 0, [], steps=3).model.to_dict()
