@@ -378,7 +378,10 @@ def main(argv: list[str]) -> int:
         expected = (NonFiniteError, NonFiniteStateError, CheckpointSaveError, BadImageError, WorkdirLockedError,
                     OSError, ValueError, ImportError)
         if isinstance(err, expected) and not os.environ.get("MASKGEN_TRACEBACK"):
-            print(f"error: {err}", file=sys.stderr)
+            # Orbax's writer threads may be printing tracebacks of a failed save at this moment, a
+            # fragment at a time: one write that starts with a newline keeps this line whole, at the start of a line.
+            sys.stderr.write(f"\nerror: {err}\n")
+            sys.stderr.flush()
             return 1
         raise
 
