@@ -35,9 +35,14 @@ from maskgen.config import Arg, base_config, choice, integer, parse_config_arg
 
 METHODS = ("mae", "colormae", "hpm", "gmml", "gmml_image", "maskalign", "dmae", "mrmae", "teacher", "mae_long")
 SWEEP_METHODS = ("mae", "colormae", "hpm", "gmml", "gmml_image", "maskalign", "dmae", "mrmae", "mae_long")
+# mae_long's steps as a multiple of the others'. Measured on the table's machine (docs/mae_family.md,
+# "Cost per step"): the teacher's training costs 4.7 plain-MAE pretrainings (2,000 steps at 648 ms
+# against 1,000 at 276 ms) and the costliest student, MR-MAE, 2.4 (its step is 2.39x plain MAE's):
+# 4.7 + 2.4 = 7.1. MaskAlign's pipeline is 4.7 + 2.2, DMAE's 4.7 + 1.2.
+COMPUTE_MATCHED_STEPS = 7
 LABELS = {"mae": "plain MAE", "colormae": "ColorMAE (green)", "hpm": "HPM", "gmml": "GMML (noise)",
           "gmml_image": "GMML (other image)", "maskalign": "MaskAlign", "dmae": "DMAE", "mrmae": "MR-MAE",
-          "teacher": "teacher (larger MAE)", "mae_long": "plain MAE, 7x steps (compute-matched)"}
+          "teacher": "teacher (larger MAE)", "mae_long": f"plain MAE, {COMPUTE_MATCHED_STEPS}x steps (compute-matched)"}
 # Each paper's claimed direction against plain MAE (docs/mae_family.md has the numbers).
 CLAIMS = {
     "colormae": "green masks beat random (+0.2-0.8 ft on IN-1k)",
@@ -49,11 +54,6 @@ CLAIMS = {
     "mrmae": "beats MAE (ViT-B 85.8 at 400 ep vs 83.6 at 1600)",
 }
 TEACHER_METHODS = ("maskalign", "dmae", "mrmae")
-# mae_long's steps as a multiple of the others'. Measured on the table's machine (docs/mae_family.md,
-# "Cost per step"): the teacher's training costs 4.7 plain-MAE pretrainings (2,000 steps at 648 ms
-# against 1,000 at 276 ms) and the costliest student, MR-MAE, 2.4 (its step is 2.39x plain MAE's):
-# 4.7 + 2.4 = 7.1. MaskAlign's pipeline is 4.7 + 2.2, DMAE's 4.7 + 1.2.
-COMPUTE_MATCHED_STEPS = 7
 
 
 def needs_teacher(method: str) -> bool:

@@ -73,17 +73,19 @@ def test_sweep_skips_runs_another_process_claimed_and_reads_their_results(tmp_pa
     assert trained == [] and again == results
 
 
-def test_table_only_reads_finished_runs_and_gives_no_verdict_before_every_seed(tmp_path, capsys):
-    def finished(method, seed, probe, finetune, **baselines):
-        os.makedirs(tmp_path / f"{method}-{seed}")
-        result = {"method": method, "seed": seed, "probe/accuracy_model": probe, "finetune/accuracy_model": finetune,
-                  **baselines}
-        (tmp_path / f"{method}-{seed}" / "result.json").write_text(json.dumps(result))
+def _finished(root, method, seed, probe, finetune, **baselines):
+    """A run's result.json, as a finished sweep run leaves it."""
+    os.makedirs(root / f"{method}-{seed}")
+    result = {"method": method, "seed": seed, "probe/accuracy_model": probe, "finetune/accuracy_model": finetune,
+              **baselines}
+    (root / f"{method}-{seed}" / "result.json").write_text(json.dumps(result))
 
+
+def test_table_only_reads_finished_runs_and_gives_no_verdict_before_every_seed(tmp_path, capsys):
     for seed, probe in enumerate([0.80, 0.79, 0.81]):
-        finished("mae", seed, probe, 0.95, **{"probe/accuracy_pixels": 0.4, "probe/accuracy_random_init": 0.7,
+        _finished(tmp_path, "mae", seed, probe, 0.95, **{"probe/accuracy_pixels": 0.4, "probe/accuracy_random_init": 0.7,
                                               "finetune/accuracy_random_init": 0.9})
-    finished("dmae", 0, 0.85, 0.96)
+    _finished(tmp_path, "dmae", 0, 0.85, 0.96)
     result = mae_family.main(["--workdir", str(tmp_path), "--table-only", "--methods", "dmae,hpm"])
     rows = {row[0]: row for row in result["rows"]}
     assert rows["plain MAE"][1] == "80.0 ± 1.0" and rows["DMAE"][1] == "85.0 (1 seed)"
@@ -92,18 +94,12 @@ def test_table_only_reads_finished_runs_and_gives_no_verdict_before_every_seed(t
 
 
 def test_compute_matched_row_reads_teacher_variants_against_long_mae(tmp_path, capsys):
-    def finished(method, seed, probe, finetune, **baselines):
-        os.makedirs(tmp_path / f"{method}-{seed}")
-        result = {"method": method, "seed": seed, "probe/accuracy_model": probe, "finetune/accuracy_model": finetune,
-                  **baselines}
-        (tmp_path / f"{method}-{seed}" / "result.json").write_text(json.dumps(result))
-
     for seed in range(3):
-        finished("mae", seed, 0.80 + 0.01 * seed, 0.95, **{"probe/accuracy_pixels": 0.4,
+        _finished(tmp_path, "mae", seed, 0.80 + 0.01 * seed, 0.95, **{"probe/accuracy_pixels": 0.4,
                                                            "probe/accuracy_random_init": 0.7,
                                                            "finetune/accuracy_random_init": 0.9})
-        finished("dmae", seed, 0.85 + 0.01 * seed, 0.97 + 0.001 * seed)
-        finished("mae_long", seed, 0.90 + 0.01 * seed, 0.97 - 0.001 * seed)
+        _finished(tmp_path, "dmae", seed, 0.85 + 0.01 * seed, 0.97 + 0.001 * seed)
+        _finished(tmp_path, "mae_long", seed, 0.90 + 0.01 * seed, 0.97 - 0.001 * seed)
     result = mae_family.main(["--workdir", str(tmp_path), "--table-only", "--methods", "dmae,mae_long"])
     rows = {row[0]: row for row in result["rows"]}
     long_label = "plain MAE, 7x steps (compute-matched)"
